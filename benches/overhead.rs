@@ -1,0 +1,160 @@
+//! What watching costs per poll, side by side with a bare poll and tokio-metrics' `TaskMonitor`.
+//!
+//! Each "poll" benchmark polls one long-lived future that is always pending, so it measures the
+//! instrumentation around a poll and nothing else (no allocation, no registry lookup).
+//! Run: `cargo bench --bench overhead`.
+
+use std::future::Future;
+use std::hint::black_box;
+use std::pin::{pin, Pin};
+use std::sync::{Arc, Barrier};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion};
+
+/// A future that is never ready and does almost nothing per poll.
+struct Pending(u64);
+
+impl Future for Pending {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
+        self.0 = self.0.wrapping_add(1);
+        black_box(self.0);
+        Poll::Pending
+    }
+}
+
+fn poll_once<F: Future>(future: Pin<&mut F>) {
+    let mut cx = Context::from_waker(Waker::noop());
+    black_box(future.poll(&mut cx).is_pending());
+}
+
+fn detector() -> hogwatch::Detector {
+    hogwatch::Detector::builder()
+        .threshold(Duration::from_millis(10))
+        .build()
+        .expect("valid configuration")
+}
+
+fn per_poll(c: &mut Criterion) {
+    let mut group = c.benchmark_group("poll");
+    group.bench_function("bare", |b| {
+        let mut future = pin!(Pending(0));
+        b.iter(|| poll_once(future.as_mut()));
+    });
+    group.bench_function("hogwatch", |b| {
+        let detector = detector();
+        let mut future = pin!(detector.watch("bench", Pending(0)));
+        b.iter(|| poll_once(future.as_mut()));
+    });
+    group.bench_function("tokio_metrics", |b| {
+        let monitor = tokio_metrics::TaskMonitor::new();
+        let mut future = pin!(monitor.instrument(Pending(0)));
+        b.iter(|| poll_once(future.as_mut()));
+    });
+    group.bench_function("quanta_raw_read", |b| {
+        let clock = quanta::Clock::new();
+        b.iter(|| black_box(clock.raw()));
+    });
+    group.bench_function("instant_now", |b| b.iter(|| black_box(Instant::now())));
+    group.finish();
+}
+
+/// Two threads poll futures of the same label at once: the cost of sharing its counters.
+fn contended(c: &mut Criterion) {
+    let mut group = c.benchmark_group("poll_two_threads_one_label");
+    let run = |iters: u64, poll: Arc<dyn Fn(u64) + Send + Sync>| {
+        let barrier = Arc::new(Barrier::new(2));
+        let threads: Vec<_> = (0..2)
+            .map(|_| {
+                let barrier = barrier.clone();
+                let poll = poll.clone();
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    let start = Instant::now();
+                    poll(iters);
+                    start.elapsed()
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|thread| thread.join().expect("bench thread"))
+            .max()
+            .unwrap_or_default()
+    };
+    group.bench_function("bare", |b| {
+        b.iter_custom(|iters| {
+            run(
+                iters,
+                Arc::new(|iters| {
+                    let mut future = pin!(Pending(0));
+                    for _ in 0..iters {
+                        poll_once(future.as_mut());
+                    }
+                }),
+            )
+        })
+    });
+    group.bench_function("hogwatch", |b| {
+        let detector = detector();
+        b.iter_custom(|iters| {
+            let detector = detector.clone();
+            run(
+                iters,
+                Arc::new(move |iters| {
+                    let mut future = pin!(detector.watch("bench", Pending(0)));
+                    for _ in 0..iters {
+                        poll_once(future.as_mut());
+                    }
+                }),
+            )
+        })
+    });
+    group.bench_function("tokio_metrics", |b| {
+        let monitor = tokio_metrics::TaskMonitor::new();
+        b.iter_custom(|iters| {
+            let monitor = monitor.clone();
+            run(
+                iters,
+                Arc::new(move |iters| {
+                    let mut future = pin!(monitor.instrument(Pending(0)));
+                    for _ in 0..iters {
+                        poll_once(future.as_mut());
+                    }
+                }),
+            )
+        })
+    });
+    group.finish();
+}
+
+/// Creating a watched future (the label lookup) and polling it to completion once.
+fn per_future(c: &mut Criterion) {
+    let mut group = c.benchmark_group("future");
+    group.bench_function("bare", |b| {
+        b.iter(|| {
+            let future = pin!(std::future::ready(1u8));
+            poll_once(future);
+        })
+    });
+    group.bench_function("hogwatch", |b| {
+        let detector = detector();
+        b.iter(|| {
+            let future = pin!(detector.watch("bench", std::future::ready(1u8)));
+            poll_once(future);
+        })
+    });
+    group.bench_function("tokio_metrics", |b| {
+        let monitor = tokio_metrics::TaskMonitor::new();
+        b.iter(|| {
+            let future = pin!(monitor.instrument(std::future::ready(1u8)));
+            poll_once(future);
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, per_poll, contended, per_future);
+criterion_main!(benches);

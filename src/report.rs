@@ -1,0 +1,215 @@
+//! The report: a snapshot of every label's statistics, worst first, ready to render.
+//!
+//! A [`Report`] is plain data. It serialises to the JSON schema documented on its fields and is
+//! what every renderer (text, Prometheus, HTML) reads; nothing here reaches back into the
+//! live counters.
+
+use std::cmp::Reverse;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// A snapshot of everything a [`Detector`](crate::Detector) recorded in one window.
+///
+/// ```
+/// # fn main() -> Result<(), hogwatch::ConfigError> {
+/// let detector = hogwatch::Detector::builder().build()?;
+/// let report = detector.report();
+/// assert!(report.entries.is_empty());
+/// let json = serde_json::to_value(&report).unwrap();
+/// assert_eq!(json["threshold_us"], 10_000);
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug, Serialize)]
+#[non_exhaustive]
+pub struct Report {
+    /// The hog threshold: a poll longer than this is a slow poll.
+    pub threshold_us: u64,
+    /// How long this window lasted: since the detector was built or last reset.
+    pub window_us: u64,
+    /// One entry per label, the worst first (by time spent in slow polls).
+    pub entries: Vec<Entry>,
+    /// How many watched futures had a label that did not fit under `max_labels` and were counted
+    /// under `<other>` instead.
+    pub folded_labels: u64,
+}
+
+/// The statistics of one label.
+#[derive(Clone, Debug, Serialize)]
+#[non_exhaustive]
+pub struct Entry {
+    /// The label: the name given to `watch`, or `METHOD /route/{template}` for the HTTP layer.
+    pub label: String,
+    /// Polls recorded.
+    pub polls: u64,
+    /// Polls longer than the threshold.
+    pub slow_polls: u64,
+    /// Time spent inside polls (busy time), summed.
+    pub busy_us: u64,
+    /// Time spent inside slow polls, summed: the time this label held a worker hostage.
+    pub slow_busy_us: u64,
+    /// Time from first poll to end, summed over the futures that ended in this window.
+    pub wall_us: u64,
+    /// The longest poll (to 3 significant figures).
+    pub max_poll_us: u64,
+    /// Median poll duration.
+    pub p50_poll_us: u64,
+    /// 90th percentile poll duration.
+    pub p90_poll_us: u64,
+    /// 99th percentile poll duration.
+    pub p99_poll_us: u64,
+    /// 99.9th percentile poll duration.
+    pub p999_poll_us: u64,
+    /// Futures that returned `Ready`.
+    pub completed: u64,
+    /// Futures dropped before they were ready (for HTTP: the client went away, or a timeout).
+    pub cancelled: u64,
+    /// Futures whose poll panicked.
+    pub panicked: u64,
+    /// Requests seen (HTTP layer only; 0 for `watch`).
+    pub requests: u64,
+    /// Responses by status class (HTTP layer only).
+    pub responses: Responses,
+    /// The poll-duration histogram in microseconds, for renderers that draw or bucket it.
+    #[serde(skip)]
+    pub histogram: Histogram<u64>,
+}
+
+/// Responses by HTTP status class.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct Responses {
+    /// 1xx responses.
+    #[serde(rename = "1xx")]
+    pub informational: u64,
+    /// 2xx responses.
+    #[serde(rename = "2xx")]
+    pub success: u64,
+    /// 3xx responses.
+    #[serde(rename = "3xx")]
+    pub redirection: u64,
+    /// 4xx responses.
+    #[serde(rename = "4xx")]
+    pub client_error: u64,
+    /// 5xx responses.
+    #[serde(rename = "5xx")]
+    pub server_error: u64,
+}
+
+impl Responses {
+    /// Every response that was not 2xx: what a load test must not hide.
+    pub fn non_success(&self) -> u64 {
+        self.informational
+            .saturating_add(self.redirection)
+            .saturating_add(self.client_error)
+            .saturating_add(self.server_error)
+    }
+}
+
+/// The raw counters a label hands over at snapshot time.
+pub(crate) struct Counters {
+    pub(crate) busy_ns: u64,
+    pub(crate) slow_polls: u64,
+    pub(crate) slow_busy_ns: u64,
+    pub(crate) wall_ns: u64,
+    pub(crate) completed: u64,
+    pub(crate) cancelled: u64,
+    pub(crate) panicked: u64,
+    pub(crate) requests: u64,
+    pub(crate) responses: Responses,
+}
+
+impl Entry {
+    pub(crate) fn new(label: String, histogram: Histogram<u64>, counters: Counters) -> Self {
+        let quantile = |q: f64| {
+            if histogram.is_empty() {
+                0
+            } else {
+                histogram.value_at_quantile(q)
+            }
+        };
+        Self {
+            label,
+            polls: histogram.len(),
+            slow_polls: counters.slow_polls,
+            busy_us: counters.busy_ns / 1_000,
+            slow_busy_us: counters.slow_busy_ns / 1_000,
+            wall_us: counters.wall_ns / 1_000,
+            max_poll_us: if histogram.is_empty() {
+                0
+            } else {
+                histogram.max()
+            },
+            p50_poll_us: quantile(0.5),
+            p90_poll_us: quantile(0.9),
+            p99_poll_us: quantile(0.99),
+            p999_poll_us: quantile(0.999),
+            completed: counters.completed,
+            cancelled: counters.cancelled,
+            panicked: counters.panicked,
+            requests: counters.requests,
+            responses: counters.responses,
+            histogram,
+        }
+    }
+
+    /// True when nothing at all was recorded for this label in the window.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.polls == 0
+            && self.requests == 0
+            && self.completed == 0
+            && self.cancelled == 0
+            && self.panicked == 0
+    }
+}
+
+impl Report {
+    pub(crate) fn new(
+        threshold_us: u64,
+        window_us: u64,
+        mut entries: Vec<Entry>,
+        folded_labels: u64,
+    ) -> Self {
+        entries.retain(|entry| !entry.is_empty());
+        // Worst first: time held hostage in slow polls, then the longest poll, then busy time.
+        entries.sort_by_key(|entry| {
+            (
+                Reverse(entry.slow_busy_us),
+                Reverse(entry.max_poll_us),
+                Reverse(entry.busy_us),
+                entry.label.clone(),
+            )
+        });
+        Self {
+            threshold_us,
+            window_us,
+            entries,
+            folded_labels,
+        }
+    }
+
+    /// The entry for `label`, if it recorded anything in this window.
+    pub fn entry(&self, label: &str) -> Option<&Entry> {
+        self.entries.iter().find(|entry| entry.label == label)
+    }
+
+    /// Labels with at least one slow poll, worst first.
+    pub fn hogs(&self) -> impl Iterator<Item = &Entry> {
+        self.entries.iter().filter(|entry| entry.slow_polls > 0)
+    }
+
+    /// The report as an aligned text table, worst first.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), hogwatch::ConfigError> {
+    /// let detector = hogwatch::Detector::builder().build()?;
+    /// let text = detector.report().to_text();
+    /// assert!(text.contains("label"));
+    /// # Ok(()) }
+    /// ```
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        crate::render::text::render(self, &mut out);
+        out
+    }
+}
