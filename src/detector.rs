@@ -53,6 +53,7 @@ pub struct Builder {
     max_labels: usize,
     warn_interval: Duration,
     on_hog: Option<OnHog>,
+    server_timing: bool,
 }
 
 impl fmt::Debug for Builder {
@@ -62,6 +63,7 @@ impl fmt::Debug for Builder {
             .field("max_labels", &self.max_labels)
             .field("warn_interval", &self.warn_interval)
             .field("on_hog", &self.on_hog.as_ref().map(|_| "Fn(&HogEvent)"))
+            .field("server_timing", &self.server_timing)
             .finish()
     }
 }
@@ -73,6 +75,7 @@ impl Default for Builder {
             max_labels: Builder::DEFAULT_MAX_LABELS,
             warn_interval: Builder::DEFAULT_WARN_INTERVAL,
             on_hog: None,
+            server_timing: false,
         }
     }
 }
@@ -117,6 +120,23 @@ impl Builder {
         self
     }
 
+    /// Adds a `Server-Timing` header to every response of the [layer](Detector::layer) with the
+    /// request's time in polls, its longest poll and its poll count, so `curl -v` and a browser's
+    /// devtools show them per request. Off by default: it tells clients how your server spends
+    /// its time.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), hogwatch::ConfigError> {
+    /// let detector = hogwatch::Detector::builder().server_timing(true).build()?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "axum")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+    pub fn server_timing(mut self, enabled: bool) -> Self {
+        self.server_timing = enabled;
+        self
+    }
+
     /// Checks the configuration and builds the detector.
     ///
     /// # Errors
@@ -151,6 +171,7 @@ impl Builder {
             warn_interval_ns: duration_as_u64(self.warn_interval.as_nanos()),
             registry: Registry::new(self.max_labels, threshold_us),
             on_hog: self.on_hog,
+            server_timing: self.server_timing,
         };
         Ok(Detector {
             handle: Arc::new(Handle {
@@ -214,6 +235,8 @@ pub(crate) struct Shared {
     warn_interval_ns: u64,
     pub(crate) registry: Registry,
     on_hog: Option<OnHog>,
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
+    pub(crate) server_timing: bool,
     /// Clock reading at the start of the current report window.
     window_start: AtomicU64,
 }
@@ -306,6 +329,45 @@ impl Detector {
     /// The hog threshold this detector was built with.
     pub fn threshold(&self) -> Duration {
         Duration::from_nanos(self.handle.shared.threshold_ns)
+    }
+
+    /// A tower layer that watches every request of an axum router, labelled by method and route
+    /// template (`GET /instruments/{id}`); requests that match no route are `<unmatched>`.
+    ///
+    /// ```
+    /// use axum::{routing::get, Router};
+    ///
+    /// # fn main() -> Result<(), hogwatch::ConfigError> {
+    /// let detector = hogwatch::Detector::builder().build()?;
+    /// let app: Router = Router::new()
+    ///     .route("/instruments/{id}", get(|| async { "details" }))
+    ///     .layer(detector.layer());
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "axum")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+    pub fn layer(&self) -> crate::layer::HogLayer {
+        crate::layer::HogLayer::new(self.clone())
+    }
+
+    /// The debug endpoint: `GET /debug/hogs` (JSON, `?format=text`), `GET /debug/hogs/metrics`
+    /// (Prometheus). See [the endpoint's docs](crate::endpoint) before exposing it.
+    ///
+    /// ```
+    /// use axum::Router;
+    ///
+    /// # fn main() -> Result<(), hogwatch::ConfigError> {
+    /// let detector = hogwatch::Detector::builder().build()?;
+    /// let app: Router = Router::new().merge(detector.router());
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "axum")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+    pub fn router<S>(&self) -> axum::Router<S>
+    where
+        S: Clone + Send + Sync + 'static,
+    {
+        crate::endpoint::router(self.clone())
     }
 
     #[cfg_attr(not(feature = "axum"), allow(dead_code))]

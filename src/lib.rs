@@ -34,7 +34,13 @@
 #![warn(rust_2018_idioms)]
 
 mod detector;
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+pub mod endpoint;
 mod event;
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+pub mod layer;
 mod render;
 mod report;
 mod stats;

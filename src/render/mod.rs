@@ -1,3 +1,5 @@
 //! Renderers: plain functions from a [`Report`](crate::Report) to text in one format each.
 
+#[cfg(feature = "axum")]
+pub(crate) mod prometheus;
 pub(crate) mod text;

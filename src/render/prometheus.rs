@@ -1,0 +1,267 @@
+//! Prometheus text exposition (format 0.0.4): what a fleet's Prometheus scrapes.
+//!
+//! Durations are in seconds and counters end in `_total`, following Prometheus' naming
+//! conventions. Every series carries the hogwatch label as `label="..."`.
+
+use std::fmt::Write;
+
+use crate::report::{Entry, Report};
+
+/// Upper bounds of the poll-duration histogram buckets, in microseconds: 10 µs .. 10 s.
+const BUCKETS_US: [u64; 19] = [
+    10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000,
+    500_000, 1_000_000, 2_500_000, 5_000_000, 10_000_000,
+];
+
+/// Writes `report` in the Prometheus text format into `out`.
+pub(crate) fn render(report: &Report, out: &mut String) {
+    let entries = &report.entries;
+
+    header(
+        out,
+        "hogwatch_threshold_seconds",
+        "gauge",
+        "Polls longer than this are counted as slow polls.",
+    );
+    let _ = writeln!(
+        out,
+        "hogwatch_threshold_seconds {}",
+        seconds(report.threshold_us)
+    );
+
+    header(
+        out,
+        "hogwatch_folded_labels_total",
+        "counter",
+        "Watched futures whose label did not fit under max_labels and were counted as <other>.",
+    );
+    let _ = writeln!(out, "hogwatch_folded_labels_total {}", report.folded_labels);
+
+    header(
+        out,
+        "hogwatch_poll_duration_seconds",
+        "histogram",
+        "Duration of each poll of a watched future.",
+    );
+    for entry in entries {
+        let label = escape(&entry.label);
+        for le in BUCKETS_US {
+            let count = count_up_to(entry, le);
+            let _ = writeln!(
+                out,
+                "hogwatch_poll_duration_seconds_bucket{{label=\"{label}\",le=\"{}\"}} {count}",
+                seconds(le)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "hogwatch_poll_duration_seconds_bucket{{label=\"{label}\",le=\"+Inf\"}} {}",
+            entry.polls
+        );
+        let _ = writeln!(
+            out,
+            "hogwatch_poll_duration_seconds_sum{{label=\"{label}\"}} {}",
+            seconds(entry.busy_us)
+        );
+        let _ = writeln!(
+            out,
+            "hogwatch_poll_duration_seconds_count{{label=\"{label}\"}} {}",
+            entry.polls
+        );
+    }
+
+    counter(
+        out,
+        "hogwatch_polls_total",
+        "Polls of watched futures.",
+        entries,
+        |entry| entry.polls,
+    );
+    counter(
+        out,
+        "hogwatch_slow_polls_total",
+        "Polls longer than the threshold.",
+        entries,
+        |entry| entry.slow_polls,
+    );
+    header(
+        out,
+        "hogwatch_slow_poll_seconds_total",
+        "counter",
+        "Time spent in polls longer than the threshold.",
+    );
+    for entry in entries {
+        let _ = writeln!(
+            out,
+            "hogwatch_slow_poll_seconds_total{{label=\"{}\"}} {}",
+            escape(&entry.label),
+            seconds(entry.slow_busy_us)
+        );
+    }
+
+    header(
+        out,
+        "hogwatch_futures_total",
+        "counter",
+        "Watched futures that ended, by outcome.",
+    );
+    for entry in entries {
+        let label = escape(&entry.label);
+        for (outcome, count) in [
+            ("completed", entry.completed),
+            ("cancelled", entry.cancelled),
+            ("panicked", entry.panicked),
+        ] {
+            let _ = writeln!(
+                out,
+                "hogwatch_futures_total{{label=\"{label}\",outcome=\"{outcome}\"}} {count}"
+            );
+        }
+    }
+
+    let routes: Vec<&Entry> = entries.iter().filter(|entry| entry.requests > 0).collect();
+    header(
+        out,
+        "hogwatch_requests_total",
+        "counter",
+        "HTTP requests seen by the layer.",
+    );
+    for entry in &routes {
+        let _ = writeln!(
+            out,
+            "hogwatch_requests_total{{label=\"{}\"}} {}",
+            escape(&entry.label),
+            entry.requests
+        );
+    }
+    header(
+        out,
+        "hogwatch_responses_total",
+        "counter",
+        "HTTP responses by status class.",
+    );
+    for entry in &routes {
+        let label = escape(&entry.label);
+        let responses = &entry.responses;
+        for (class, count) in [
+            ("1xx", responses.informational),
+            ("2xx", responses.success),
+            ("3xx", responses.redirection),
+            ("4xx", responses.client_error),
+            ("5xx", responses.server_error),
+        ] {
+            let _ = writeln!(
+                out,
+                "hogwatch_responses_total{{label=\"{label}\",class=\"{class}\"}} {count}"
+            );
+        }
+    }
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+fn counter(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    entries: &[Entry],
+    value: impl Fn(&Entry) -> u64,
+) {
+    header(out, name, "counter", help);
+    for entry in entries {
+        let _ = writeln!(
+            out,
+            "{name}{{label=\"{}\"}} {}",
+            escape(&entry.label),
+            value(entry)
+        );
+    }
+}
+
+/// Polls of at most `le_us` microseconds (cumulative, as Prometheus buckets are).
+fn count_up_to(entry: &Entry, le_us: u64) -> u64 {
+    let histogram = &entry.histogram;
+    if histogram.is_empty() {
+        return 0;
+    }
+    histogram
+        .iter_recorded()
+        .take_while(|value| value.value_iterated_to() <= le_us)
+        .map(|value| value.count_since_last_iteration())
+        .sum()
+}
+
+/// Microseconds as a decimal number of seconds, without float noise (`0.00025`, `1`, `2.5`).
+fn seconds(us: u64) -> String {
+    let whole = us / 1_000_000;
+    let fraction = us % 1_000_000;
+    if fraction == 0 {
+        whole.to_string()
+    } else {
+        let digits = format!("{fraction:06}");
+        format!("{whole}.{}", digits.trim_end_matches('0'))
+    }
+}
+
+/// Escapes a label value: backslash, double quote and line feed, as the text format requires.
+fn escape(value: &str) -> String {
+    let mut escaped = String::with_capacity(value.len());
+    for character in value.chars() {
+        match character {
+            '\\' => escaped.push_str("\\\\"),
+            '"' => escaped.push_str("\\\""),
+            '\n' => escaped.push_str("\\n"),
+            other => escaped.push(other),
+        }
+    }
+    escaped
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seconds_are_exact_decimals() {
+        assert_eq!(seconds(10), "0.00001");
+        assert_eq!(seconds(250_000), "0.25");
+        assert_eq!(seconds(10_000_000), "10");
+        assert_eq!(seconds(2_500_000), "2.5");
+        assert_eq!(seconds(0), "0");
+    }
+
+    #[test]
+    fn escaping_round_trips_every_awkward_character() {
+        for value in [
+            "plain",
+            "a\"b",
+            "back\\slash",
+            "new\nline",
+            "}{,=",
+            "ünï\u{1F600}",
+            "",
+        ] {
+            let escaped = escape(value);
+            assert!(!escaped.contains('\n'), "{escaped}");
+            // Undo the escaping the way a parser does and get the value back.
+            let mut unescaped = String::new();
+            let mut chars = escaped.chars();
+            while let Some(character) = chars.next() {
+                if character == '\\' {
+                    match chars.next() {
+                        Some('n') => unescaped.push('\n'),
+                        Some(other) => unescaped.push(other),
+                        None => panic!("dangling backslash in {escaped}"),
+                    }
+                } else {
+                    assert_ne!(character, '"', "unescaped quote in {escaped}");
+                    unescaped.push(character);
+                }
+            }
+            assert_eq!(unescaped, value);
+        }
+    }
+}

@@ -1,0 +1,378 @@
+//! The axum layer and the /debug/hogs endpoint, on a real server with a real HTTP client.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::routing::get;
+use axum::Router;
+use hogwatch::Detector;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+struct Answer {
+    status: u16,
+    headers: hyper::HeaderMap,
+    body: String,
+}
+
+async fn serve(app: Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    address
+}
+
+async fn get_url(address: SocketAddr, path_and_query: &str) -> Answer {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let uri = format!("http://{address}{path_and_query}").parse().unwrap();
+    let response = client.get(uri).await.unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    Answer {
+        status,
+        headers,
+        body: String::from_utf8(body.to_vec()).unwrap(),
+    }
+}
+
+async fn report(address: SocketAddr) -> serde_json::Value {
+    let answer = get_url(address, "/debug/hogs").await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    serde_json::from_str(&answer.body).unwrap()
+}
+
+fn entry<'a>(report: &'a serde_json::Value, label: &str) -> &'a serde_json::Value {
+    report["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|entry| entry["label"] == label)
+        .unwrap_or_else(|| panic!("no entry {label} in {report}"))
+}
+
+fn detector(threshold_ms: u64) -> Detector {
+    Detector::builder()
+        .threshold(Duration::from_millis(threshold_ms))
+        .build()
+        .unwrap()
+}
+
+fn app(detector: &Detector) -> Router {
+    Router::new()
+        .route(
+            "/block",
+            get(|| async {
+                std::thread::sleep(Duration::from_millis(60));
+                "done"
+            }),
+        )
+        .route(
+            "/async",
+            get(|| async {
+                tokio::time::sleep(Duration::from_millis(60)).await;
+                "done"
+            }),
+        )
+        .route(
+            "/items/{id}",
+            get(|axum::extract::Path(id): axum::extract::Path<u32>| async move { id.to_string() }),
+        )
+        .layer(detector.layer())
+        .merge(detector.router())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocking_route_is_flagged_and_an_async_one_is_not() {
+    let detector = detector(10);
+    let address = serve(app(&detector)).await;
+    assert_eq!(get_url(address, "/block").await.status, 200);
+    assert_eq!(get_url(address, "/async").await.status, 200);
+
+    let report = report(address).await;
+    let block = entry(&report, "GET /block");
+    assert!(block["slow_polls"].as_u64().unwrap() >= 1);
+    assert!(block["max_poll_us"].as_u64().unwrap() >= 60_000);
+    let not_blocking = entry(&report, "GET /async");
+    assert_eq!(not_blocking["slow_polls"], 0);
+    assert!(not_blocking["wall_us"].as_u64().unwrap() >= 60_000);
+    assert_eq!(report["entries"][0]["label"], "GET /block", "worst first");
+    assert!(
+        report["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|entry| !entry["label"].as_str().unwrap().contains("/debug/hogs")),
+        "the endpoint does not watch itself: {report}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_ids_make_one_route_entry() {
+    let detector = detector(10);
+    let address = serve(app(&detector)).await;
+    let mut workers = Vec::new();
+    for worker in 0..20u32 {
+        workers.push(tokio::spawn(async move {
+            for i in 0..10u32 {
+                let id = worker * 10 + i;
+                let answer = get_url(address, &format!("/items/{id}")).await;
+                assert_eq!(answer.status, 200);
+                assert_eq!(answer.body, id.to_string());
+            }
+        }));
+    }
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    let report = report(address).await;
+    let items: Vec<_> = report["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|entry| entry["label"].as_str().unwrap().contains("/items"))
+        .collect();
+    assert_eq!(items.len(), 1, "{report}");
+    let items = items[0];
+    assert_eq!(items["label"], "GET /items/{id}");
+    assert_eq!(items["requests"], 200);
+    assert_eq!(items["completed"], 200);
+    assert_eq!(items["responses"]["2xx"], 200);
+    assert!(items["polls"].as_u64().unwrap() >= 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unmatched_requests_are_one_label_counted_as_4xx() {
+    let detector = detector(10);
+    let address = serve(app(&detector)).await;
+    for path in ["/nope", "/also/nope", "/items/1/extra"] {
+        assert_eq!(get_url(address, path).await.status, 404);
+    }
+    let report = report(address).await;
+    let unmatched = entry(&report, "<unmatched>");
+    assert_eq!(unmatched["requests"], 3);
+    assert_eq!(unmatched["responses"]["4xx"], 3);
+    assert_eq!(unmatched["responses"]["2xx"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nested_routers_route_layers_and_fallbacks_are_labelled() {
+    let detector = detector(10);
+    let api = Router::new().route("/users/{id}", get(|| async { "user" }));
+    let app = Router::new()
+        .nest("/api", api)
+        .route(
+            "/teapot",
+            get(|| async { (axum::http::StatusCode::IM_A_TEAPOT, "short and stout") }),
+        )
+        .route_layer(detector.layer())
+        .merge(
+            Router::new()
+                .fallback(|| async { (axum::http::StatusCode::NOT_FOUND, "custom 404") })
+                .layer(detector.layer()),
+        )
+        .merge(detector.router());
+    let address = serve(app).await;
+    assert_eq!(get_url(address, "/api/users/7").await.status, 200);
+    assert_eq!(get_url(address, "/teapot").await.status, 418);
+    let missing = get_url(address, "/missing").await;
+    assert_eq!((missing.status, missing.body.as_str()), (404, "custom 404"));
+
+    let report = report(address).await;
+    assert_eq!(entry(&report, "GET /api/users/{id}")["responses"]["2xx"], 1);
+    assert_eq!(entry(&report, "GET /teapot")["responses"]["4xx"], 1);
+    assert_eq!(entry(&report, "<unmatched>")["requests"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_format_and_reset() {
+    let detector = detector(10);
+    let address = serve(app(&detector)).await;
+    get_url(address, "/items/1").await;
+    let text = get_url(address, "/debug/hogs?format=text").await;
+    assert_eq!(text.status, 200);
+    assert!(text.headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    assert!(text.body.contains("GET /items/{id}"), "{}", text.body);
+
+    let before = get_url(address, "/debug/hogs?reset=true").await;
+    assert!(before.body.contains("GET /items/{id}"));
+    let after = report(address).await;
+    assert!(
+        after["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|entry| entry["label"] != "GET /items/{id}"),
+        "{after}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_query_parameters_are_a_400_naming_the_parameter() {
+    let detector = detector(10);
+    let address = serve(app(&detector)).await;
+    for (path, named) in [
+        ("/debug/hogs?frmat=text", "frmat"),
+        ("/debug/hogs?format=yaml", "format"),
+        ("/debug/hogs?reset=perhaps", "reset"),
+        ("/debug/hogs?format=text&format=json", "format"),
+        ("/debug/hogs?format=%FF%FE", "format"),
+        ("/debug/hogs/metrics?verbose=1", "verbose"),
+    ] {
+        let answer = get_url(address, path).await;
+        assert_eq!(answer.status, 400, "{path}: {}", answer.body);
+        assert!(answer.body.contains(named), "{path}: {}", answer.body);
+        assert_eq!(answer.body.trim_end().lines().count(), 1, "{}", answer.body);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_timing_is_off_by_default_and_parses_when_on() {
+    let quiet = detector(10);
+    let address = serve(app(&quiet)).await;
+    let answer = get_url(address, "/block").await;
+    assert!(answer.headers.get("server-timing").is_none());
+
+    let telling = Detector::builder()
+        .threshold(Duration::from_millis(10))
+        .server_timing(true)
+        .build()
+        .unwrap();
+    let address = serve(app(&telling)).await;
+    let answer = get_url(address, "/block").await;
+    let header = answer.headers["server-timing"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let mut metrics = std::collections::HashMap::new();
+    for metric in header.split(',') {
+        let mut parts = metric.trim().split(';');
+        let name = parts.next().unwrap().to_string();
+        assert!(
+            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'),
+            "{header}"
+        );
+        let params: Vec<(String, String)> = parts
+            .map(|param| {
+                let (key, value) = param.split_once('=').unwrap();
+                (key.to_string(), value.trim_matches('"').to_string())
+            })
+            .collect();
+        metrics.insert(name, params);
+    }
+    let dur = |name: &str| -> f64 {
+        metrics[name]
+            .iter()
+            .find(|(key, _)| key == "dur")
+            .unwrap()
+            .1
+            .parse()
+            .unwrap()
+    };
+    assert!(dur("hog-busy") >= 60.0, "{header}");
+    assert!(dur("hog-longest-poll") >= 60.0, "{header}");
+    assert!(metrics.contains_key("hog-polls"), "{header}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_disconnects_is_counted_as_cancelled() {
+    let detector = detector(10);
+    let app = Router::new()
+        .route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                "too late"
+            }),
+        )
+        .layer(detector.layer());
+    let address = serve(app).await;
+    let client = tokio::spawn(async move { get_url(address, "/slow").await.status });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    client.abort();
+    let _ = client.await;
+    let mut cancelled = 0;
+    for _ in 0..100 {
+        let report = detector.report();
+        cancelled = report.entry("GET /slow").map_or(0, |entry| entry.cancelled);
+        if cancelled == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(cancelled, 1);
+    let report = detector.report();
+    let slow = report.entry("GET /slow").unwrap();
+    assert_eq!((slow.requests, slow.completed), (1, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_output_passes_promtool() {
+    let detector = detector(10);
+    let app = Router::new()
+        .route("/users/{id}", get(|| async { "user" }))
+        .layer(detector.layer())
+        .merge(detector.router());
+    let address = serve(app).await;
+    get_url(address, "/users/1").await;
+    get_url(address, "/nothing-here").await;
+    for label in ["quote\"d", "back\\slash", "new\nline", "brace}{", "ünicode"] {
+        detector.watch(label, async {}).await;
+    }
+    let answer = get_url(address, "/debug/hogs/metrics").await;
+    assert_eq!(answer.status, 200);
+    let metrics = answer.body;
+    assert!(
+        metrics.contains(
+            "hogwatch_poll_duration_seconds_bucket{label=\"GET /users/{id}\",le=\"0.00001\"}"
+        ),
+        "{metrics}"
+    );
+    assert!(metrics.contains("hogwatch_responses_total{label=\"<unmatched>\",class=\"4xx\"} 1"));
+    assert!(metrics.contains("label=\"quote\\\"d\""));
+    assert!(metrics.contains("label=\"new\\nline\""));
+    assert!(metrics.contains("hogwatch_threshold_seconds 0.01"));
+
+    let Some(promtool) = find_promtool() else {
+        assert!(
+            std::env::var_os("HOGWATCH_REQUIRE_PROMTOOL").is_none(),
+            "promtool is required here but not installed (Debian package `prometheus`)"
+        );
+        eprintln!("promtool not found: install the Debian package `prometheus` to run this check");
+        return;
+    };
+    use std::io::Write;
+    let mut child = std::process::Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(metrics.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "promtool: {}{}\n{metrics}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn find_promtool() -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|dir| std::path::Path::new(dir).join("promtool"))
+        .find(|path| path.is_file())
+}
