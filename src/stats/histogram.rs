@@ -60,6 +60,10 @@ fn new_chunk() -> Box<Chunk> {
 
 /// Lock-free poll-duration counters in HdrHistogram layout.
 pub(crate) struct AtomicHistogram {
+    /// Counts of polls under 1024 µs, where nearly every poll lands: inline, and indexed by the
+    /// value itself, so the common case is one `fetch_add` with no pointer to chase.
+    first: Chunk,
+    /// The other chunks (`chunks[0]` is unused: it is `first`).
     chunks: [OnceLock<Box<Chunk>>; CHUNKS],
 }
 
@@ -68,10 +72,11 @@ impl AtomicHistogram {
     /// any value up to it never allocates.
     pub(crate) fn new(preallocate_up_to_us: u64) -> Self {
         let histogram = Self {
+            first: std::array::from_fn(|_| AtomicU64::new(0)),
             chunks: std::array::from_fn(|_| OnceLock::new()),
         };
         let last = index_of(clamp(preallocate_up_to_us)) / CHUNK_LEN;
-        for chunk in &histogram.chunks[..=last] {
+        for chunk in &histogram.chunks[1..=last.max(1)] {
             let _ = chunk.set(new_chunk());
         }
         histogram
@@ -80,6 +85,16 @@ impl AtomicHistogram {
     /// Adds one poll of `value_us` microseconds (saturating to 1 µs .. 60 s).
     #[inline]
     pub(crate) fn record(&self, value_us: u64) {
+        // Below 1024 µs the HdrHistogram index is the value itself (0 saturates to 1).
+        if let Some(counter) = self.first.get(value_us.max(LOWEST_US) as usize) {
+            counter.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.record_slow(value_us);
+    }
+
+    #[cold]
+    fn record_slow(&self, value_us: u64) {
         let index = index_of(clamp(value_us));
         let chunk = self.chunks[index / CHUNK_LEN].get_or_init(new_chunk);
         chunk[index % CHUNK_LEN].fetch_add(1, Ordering::Relaxed);
@@ -88,8 +103,15 @@ impl AtomicHistogram {
     /// Copies the counters into `into`; with `reset`, each counter is taken and zeroed in one
     /// atomic step, so a poll recorded concurrently lands in this window or the next, never neither.
     pub(crate) fn drain_into(&self, into: &mut Histogram<u64>, reset: bool) {
-        for (chunk_index, chunk) in self.chunks.iter().enumerate() {
-            let Some(chunk) = chunk.get() else { continue };
+        let chunks = std::iter::once(Some(&self.first))
+            .chain(
+                self.chunks[1..]
+                    .iter()
+                    .map(|chunk| chunk.get().map(|boxed| &**boxed)),
+            )
+            .enumerate();
+        for (chunk_index, chunk) in chunks {
+            let Some(chunk) = chunk else { continue };
             for (offset, counter) in chunk.iter().enumerate() {
                 let count = if reset {
                     counter.swap(0, Ordering::Relaxed)
@@ -142,11 +164,15 @@ mod tests {
     fn records_and_drains_with_saturation() {
         let histogram = AtomicHistogram::new(10_000);
         histogram.record(0);
+        histogram.record(1_023);
+        histogram.record(1_024);
         histogram.record(1_500);
         histogram.record(u64::MAX);
         let mut snapshot = empty_histogram();
         histogram.drain_into(&mut snapshot, true);
-        assert_eq!(snapshot.len(), 3);
+        assert_eq!(snapshot.len(), 5);
+        assert_eq!(snapshot.count_at(1_023), 1);
+        assert_eq!(snapshot.count_at(1_024), 1);
         assert_eq!(snapshot.min(), 1);
         assert!(snapshot.max() >= HIGHEST_US);
         let mut again = empty_histogram();
