@@ -4,6 +4,7 @@
 //! |---|---|
 //! | `GET /debug/hogs` | the [`Report`](crate::Report) as JSON |
 //! | `GET /debug/hogs?format=text` | the aligned text table |
+//! | `GET /debug/hogs?format=html`, or a browser (`Accept: text/html`) | the HTML page |
 //! | `GET /debug/hogs?reset=true` | the report, and a new window starts |
 //! | `GET /debug/hogs/metrics` | Prometheus text exposition |
 //!
@@ -68,6 +69,7 @@ use crate::render;
 enum Format {
     Json,
     Text,
+    Html,
 }
 
 /// What the query string of `GET /debug/hogs` asked for.
@@ -109,12 +111,11 @@ fn parse_report_query(query: Option<&str>) -> Result<ReportQuery, BadQuery> {
                 parsed.format = Some(match value.as_str() {
                     "json" => Format::Json,
                     "text" => Format::Text,
-                    _ => {
-                        return Err(BadQuery(format!(
-                            "bad value {} for query parameter `format`: expected json or text",
-                            quoted(&value)
-                        )))
-                    }
+                    "html" => Format::Html,
+                    _ => return Err(BadQuery(format!(
+                        "bad value {} for query parameter `format`: expected json, text or html",
+                        quoted(&value)
+                    ))),
                 })
             }
             "reset" if !seen_reset => {
@@ -196,7 +197,17 @@ where
         )
 }
 
-fn serve_report(detector: &Detector, query: Option<&str>, _headers: &HeaderMap) -> Response {
+/// A browser asks for `text/html` first; `curl` and scripts get JSON unless they ask.
+fn wants_html(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|media| media.split(';').next().map(str::trim) == Some("text/html"))
+}
+
+fn serve_report(detector: &Detector, query: Option<&str>, headers: &HeaderMap) -> Response {
     let query = match parse_report_query(query) {
         Ok(query) => query,
         Err(bad) => return bad.into_response(),
@@ -206,12 +217,18 @@ fn serve_report(detector: &Detector, query: Option<&str>, _headers: &HeaderMap) 
     } else {
         detector.report()
     };
-    match query.format.unwrap_or(Format::Json) {
+    let default = if wants_html(headers) {
+        Format::Html
+    } else {
+        Format::Json
+    };
+    match query.format.unwrap_or(default) {
         Format::Json => match serde_json::to_string(&report) {
             Ok(json) => respond("application/json", json),
             Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response(),
         },
         Format::Text => respond("text/plain; charset=utf-8", report.to_text()),
+        Format::Html => respond("text/html; charset=utf-8", report.to_html()),
     }
 }
 

@@ -376,3 +376,40 @@ fn find_promtool() -> Option<std::path::PathBuf> {
         .map(|dir| std::path::Path::new(dir).join("promtool"))
         .find(|path| path.is_file())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browsers_get_the_html_page_with_labels_escaped() {
+    let detector = detector(10);
+    let address = serve(app(&detector)).await;
+    get_url(address, "/block").await;
+    detector.watch("<script>alert(1)</script>", async {}).await;
+
+    let page = get_url(address, "/debug/hogs?format=html").await;
+    assert_eq!(page.status, 200);
+    assert!(page.headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    assert!(page.body.contains("GET /block"));
+    assert!(!page.body.contains("<script>alert(1)</script>"));
+    assert!(page.body.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let request = hyper::Request::get(format!("http://{address}/debug/hogs"))
+        .header(
+            "accept",
+            "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+        )
+        .body(Empty::new())
+        .unwrap();
+    let response = client.request(request).await.unwrap();
+    assert!(response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    let json = get_url(address, "/debug/hogs").await;
+    assert!(json.headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/json"));
+}

@@ -1,5 +1,6 @@
 //! Renderers: plain functions from a [`Report`](crate::Report) to text in one format each.
 
+pub(crate) mod html;
 #[cfg(feature = "axum")]
 pub(crate) mod prometheus;
 pub(crate) mod text;
