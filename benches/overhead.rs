@@ -156,5 +156,62 @@ fn per_future(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, per_poll, contended, per_future);
+/// One request through the axum layer in-process (no sockets): a `tower::service_fn` handler, and
+/// a one-route axum `Router` (where the label comes from `MatchedPath`), bare and layered.
+fn per_request(c: &mut Criterion) {
+    use axum::body::Body;
+    use axum::http::{Request, Response};
+    use tower::{Layer, Service, ServiceExt};
+
+    fn request() -> Request<Body> {
+        Request::get("/instruments/42")
+            .body(Body::empty())
+            .expect("valid request")
+    }
+    fn call<S>(service: &mut S)
+    where
+        S: Service<Request<Body>, Response = Response<Body>>,
+        S::Error: std::fmt::Debug,
+    {
+        let mut cx = Context::from_waker(Waker::noop());
+        let ready = pin!(service.ready());
+        let Poll::Ready(Ok(service)) = ready.poll(&mut cx) else {
+            panic!("the service is always ready")
+        };
+        let future = pin!(service.call(request()));
+        assert!(future.poll(&mut cx).is_ready());
+    }
+
+    let handler = || {
+        tower::service_fn(|_: Request<Body>| async {
+            Ok::<_, std::convert::Infallible>(Response::new(Body::empty()))
+        })
+    };
+    let router = || {
+        axum::Router::new().route(
+            "/instruments/{id}",
+            axum::routing::get(|| async { "details" }),
+        )
+    };
+    let mut group = c.benchmark_group("request");
+    group.bench_function("service_fn/bare", |b| {
+        let mut service = handler();
+        b.iter(|| call(&mut service));
+    });
+    group.bench_function("service_fn/hogwatch", |b| {
+        let mut service = detector().layer().layer(handler());
+        b.iter(|| call(&mut service));
+    });
+    group.bench_function("router/bare", |b| {
+        let mut service = router();
+        b.iter(|| call(&mut service));
+    });
+    group.bench_function("router/hogwatch", |b| {
+        let mut service = router().layer(detector().layer());
+        b.iter(|| call(&mut service));
+    });
+    group.finish();
+}
+
+criterion_group!(benches, per_poll, contended, per_future, per_request);
 criterion_main!(benches);

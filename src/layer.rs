@@ -7,11 +7,11 @@
 use std::fmt::Write as _;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
 use axum::extract::MatchedPath;
-use http::{HeaderValue, Request, Response};
+use http::{HeaderValue, Method, Request, Response};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
@@ -56,6 +56,7 @@ impl<S> Layer<S> for HogLayer {
         HogService {
             inner,
             detector: self.detector.clone(),
+            route: Arc::default(),
         }
     }
 }
@@ -65,6 +66,25 @@ impl<S> Layer<S> for HogLayer {
 pub struct HogService<S> {
     inner: S,
     detector: Detector,
+    /// axum layers each route's method handler separately, so one service (and its clones)
+    /// nearly always sees one route: remember its label to skip the registry lookup.
+    route: Arc<OnceLock<RouteLabel>>,
+}
+
+/// The statistics of the route a `HogService` serves, and how to recognise that route.
+struct RouteLabel {
+    method: Method,
+    /// Address of the `MatchedPath` text (only compared): axum hands out one `Arc<str>` per route.
+    path: usize,
+    stats: Arc<LabelStats>,
+}
+
+impl std::fmt::Debug for RouteLabel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteLabel")
+            .field("label", &self.stats.label)
+            .finish()
+    }
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for HogService<S>
@@ -80,7 +100,7 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let stats = route_stats(&self.detector, &request);
+        let stats = self.route_stats(&request);
         stats.record_request();
         let shared = self.detector.shared().clone();
         let server_timing = shared.server_timing;
@@ -91,19 +111,38 @@ where
     }
 }
 
-/// Looks up the statistics of the request's route: `METHOD /route/{template}`.
-fn route_stats<B>(detector: &Detector, request: &Request<B>) -> Arc<LabelStats> {
+impl<S> HogService<S> {
+    /// The statistics of the request's route, from the remembered route when it is the same.
+    fn route_stats<B>(&self, request: &Request<B>) -> Arc<LabelStats> {
+        let Some(path) = request.extensions().get::<MatchedPath>() else {
+            return self.detector.shared().registry.get(UNMATCHED_LABEL);
+        };
+        let path_address = path.as_str().as_ptr() as usize;
+        if let Some(route) = self.route.get() {
+            if route.path == path_address && route.method == request.method() {
+                return route.stats.clone();
+            }
+        }
+        let stats = lookup(&self.detector, request.method(), path);
+        let _ = self.route.set(RouteLabel {
+            method: request.method().clone(),
+            path: path_address,
+            stats: stats.clone(),
+        });
+        stats
+    }
+}
+
+/// Looks up the statistics of `METHOD /route/{template}` in the registry.
+fn lookup(detector: &Detector, method: &Method, path: &MatchedPath) -> Arc<LabelStats> {
     let registry = &detector.shared().registry;
-    let Some(path) = request.extensions().get::<MatchedPath>() else {
-        return registry.get(UNMATCHED_LABEL);
-    };
     // Build "METHOD path" on the stack for the usual short route, so a request does not allocate
     // just to find its label.
     let mut buffer = LabelBuffer::default();
-    if write!(buffer, "{} {}", request.method(), path.as_str()).is_ok() {
+    if write!(buffer, "{method} {}", path.as_str()).is_ok() {
         registry.get(buffer.as_str())
     } else {
-        registry.get(&format!("{} {}", request.method(), path.as_str()))
+        registry.get(&format!("{method} {}", path.as_str()))
     }
 }
 

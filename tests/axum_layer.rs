@@ -413,3 +413,25 @@ async fn browsers_get_the_html_page_with_labels_escaped() {
         .unwrap()
         .starts_with("application/json"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_handler_for_every_method_still_labels_by_method() {
+    let detector = detector(10);
+    let app = Router::new()
+        .route("/any", axum::routing::any(|| async { "any" }))
+        .layer(detector.layer());
+    let address = serve(app).await;
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    for method in ["GET", "POST", "GET", "DELETE"] {
+        let request = hyper::Request::builder()
+            .method(method)
+            .uri(format!("http://{address}/any"))
+            .body(Empty::new())
+            .unwrap();
+        assert_eq!(client.request(request).await.unwrap().status(), 200);
+    }
+    let report = detector.report();
+    assert_eq!(report.entry("GET /any").unwrap().requests, 2);
+    assert_eq!(report.entry("POST /any").unwrap().requests, 1);
+    assert_eq!(report.entry("DELETE /any").unwrap().requests, 1);
+}
