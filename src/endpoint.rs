@@ -112,10 +112,12 @@ fn parse_report_query(query: Option<&str>) -> Result<ReportQuery, BadQuery> {
                     "json" => Format::Json,
                     "text" => Format::Text,
                     "html" => Format::Html,
-                    _ => return Err(BadQuery(format!(
+                    _ => {
+                        return Err(BadQuery(format!(
                         "bad value {} for query parameter `format`: expected json, text or html",
                         quoted(&value)
-                    ))),
+                    )))
+                    }
                 })
             }
             "reset" if !seen_reset => {
