@@ -16,6 +16,7 @@ use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use crate::detector::Detector;
+use crate::report::LabelKind;
 use crate::stats::LabelStats;
 use crate::watch::Watched;
 
@@ -95,15 +96,18 @@ where
 fn route_stats<B>(detector: &Detector, request: &Request<B>) -> Arc<LabelStats> {
     let registry = &detector.shared().registry;
     let Some(path) = request.extensions().get::<MatchedPath>() else {
-        return registry.get(UNMATCHED_LABEL);
+        return registry.get_kind(UNMATCHED_LABEL, LabelKind::Route);
     };
     // Build "METHOD path" on the stack for the usual short route, so a request does not allocate
     // just to find its label.
     let mut buffer = LabelBuffer::default();
     if write!(buffer, "{} {}", request.method(), path.as_str()).is_ok() {
-        registry.get(buffer.as_str())
+        registry.get_kind(buffer.as_str(), LabelKind::Route)
     } else {
-        registry.get(&format!("{} {}", request.method(), path.as_str()))
+        registry.get_kind(
+            &format!("{} {}", request.method(), path.as_str()),
+            LabelKind::Route,
+        )
     }
 }
 

@@ -34,6 +34,7 @@
 #![warn(rust_2018_idioms)]
 
 mod detector;
+pub mod docs;
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub mod endpoint;
@@ -43,11 +44,13 @@ mod event;
 pub mod layer;
 mod render;
 mod report;
+mod runtime;
 mod stats;
 mod watch;
 
 pub use detector::{Builder, ConfigError, Detector};
 pub use event::{HogEvent, HogKind};
-pub use report::{Entry, Report, Responses};
+pub use report::{Entry, LabelKind, Report, Responses};
+pub use runtime::{EventLoopLag, RuntimeFigures};
 pub use stats::OTHER_LABEL;
 pub use watch::{FutureTiming, Watched};
