@@ -504,6 +504,9 @@ impl Detector {
     ///         .await
     ///         .unwrap();
     /// });
+    /// // A task's last poll is recorded just after its `JoinHandle` wakes: shut the runtime down
+    /// // (which waits for its workers) before reading the report in a test.
+    /// drop(rt);
     /// let report = detector.report();
     /// let task = report.hogs().next().expect("the spawned task hogged");
     /// assert!(task.label.starts_with("task "), "{}", task.label);

@@ -208,7 +208,7 @@ fn render_runtime(report: &Report, out: &mut String) {
             ("hogwatch_runtime_live_tasks", "Tasks alive at the end of the last interval.", Some(runtime.live_tasks as f64)),
             ("hogwatch_runtime_busy_ratio", "Share of the last interval the workers were busy (0 to 1).", Some(runtime.busy_ratio)),
             ("hogwatch_runtime_global_queue_depth", "Tasks in the global queue at the end of the last interval.", Some(runtime.global_queue_depth as f64)),
-            ("hogwatch_runtime_park_count", "Times the workers parked in the last interval.", Some(runtime.total_park_count as f64)),
+            ("hogwatch_runtime_parks", "Times the workers parked in the last interval.", Some(runtime.total_park_count as f64)),
             ("hogwatch_runtime_mean_poll_seconds", "Mean task poll duration in the last interval (tokio_unstable).", runtime.mean_poll_us.map(|us| us as f64 / 1e6)),
             ("hogwatch_runtime_local_queue_depth", "Tasks in the workers' local queues at the end of the last interval (tokio_unstable).", runtime.total_local_queue_depth.map(|depth| depth as f64)),
         ];

@@ -12,8 +12,10 @@
 //!
 //! On a task's last poll tokio calls `on_task_terminate` *inside* the poll, before
 //! `on_after_task_poll`; the thread-local notes it and the after-hook counts the task as
-//! completed. A termination outside the task's own poll (aborted while idle, or dropped when the
-//! runtime shut down) counts as cancelled.
+//! completed. That last poll is also how an aborted task ends (`abort` schedules it, and the
+//! poll drops it), and tokio's hook does not say how the task ended, so returned, panicked and
+//! aborted tasks all count as completed. A termination outside the task's own poll is a task
+//! still alive when the runtime shut down: it counts as cancelled.
 
 use std::cell::Cell;
 use std::panic::Location;
@@ -97,8 +99,8 @@ impl TaskHooks {
             IN_FLIGHT.set(in_flight);
             return;
         }
-        // Ended outside its own poll. Only locations already polled count: a `spawn_blocking`
-        // task also ends here, and is never polled by a worker.
+        // Ended outside its own poll: dropped at runtime shutdown. Only locations already polled
+        // count: a `spawn_blocking` task also ends here, and is never polled by a worker.
         if let Some(stats) = self.cache.find(meta.spawned_at()) {
             stats.record_end(Outcome::Cancelled, 0, 0);
         }
@@ -139,7 +141,7 @@ fn poll_ended(hooks: &TaskHooks, meta: &TaskMeta<'_>, start_raw: u64, end_raw: u
             shared.on_slow_poll(stats, poll_ns, end_raw);
         }
         if last {
-            // tokio calls the terminate hook for a completed and a panicked task alike.
+            // tokio calls the terminate hook for a returned, panicked or aborted task alike.
             stats.record_end(Outcome::Completed, 0, 0);
         }
     });
@@ -196,8 +198,11 @@ fn is_tokio_source(file: &str) -> bool {
 /// linearly from the hash of the location's address. A slot is filled once (the registry lookup
 /// runs then) and never changes, so a reader needs one acquire load per slot it looks at.
 struct LocationCache {
-    slots: Box<[OnceLock<(usize, Arc<LabelStats>)>]>,
+    slots: Box<[Slot]>,
 }
+
+/// A location's address and its statistics, written once.
+type Slot = OnceLock<(usize, Arc<LabelStats>)>;
 
 impl LocationCache {
     fn new() -> Self {
