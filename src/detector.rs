@@ -158,7 +158,7 @@ impl Builder {
     ///
     /// The probe is a task on the runtime it measures. It starts by itself when the detector is
     /// built inside a runtime, or on the first [`watch`](Detector::watch) or
-    /// [`layer`](Detector::layer) inside one; otherwise call
+    /// `layer` inside one; otherwise call
     /// [`Detector::start_probes`]. It stops when the last `Detector` clone is dropped.
     ///
     /// ```

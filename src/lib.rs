@@ -27,6 +27,11 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Beyond the futures you wrap: [`Builder::lag_probe`] measures event-loop lag (what every task
+//! suffered, whoever caused it), `Builder::runtime_metrics` adds tokio-metrics' runtime figures,
+//! and with `--cfg tokio_unstable`, `Detector::instrument_runtime` times every poll of every task,
+//! labelled by spawn location. [`docs::labels`] explains what each label means.
+//!
 //! Data flows one way: a poll is recorded into its label's atomic counters (`stats`), a
 //! [`Report`] is a snapshot of them, and renderers turn a report into text, JSON and the rest.
 #![cfg_attr(docsrs, feature(doc_cfg))]

@@ -38,7 +38,7 @@ pub struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub event_loop_lag: Option<crate::runtime::EventLoopLag>,
     /// The runtime's own figures from tokio-metrics, over the last sampling interval. Absent
-    /// unless [`Builder::runtime_metrics`](crate::Builder::runtime_metrics) is on (feature
+    /// unless `Builder::runtime_metrics` is on (feature
     /// `runtime-metrics`) and a sample was taken.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub runtime: Option<crate::runtime::RuntimeFigures>,

@@ -136,6 +136,24 @@ mod hooks {
     }
 
     #[test]
+    fn hogwatch_own_tasks_have_their_own_label() {
+        let detector = Detector::builder()
+            .lag_probe(Duration::from_millis(5))
+            .build()
+            .unwrap();
+        let rt = instrumented(&detector);
+        assert!(detector.start_probes(rt.handle()));
+        rt.block_on(async { tokio::time::sleep(Duration::from_millis(50)).await });
+        drop(rt);
+        let report = detector.report();
+        let probe = report
+            .entry("task <hogwatch>")
+            .unwrap_or_else(|| panic!("{}", report.to_text()));
+        assert!(probe.polls >= 3, "{}", report.to_text());
+        assert_eq!(report.entries.len(), 1, "{}", report.to_text());
+    }
+
+    #[test]
     fn spawn_blocking_tasks_are_not_counted() {
         let detector = Detector::builder().build().unwrap();
         let rt = instrumented(&detector);

@@ -31,6 +31,8 @@ use crate::stats::{LabelStats, Outcome};
 pub(crate) const TASK_PREFIX: &str = "task ";
 /// The label of tasks spawned from inside tokio's own source.
 pub(crate) const TOKIO_INTERNAL_LABEL: &str = "task <tokio internal>";
+/// The label of hogwatch's own background tasks (the lag probe, the runtime-metrics sampler).
+pub(crate) const HOGWATCH_LABEL: &str = "task <hogwatch>";
 
 /// Slots in the location cache: distinct spawn locations a program polls, with room to spare.
 const SLOTS: usize = 2048;
@@ -166,8 +168,12 @@ pub(crate) fn install(
 }
 
 /// The label of a spawn location: `task src/worker.rs:42`. A location in a dependency's source
-/// is shortened to `crate-1.2.3/src/file.rs:LINE`; tokio's own tasks are all `task <tokio internal>`.
+/// is shortened to `crate-1.2.3/src/file.rs:LINE`; tokio's own tasks are all `task <tokio internal>`,
+/// and hogwatch's are `task <hogwatch>`.
 pub(crate) fn task_label(location: &Location<'_>) -> String {
+    if location.file() == super::SPAWN_FILE {
+        return HOGWATCH_LABEL.to_string();
+    }
     let file = short_file(location.file());
     if is_tokio_source(file) {
         return TOKIO_INTERNAL_LABEL.to_string();

@@ -76,7 +76,7 @@ pub struct EventLoopLag {
 
 /// The runtime's own figures over the last sampling interval, from tokio-metrics'
 /// [`RuntimeMonitor`](https://docs.rs/tokio-metrics/0.5/tokio_metrics/struct.RuntimeMonitor.html)
-/// (feature `runtime-metrics`, [`Builder::runtime_metrics`](crate::Builder::runtime_metrics)).
+/// (feature `runtime-metrics`, `Builder::runtime_metrics`).
 ///
 /// The fields that are `Option`s need the application to be built with `--cfg tokio_unstable`
 /// (tokio only counts them there); they are `None` otherwise and left out of the JSON.
@@ -113,6 +113,11 @@ pub struct RuntimeFigures {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_local_queue_depth: Option<u64>,
 }
+
+/// The file every hogwatch background task is spawned from, as `Location::file` spells it: the
+/// task hooks label those tasks `task <hogwatch>`.
+#[cfg_attr(not(tokio_unstable), allow(dead_code))]
+pub(crate) const SPAWN_FILE: &str = file!();
 
 /// The runtime-wide state a detector carries: the probes' configuration and their results.
 pub(crate) struct RuntimeState {
