@@ -102,6 +102,8 @@ impl Builder {
     pub const DEFAULT_MAX_LABELS: usize = 1024;
     /// The default minimum time between two `tracing` warnings for one label.
     pub const DEFAULT_WARN_INTERVAL: Duration = Duration::from_secs(1);
+    /// A good resolution for the [lag probe](Self::lag_probe): 10 ms, one sample per 10 ms.
+    pub const DEFAULT_LAG_RESOLUTION: Duration = Duration::from_millis(10);
 
     /// A poll that runs longer than this is a hog: counted as a slow poll, warned about, and
     /// passed to [`on_hog`](Self::on_hog). Default: [`Self::DEFAULT_THRESHOLD`].
@@ -151,22 +153,23 @@ impl Builder {
         self
     }
 
-    /// Measures event-loop lag: a task sleeps `resolution` (10 ms is a good start) again and
-    /// again and records how late it wakes, into the report's
-    /// [`event_loop_lag`](crate::Report::event_loop_lag). Off by default. Works on stable tokio;
-    /// the runtime needs its timer (`enable_time` or `enable_all`).
+    /// Measures event-loop lag: a task sleeps `resolution` again and again and records how late
+    /// it wakes, into the report's [`event_loop_lag`](crate::Report::event_loop_lag). Off by
+    /// default; [`Self::DEFAULT_LAG_RESOLUTION`] (10 ms) suits most servers. tokio's timer ticks
+    /// in whole milliseconds, so a resolution under 1 ms sleeps 1 ms and reads as lag. Works on
+    /// stable tokio; the runtime needs its timer (`enable_time` or `enable_all`).
     ///
     /// The probe is a task on the runtime it measures. It starts by itself when the detector is
-    /// built inside a runtime, or on the first [`watch`](Detector::watch) or
-    /// `layer` inside one; otherwise call
-    /// [`Detector::start_probes`]. It stops when the last `Detector` clone is dropped.
+    /// built inside a runtime, or on the first [`watch`](Detector::watch) or `layer` inside one;
+    /// otherwise call [`Detector::start_probes`]. It stops when the last `Detector` clone is
+    /// dropped.
     ///
     /// ```
-    /// use std::time::Duration;
+    /// use hogwatch::Builder;
     ///
     /// # fn main() -> Result<(), hogwatch::ConfigError> {
     /// let detector = hogwatch::Detector::builder()
-    ///     .lag_probe(Duration::from_millis(10))
+    ///     .lag_probe(Builder::DEFAULT_LAG_RESOLUTION)
     ///     .build()?;
     /// # Ok(()) }
     /// ```
