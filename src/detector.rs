@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::event::{HogEvent, HogKind, OnHog};
 use crate::report::Report;
+use crate::runtime::RuntimeState;
 use crate::stats::{LabelStats, Registry};
 use crate::watch::Watched;
 
@@ -31,6 +32,13 @@ pub enum ConfigError {
     /// `max_labels` was zero: no label could ever be recorded.
     #[error("max_labels must be at least 1")]
     ZeroMaxLabels,
+    /// The lag probe's resolution or the runtime-metrics interval was zero: the probe would
+    /// never sleep.
+    #[error("the {what} must be greater than zero")]
+    ZeroProbeInterval {
+        /// Which setting: `"lag probe resolution"` or `"runtime metrics interval"`.
+        what: &'static str,
+    },
 }
 
 /// Configures and builds a [`Detector`].
@@ -54,6 +62,8 @@ pub struct Builder {
     warn_interval: Duration,
     on_hog: Option<OnHog>,
     server_timing: bool,
+    lag_probe: Option<Duration>,
+    runtime_metrics: Option<Duration>,
 }
 
 impl fmt::Debug for Builder {
@@ -64,6 +74,8 @@ impl fmt::Debug for Builder {
             .field("warn_interval", &self.warn_interval)
             .field("on_hog", &self.on_hog.as_ref().map(|_| "Fn(&HogEvent)"))
             .field("server_timing", &self.server_timing)
+            .field("lag_probe", &self.lag_probe)
+            .field("runtime_metrics", &self.runtime_metrics)
             .finish()
     }
 }
@@ -76,6 +88,8 @@ impl Default for Builder {
             warn_interval: Builder::DEFAULT_WARN_INTERVAL,
             on_hog: None,
             server_timing: false,
+            lag_probe: None,
+            runtime_metrics: None,
         }
     }
 }
@@ -88,6 +102,8 @@ impl Builder {
     pub const DEFAULT_MAX_LABELS: usize = 1024;
     /// The default minimum time between two `tracing` warnings for one label.
     pub const DEFAULT_WARN_INTERVAL: Duration = Duration::from_secs(1);
+    /// A good resolution for the [lag probe](Self::lag_probe): 10 ms, one sample per 10 ms.
+    pub const DEFAULT_LAG_RESOLUTION: Duration = Duration::from_millis(10);
 
     /// A poll that runs longer than this is a hog: counted as a slow poll, warned about, and
     /// passed to [`on_hog`](Self::on_hog). Default: [`Self::DEFAULT_THRESHOLD`].
@@ -137,6 +153,53 @@ impl Builder {
         self
     }
 
+    /// Measures event-loop lag: a task sleeps `resolution` again and again and records how late
+    /// it wakes, into the report's [`event_loop_lag`](crate::Report::event_loop_lag). Off by
+    /// default; [`Self::DEFAULT_LAG_RESOLUTION`] (10 ms) suits most servers. tokio's timer ticks
+    /// in whole milliseconds, so a resolution under 1 ms sleeps 1 ms and reads as lag. Works on
+    /// stable tokio; the runtime needs its timer (`enable_time` or `enable_all`).
+    ///
+    /// The probe is a task on the runtime it measures. It starts by itself when the detector is
+    /// built inside a runtime, or on the first [`watch`](Detector::watch) or `layer` inside one;
+    /// otherwise call [`Detector::start_probes`]. It stops when the last `Detector` clone is
+    /// dropped.
+    ///
+    /// ```
+    /// use hogwatch::Builder;
+    ///
+    /// # fn main() -> Result<(), hogwatch::ConfigError> {
+    /// let detector = hogwatch::Detector::builder()
+    ///     .lag_probe(Builder::DEFAULT_LAG_RESOLUTION)
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn lag_probe(mut self, resolution: Duration) -> Self {
+        self.lag_probe = Some(resolution);
+        self
+    }
+
+    /// Adds the runtime's own figures (busy ratio, queue depths, park counts, mean poll time) from
+    /// tokio-metrics' `RuntimeMonitor`, sampled every `interval` (1 s is a good start), to the
+    /// report's [`runtime`](crate::Report::runtime) section; see
+    /// [`RuntimeFigures`](crate::RuntimeFigures) for which figures need `tokio_unstable`. Off by
+    /// default. Started and stopped like the [lag probe](Self::lag_probe).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// # fn main() -> Result<(), hogwatch::ConfigError> {
+    /// let detector = hogwatch::Detector::builder()
+    ///     .runtime_metrics(Duration::from_secs(1))
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "runtime-metrics")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "runtime-metrics")))]
+    pub fn runtime_metrics(mut self, interval: Duration) -> Self {
+        self.runtime_metrics = Some(interval);
+        self
+    }
+
     /// Checks the configuration and builds the detector.
     ///
     /// # Errors
@@ -144,7 +207,9 @@ impl Builder {
     /// - [`ConfigError::ZeroThreshold`] if the threshold is zero;
     /// - [`ConfigError::ThresholdOutOfRange`] if the threshold is below 1 µs or not below 60 s,
     ///   the range the poll histogram holds;
-    /// - [`ConfigError::ZeroMaxLabels`] if `max_labels` is zero.
+    /// - [`ConfigError::ZeroMaxLabels`] if `max_labels` is zero;
+    /// - [`ConfigError::ZeroProbeInterval`] if the lag probe's resolution or the runtime-metrics
+    ///   interval is zero.
     pub fn build(self) -> Result<Detector, ConfigError> {
         if self.threshold.is_zero() {
             return Err(ConfigError::ZeroThreshold);
@@ -161,6 +226,14 @@ impl Builder {
         if self.max_labels == 0 {
             return Err(ConfigError::ZeroMaxLabels);
         }
+        for (interval, what) in [
+            (self.lag_probe, "lag probe resolution"),
+            (self.runtime_metrics, "runtime metrics interval"),
+        ] {
+            if interval.is_some_and(|interval| interval.is_zero()) {
+                return Err(ConfigError::ZeroProbeInterval { what });
+            }
+        }
         let clock = quanta::Clock::new();
         let threshold_us = duration_as_u64(self.threshold.as_micros());
         let shared = Shared {
@@ -172,12 +245,15 @@ impl Builder {
             registry: Registry::new(self.max_labels, threshold_us),
             on_hog: self.on_hog,
             server_timing: self.server_timing,
+            runtime: RuntimeState::new(self.lag_probe, self.runtime_metrics),
         };
-        Ok(Detector {
+        let detector = Detector {
             handle: Arc::new(Handle {
                 shared: Arc::new(shared),
             }),
-        })
+        };
+        detector.start_probes_if_in_runtime();
+        Ok(detector)
     }
 }
 
@@ -239,6 +315,8 @@ pub(crate) struct Shared {
     pub(crate) server_timing: bool,
     /// Clock reading at the start of the current report window.
     window_start: AtomicU64,
+    /// The lag probe and runtime-metrics sampler: configuration and results.
+    pub(crate) runtime: RuntimeState,
 }
 
 impl Shared {
@@ -282,7 +360,10 @@ impl Shared {
         };
         let (entries, folded) = self.registry.snapshot(reset);
         let window_us = self.clock.delta_as_nanos(start, now) / 1_000;
-        Report::new(self.threshold_us, window_us, entries, folded)
+        let mut report = Report::new(self.threshold_us, window_us, entries, folded);
+        report.event_loop_lag = self.runtime.event_loop_lag(reset);
+        report.runtime = self.runtime.figures();
+        report
     }
 }
 
@@ -311,6 +392,7 @@ impl Detector {
     /// # Ok(()) }
     /// ```
     pub fn watch<F: Future>(&self, label: &str, future: F) -> Watched<F> {
+        self.start_probes_if_in_runtime();
         let stats = self.handle.shared.registry.get(label);
         Watched::new(future, self.handle.shared.clone(), stats)
     }
@@ -347,6 +429,7 @@ impl Detector {
     #[cfg(feature = "axum")]
     #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
     pub fn layer(&self) -> crate::layer::HogLayer {
+        self.start_probes_if_in_runtime();
         crate::layer::HogLayer::new(self.clone())
     }
 
@@ -368,6 +451,78 @@ impl Detector {
         S: Clone + Send + Sync + 'static,
     {
         crate::endpoint::router(self.clone())
+    }
+
+    /// Starts the [lag probe](Builder::lag_probe) and the
+    /// [runtime-metrics sampler](Builder#method.runtime_metrics), whichever are configured, as tasks
+    /// on `runtime`. Returns `true` if this call started them, `false` if they were already
+    /// running or none is configured.
+    ///
+    /// hogwatch calls this for you when the detector is built, or asked to `watch` or make a
+    /// `layer`, inside a runtime; call it yourself when the detector is built outside any runtime
+    /// and the first of those also happens outside one (for example with only
+    /// `instrument_runtime`). The tasks stop once the last `Detector` clone is dropped.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let detector = hogwatch::Detector::builder()
+    ///     .lag_probe(Duration::from_millis(10))
+    ///     .build()?; // no runtime yet: nothing started
+    /// let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    /// assert!(detector.start_probes(rt.handle()));
+    /// assert!(!detector.start_probes(rt.handle()), "already running");
+    /// # Ok(()) }
+    /// ```
+    pub fn start_probes(&self, runtime: &tokio::runtime::Handle) -> bool {
+        crate::runtime::start(&self.handle.shared, Arc::downgrade(&self.handle), runtime)
+    }
+
+    /// The per-future check: one relaxed load once the probes run (or when none is configured).
+    #[inline]
+    fn start_probes_if_in_runtime(&self) {
+        if self.handle.shared.runtime.waiting_to_start() {
+            crate::runtime::start_if_in_runtime(&self.handle.shared, Arc::downgrade(&self.handle));
+        }
+    }
+
+    /// Installs tokio's task-poll hooks on `builder`, so every poll of every task on the runtime
+    /// it builds is timed and recorded, labelled by where the task was spawned
+    /// (`task src/worker.rs:42`; see [the labels guide](crate::docs::labels)). Slow polls warn and
+    /// call [`on_hog`](Builder::on_hog) like a watched future's. Needs `--cfg tokio_unstable`;
+    /// without it the method does not exist.
+    ///
+    /// tokio keeps one callback of each kind: this replaces any `on_before_task_poll`,
+    /// `on_after_task_poll` and `on_task_terminate` set on `builder` before, and one set after
+    /// replaces hogwatch's.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let detector = hogwatch::Detector::builder().build()?;
+    /// let mut builder = tokio::runtime::Builder::new_multi_thread();
+    /// let rt = detector.instrument_runtime(builder.enable_all()).build()?;
+    /// rt.block_on(async {
+    ///     tokio::spawn(async { std::thread::sleep(std::time::Duration::from_millis(20)) })
+    ///         .await
+    ///         .unwrap();
+    /// });
+    /// // A task's last poll is recorded just after its `JoinHandle` wakes: shut the runtime down
+    /// // (which waits for its workers) before reading the report in a test.
+    /// drop(rt);
+    /// let report = detector.report();
+    /// let task = report.hogs().next().expect("the spawned task hogged");
+    /// assert!(task.label.starts_with("task "), "{}", task.label);
+    /// assert_eq!(task.kind, hogwatch::LabelKind::Task);
+    /// # Ok(()) }
+    /// ```
+    #[cfg(tokio_unstable)]
+    #[cfg_attr(docsrs, doc(cfg(tokio_unstable)))]
+    pub fn instrument_runtime<'a>(
+        &self,
+        builder: &'a mut tokio::runtime::Builder,
+    ) -> &'a mut tokio::runtime::Builder {
+        crate::runtime::hooks::install(self.handle.shared.clone(), builder)
     }
 
     #[cfg_attr(not(feature = "axum"), allow(dead_code))]

@@ -16,6 +16,7 @@ use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use crate::detector::Detector;
+use crate::report::LabelKind;
 use crate::stats::LabelStats;
 use crate::watch::Watched;
 
@@ -115,7 +116,11 @@ impl<S> HogService<S> {
     /// The statistics of the request's route, from the remembered route when it is the same.
     fn route_stats<B>(&self, request: &Request<B>) -> Arc<LabelStats> {
         let Some(path) = request.extensions().get::<MatchedPath>() else {
-            return self.detector.shared().registry.get(UNMATCHED_LABEL);
+            return self
+                .detector
+                .shared()
+                .registry
+                .get_kind(UNMATCHED_LABEL, LabelKind::Route);
         };
         let path_address = path.as_str().as_ptr() as usize;
         if let Some(route) = self.route.get() {
@@ -140,9 +145,9 @@ fn lookup(detector: &Detector, method: &Method, path: &MatchedPath) -> Arc<Label
     // just to find its label.
     let mut buffer = LabelBuffer::default();
     if write!(buffer, "{method} {}", path.as_str()).is_ok() {
-        registry.get(buffer.as_str())
+        registry.get_kind(buffer.as_str(), LabelKind::Route)
     } else {
-        registry.get(&format!("{method} {}", path.as_str()))
+        registry.get_kind(&format!("{method} {}", path.as_str()), LabelKind::Route)
     }
 }
 

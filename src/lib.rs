@@ -27,6 +27,11 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Beyond the futures you wrap: [`Builder::lag_probe`] measures event-loop lag (what every task
+//! suffered, whoever caused it), `Builder::runtime_metrics` adds tokio-metrics' runtime figures,
+//! and with `--cfg tokio_unstable`, `Detector::instrument_runtime` times every poll of every task,
+//! labelled by spawn location. [`docs::labels`] explains what each label means.
+//!
 //! Data flows one way: a poll is recorded into its label's atomic counters (`stats`), a
 //! [`Report`] is a snapshot of them, and renderers turn a report into text, JSON and the rest.
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -34,6 +39,7 @@
 #![warn(rust_2018_idioms)]
 
 mod detector;
+pub mod docs;
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub mod endpoint;
@@ -43,11 +49,13 @@ mod event;
 pub mod layer;
 mod render;
 mod report;
+mod runtime;
 mod stats;
 mod watch;
 
 pub use detector::{Builder, ConfigError, Detector};
 pub use event::{HogEvent, HogKind};
-pub use report::{Entry, Report, Responses};
+pub use report::{Entry, LabelKind, Report, Responses};
+pub use runtime::{EventLoopLag, RuntimeFigures};
 pub use stats::OTHER_LABEL;
 pub use watch::{FutureTiming, Watched};

@@ -32,6 +32,32 @@ pub struct Report {
     /// How many watched futures had a label that did not fit under `max_labels` and were counted
     /// under `<other>` instead.
     pub folded_labels: u64,
+    /// How late the lag probe woke up: what every task on the runtime suffered, whoever caused
+    /// it. Absent unless [`Builder::lag_probe`](crate::Builder::lag_probe) is on and the probe
+    /// has started.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_loop_lag: Option<crate::runtime::EventLoopLag>,
+    /// The runtime's own figures from tokio-metrics, over the last sampling interval. Absent
+    /// unless `Builder::runtime_metrics` is on (feature
+    /// `runtime-metrics`) and a sample was taken.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<crate::runtime::RuntimeFigures>,
+}
+
+/// What made a label: see [the labels guide](crate::docs::labels).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum LabelKind {
+    /// A future passed to [`Detector::watch`](crate::Detector::watch).
+    Watch,
+    /// A request through the HTTP layer, labelled `METHOD /route/{template}`.
+    Route,
+    /// Every poll of a tokio task, labelled `task FILE:LINE` by its spawn location (needs
+    /// `--cfg tokio_unstable` and `Detector::instrument_runtime`).
+    Task,
+    /// `<other>`: labels beyond `max_labels`, of any kind.
+    Other,
 }
 
 /// The statistics of one label.
@@ -40,6 +66,9 @@ pub struct Report {
 pub struct Entry {
     /// The label: the name given to `watch`, or `METHOD /route/{template}` for the HTTP layer.
     pub label: String,
+    /// What made the label (`"watch"`, `"route"`, `"task"` or `"other"` in JSON). A poll inside a
+    /// watched future or a route is also counted under its task's label: two views of one poll.
+    pub kind: LabelKind,
     /// Polls recorded.
     pub polls: u64,
     /// Polls longer than the threshold.
@@ -120,7 +149,12 @@ pub(crate) struct Counters {
 }
 
 impl Entry {
-    pub(crate) fn new(label: String, histogram: Histogram<u64>, counters: Counters) -> Self {
+    pub(crate) fn new(
+        label: String,
+        kind: LabelKind,
+        histogram: Histogram<u64>,
+        counters: Counters,
+    ) -> Self {
         let quantile = |q: f64| {
             if histogram.is_empty() {
                 0
@@ -130,6 +164,7 @@ impl Entry {
         };
         Self {
             label,
+            kind,
             polls: histogram.len(),
             slow_polls: counters.slow_polls,
             busy_us: counters.busy_ns / 1_000,
@@ -185,6 +220,8 @@ impl Report {
             window_us,
             entries,
             folded_labels,
+            event_loop_lag: None,
+            runtime: None,
         }
     }
 

@@ -71,7 +71,21 @@ fn render_summary(report: &Report, hogs: usize, out: &mut String) {
             let _ = write!(out, "No hogs: no poll took longer than {threshold}.");
         }
     }
-    // The lag probe's event-loop lag p99 goes here, once the report carries it.
+    if let Some(lag) = &report.event_loop_lag {
+        let class = if lag.p99_us > report.threshold_us {
+            " class=\"hot\""
+        } else {
+            ""
+        };
+        let _ = write!(
+            out,
+            " Event-loop lag p99 <strong{class}>{}</strong> (max {}, {} {}).",
+            duration(lag.p99_us),
+            duration(lag.max_us),
+            lag.samples,
+            plural(lag.samples, "sample", "samples"),
+        );
+    }
     out.push_str("</p>\n<p class=\"meta muted\">");
     let _ = write!(
         out,
@@ -84,6 +98,16 @@ fn render_summary(report: &Report, hogs: usize, out: &mut String) {
         let _ = write!(out, " · {} futures counted under ", report.folded_labels);
         escape(OTHER_LABEL, out);
         out.push_str(" (too many labels)");
+    }
+    if let Some(runtime) = &report.runtime {
+        let _ = write!(
+            out,
+            " · runtime: {} {}, busy {}, global queue {}",
+            runtime.workers,
+            plural(runtime.workers, "worker", "workers"),
+            percent(runtime.busy_ratio),
+            runtime.global_queue_depth,
+        );
     }
     out.push_str("</p>\n");
 }

@@ -39,6 +39,22 @@ pub(crate) fn render(report: &Report, out: &mut String) {
 
     header(
         out,
+        "hogwatch_label_info",
+        "gauge",
+        "What made each label: watch, route, task or other (always 1).",
+    );
+    for entry in entries {
+        let _ = writeln!(
+            out,
+            "hogwatch_label_info{{label=\"{}\",kind=\"{}\"}} 1",
+            escape(&entry.label),
+            super::text::kind(entry.kind)
+        );
+    }
+    render_runtime(report, out);
+
+    header(
+        out,
         "hogwatch_poll_duration_seconds",
         "histogram",
         "Duration of each poll of a watched future.",
@@ -154,6 +170,53 @@ pub(crate) fn render(report: &Report, out: &mut String) {
                 out,
                 "hogwatch_responses_total{{label=\"{label}\",class=\"{class}\"}} {count}"
             );
+        }
+    }
+}
+
+/// The lag probe as a summary and the tokio-metrics figures as gauges, when the report has them.
+fn render_runtime(report: &Report, out: &mut String) {
+    if let Some(lag) = &report.event_loop_lag {
+        header(
+            out,
+            "hogwatch_event_loop_lag_seconds",
+            "summary",
+            "How late the lag probe woke up: the delay every task on the runtime suffered.",
+        );
+        for (quantile, us) in [
+            ("0", lag.min_us),
+            ("0.5", lag.p50_us),
+            ("0.99", lag.p99_us),
+            ("1", lag.max_us),
+        ] {
+            let _ = writeln!(
+                out,
+                "hogwatch_event_loop_lag_seconds{{quantile=\"{quantile}\"}} {}",
+                seconds(us)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "hogwatch_event_loop_lag_seconds_sum {}",
+            seconds(lag.mean_us.saturating_mul(lag.samples))
+        );
+        let _ = writeln!(out, "hogwatch_event_loop_lag_seconds_count {}", lag.samples);
+    }
+    if let Some(runtime) = &report.runtime {
+        let gauges = [
+            ("hogwatch_runtime_workers", "Worker threads of the runtime.", Some(runtime.workers as f64)),
+            ("hogwatch_runtime_live_tasks", "Tasks alive at the end of the last interval.", Some(runtime.live_tasks as f64)),
+            ("hogwatch_runtime_busy_ratio", "Share of the last interval the workers were busy (0 to 1).", Some(runtime.busy_ratio)),
+            ("hogwatch_runtime_global_queue_depth", "Tasks in the global queue at the end of the last interval.", Some(runtime.global_queue_depth as f64)),
+            ("hogwatch_runtime_parks", "Times the workers parked in the last interval.", Some(runtime.total_park_count as f64)),
+            ("hogwatch_runtime_mean_poll_seconds", "Mean task poll duration in the last interval (tokio_unstable).", runtime.mean_poll_us.map(|us| us as f64 / 1e6)),
+            ("hogwatch_runtime_local_queue_depth", "Tasks in the workers' local queues at the end of the last interval (tokio_unstable).", runtime.total_local_queue_depth.map(|depth| depth as f64)),
+        ];
+        for (name, help, value) in gauges {
+            if let Some(value) = value {
+                header(out, name, "gauge", help);
+                let _ = writeln!(out, "{name} {value}");
+            }
         }
     }
 }

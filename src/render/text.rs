@@ -2,10 +2,11 @@
 
 use std::fmt::Write;
 
-use crate::report::Report;
+use crate::report::{LabelKind, Report};
 
-const COLUMNS: [&str; 14] = [
+const COLUMNS: [&str; 15] = [
     "label",
+    "kind",
     "polls",
     "slow_polls",
     "busy_us",
@@ -23,13 +24,14 @@ const COLUMNS: [&str; 14] = [
 
 /// Writes `report` as a table into `out`: a header line, then one row per entry.
 pub(crate) fn render(report: &Report, out: &mut String) {
-    let rows: Vec<[String; 14]> = report
+    let rows: Vec<[String; 15]> = report
         .entries
         .iter()
         .map(|entry| {
             [
                 // Control characters would break the table's alignment (and a terminal).
                 entry.label.escape_debug().to_string(),
+                kind(entry.kind).to_string(),
                 entry.polls.to_string(),
                 entry.slow_polls.to_string(),
                 entry.busy_us.to_string(),
@@ -68,9 +70,44 @@ pub(crate) fn render(report: &Report, out: &mut String) {
     for row in &rows {
         write_row(out, row, &widths);
     }
+    if let Some(lag) = &report.event_loop_lag {
+        let _ = writeln!(
+            out,
+            "event-loop lag: min {} us, mean {} us, p50 {} us, p99 {} us, max {} us ({} samples every {} us)",
+            lag.min_us, lag.mean_us, lag.p50_us, lag.p99_us, lag.max_us, lag.samples, lag.resolution_us
+        );
+    }
+    if let Some(runtime) = &report.runtime {
+        let _ = write!(
+            out,
+            "runtime: {} workers, busy {:.1}%, {} live tasks, global queue {}, {} parks",
+            runtime.workers,
+            runtime.busy_ratio * 100.0,
+            runtime.live_tasks,
+            runtime.global_queue_depth,
+            runtime.total_park_count,
+        );
+        if let Some(mean_poll_us) = runtime.mean_poll_us {
+            let _ = write!(out, ", mean poll {mean_poll_us} us");
+        }
+        if let Some(depth) = runtime.total_local_queue_depth {
+            let _ = write!(out, ", local queues {depth}");
+        }
+        let _ = writeln!(out, " (over {} ms)", runtime.interval_us / 1_000);
+    }
 }
 
-fn write_row(out: &mut String, cells: &[String; 14], widths: &[usize; 14]) {
+/// The kind as it appears in the JSON.
+pub(crate) fn kind(kind: LabelKind) -> &'static str {
+    match kind {
+        LabelKind::Watch => "watch",
+        LabelKind::Route => "route",
+        LabelKind::Task => "task",
+        LabelKind::Other => "other",
+    }
+}
+
+fn write_row(out: &mut String, cells: &[String; 15], widths: &[usize; 15]) {
     for (column, (cell, width)) in cells.iter().zip(widths).enumerate() {
         let separator = if column == 0 { "" } else { "  " };
         if column == 0 {

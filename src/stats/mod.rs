@@ -14,7 +14,7 @@ use std::sync::{Arc, RwLock};
 use histogram::AtomicHistogram;
 pub(crate) use histogram::{empty_histogram, HIGHEST_US, LOWEST_US};
 
-use crate::report::{Entry, Responses};
+use crate::report::{Entry, LabelKind, Responses};
 
 /// The label under which polls of labels beyond `max_labels` are counted.
 pub const OTHER_LABEL: &str = "<other>";
@@ -22,6 +22,8 @@ pub const OTHER_LABEL: &str = "<other>";
 /// Everything recorded for one label. All counters are cumulative since the last reset.
 pub(crate) struct LabelStats {
     pub(crate) label: Arc<str>,
+    /// What made the label; the first kind to ask for a label wins.
+    kind: LabelKind,
     polls: AtomicHistogram,
     busy_ns: AtomicU64,
     slow_polls: AtomicU64,
@@ -46,9 +48,10 @@ pub(crate) enum Outcome {
 }
 
 impl LabelStats {
-    fn new(label: Arc<str>, threshold_us: u64) -> Self {
+    fn new(label: Arc<str>, kind: LabelKind, threshold_us: u64) -> Self {
         Self {
             label,
+            kind,
             polls: AtomicHistogram::new(threshold_us),
             busy_ns: AtomicU64::new(0),
             slow_polls: AtomicU64::new(0),
@@ -128,6 +131,7 @@ impl LabelStats {
         };
         Entry::new(
             self.label.to_string(),
+            self.kind,
             histogram,
             crate::report::Counters {
                 busy_ns: take(&self.busy_ns),
@@ -157,7 +161,11 @@ impl Registry {
     pub(crate) fn new(max_labels: usize, threshold_us: u64) -> Self {
         Self {
             labels: RwLock::new(HashMap::new()),
-            other: Arc::new(LabelStats::new(Arc::from(OTHER_LABEL), threshold_us)),
+            other: Arc::new(LabelStats::new(
+                Arc::from(OTHER_LABEL),
+                LabelKind::Other,
+                threshold_us,
+            )),
             max_labels,
             threshold_us,
             folded: AtomicU64::new(0),
@@ -167,6 +175,11 @@ impl Registry {
     /// The statistics for `label`, created on first sight; past `max_labels` distinct labels,
     /// the shared `<other>` entry (and the fold is counted).
     pub(crate) fn get(&self, label: &str) -> Arc<LabelStats> {
+        self.get_kind(label, LabelKind::Watch)
+    }
+
+    /// Like `get`, for a label of another kind (a route, a task's spawn location).
+    pub(crate) fn get_kind(&self, label: &str, kind: LabelKind) -> Arc<LabelStats> {
         if label == OTHER_LABEL {
             return self.other.clone();
         }
@@ -192,7 +205,7 @@ impl Registry {
             return self.other.clone();
         }
         let label: Arc<str> = Arc::from(label);
-        let stats = Arc::new(LabelStats::new(label.clone(), self.threshold_us));
+        let stats = Arc::new(LabelStats::new(label.clone(), kind, self.threshold_us));
         labels.insert(label, stats.clone());
         stats
     }

@@ -1,0 +1,310 @@
+//! tokio's task hooks (`--cfg tokio_unstable`): every poll of every task, no wrapping.
+//!
+//! `on_before_task_poll` reads the clock into a thread-local; `on_after_task_poll` reads it
+//! again and records the poll with the same primitives a watched future uses (histogram, busy
+//! time, and the slow path with its warning and `on_hog` callback), under the task's spawn
+//! location. [`poll_started`] and [`poll_ended`] are the one place a poll begins and ends: whatever
+//! else wants to follow polls in flight (the watchdog) hooks in there.
+//!
+//! The label of a spawn location is looked up in the registry once; after that a poll finds its
+//! `LabelStats` in [`LocationCache`], a fixed open-addressing table keyed by the address of the
+//! `&'static Location`, read with one acquire load and no lock.
+//!
+//! On a task's last poll tokio calls `on_task_terminate` *inside* the poll, before
+//! `on_after_task_poll`; the thread-local notes it and the after-hook counts the task as
+//! completed. That last poll is also how an aborted task ends (`abort` schedules it, and the
+//! poll drops it), and tokio's hook does not say how the task ended, so returned, panicked and
+//! aborted tasks all count as completed. A termination outside the task's own poll is a task
+//! still alive when the runtime shut down: it counts as cancelled.
+
+use std::cell::Cell;
+use std::panic::Location;
+use std::sync::{Arc, OnceLock};
+
+use tokio::runtime::TaskMeta;
+
+use crate::detector::Shared;
+use crate::report::LabelKind;
+use crate::stats::{LabelStats, Outcome};
+
+/// The label prefix of every task label.
+pub(crate) const TASK_PREFIX: &str = "task ";
+/// The label of tasks spawned from inside tokio's own source.
+pub(crate) const TOKIO_INTERNAL_LABEL: &str = "task <tokio internal>";
+/// The label of hogwatch's own background tasks (the lag probe, the runtime-metrics sampler).
+pub(crate) const HOGWATCH_LABEL: &str = "task <hogwatch>";
+
+/// Slots in the location cache: distinct spawn locations a program polls, with room to spare.
+const SLOTS: usize = 2048;
+/// Slots tried before giving up on the cache (and using the registry's lock instead).
+const MAX_PROBES: usize = 64;
+
+/// The poll in flight on this thread, between the before- and after-hooks.
+#[derive(Clone, Copy)]
+struct InFlight {
+    task: Option<tokio::task::Id>,
+    start_raw: u64,
+    /// `on_task_terminate` ran for this task during this poll: it is its last.
+    terminated: bool,
+}
+
+impl InFlight {
+    const NONE: Self = Self {
+        task: None,
+        start_raw: 0,
+        terminated: false,
+    };
+}
+
+thread_local! {
+    static IN_FLIGHT: Cell<InFlight> = const { Cell::new(InFlight::NONE) };
+}
+
+/// What the three hooks of one instrumented runtime share.
+pub(crate) struct TaskHooks {
+    shared: Arc<Shared>,
+    cache: LocationCache,
+}
+
+impl TaskHooks {
+    fn before_poll(&self, meta: &TaskMeta<'_>) {
+        let start_raw = self.shared.clock.raw();
+        IN_FLIGHT.set(InFlight {
+            task: Some(meta.id()),
+            start_raw,
+            terminated: false,
+        });
+        poll_started(self, meta, start_raw);
+    }
+
+    fn after_poll(&self, meta: &TaskMeta<'_>) {
+        let end_raw = self.shared.clock.raw();
+        let in_flight = IN_FLIGHT.replace(InFlight::NONE);
+        // Not ours: the hooks were installed while this task was being polled, or a poll nested
+        // in another runtime's poll on this thread. Record nothing rather than a wrong duration.
+        if in_flight.task != Some(meta.id()) {
+            return;
+        }
+        poll_ended(
+            self,
+            meta,
+            in_flight.start_raw,
+            end_raw,
+            in_flight.terminated,
+        );
+    }
+
+    fn terminate(&self, meta: &TaskMeta<'_>) {
+        let mut in_flight = IN_FLIGHT.get();
+        if in_flight.task == Some(meta.id()) {
+            in_flight.terminated = true;
+            IN_FLIGHT.set(in_flight);
+            return;
+        }
+        // Ended outside its own poll: dropped at runtime shutdown. Only locations already polled
+        // count: a `spawn_blocking` task also ends here, and is never polled by a worker.
+        if let Some(stats) = self.cache.find(meta.spawned_at()) {
+            stats.record_end(Outcome::Cancelled, 0, 0);
+        }
+    }
+
+    /// Calls `f` with the statistics of the task label of `location`.
+    #[inline]
+    fn with_stats<R>(
+        &self,
+        location: &'static Location<'static>,
+        f: impl FnOnce(&LabelStats) -> R,
+    ) -> R {
+        match self.cache.find_or_insert(location, &self.shared) {
+            Some(stats) => f(stats),
+            None => f(&self
+                .shared
+                .registry
+                .get_kind(&task_label(location), LabelKind::Task)),
+        }
+    }
+}
+
+/// A task's poll begins on this thread. The single place every hooked poll starts: the watchdog's
+/// in-flight slot is to be set here.
+#[inline]
+fn poll_started(_hooks: &TaskHooks, _meta: &TaskMeta<'_>, _start_raw: u64) {}
+
+/// A task's poll ended on this thread: record it under the task's spawn location. The single place
+/// every hooked poll ends: the watchdog's in-flight slot is to be cleared here.
+#[inline]
+fn poll_ended(hooks: &TaskHooks, meta: &TaskMeta<'_>, start_raw: u64, end_raw: u64, last: bool) {
+    let shared: &Shared = &hooks.shared;
+    let poll_ns = shared.clock.delta_as_nanos(start_raw, end_raw);
+    hooks.with_stats(meta.spawned_at(), |stats| {
+        stats.record_poll(poll_ns);
+        stats.add_busy(poll_ns);
+        if poll_ns > shared.threshold_ns {
+            shared.on_slow_poll(stats, poll_ns, end_raw);
+        }
+        if last {
+            // tokio calls the terminate hook for a returned, panicked or aborted task alike.
+            stats.record_end(Outcome::Completed, 0, 0);
+        }
+    });
+}
+
+/// Installs the hooks on `builder`. Replaces any `on_before_task_poll`, `on_after_task_poll` and
+/// `on_task_terminate` set before (tokio keeps one of each).
+pub(crate) fn install(
+    shared: Arc<Shared>,
+    builder: &mut tokio::runtime::Builder,
+) -> &mut tokio::runtime::Builder {
+    let hooks = Arc::new(TaskHooks {
+        shared,
+        cache: LocationCache::new(),
+    });
+    let before = hooks.clone();
+    let after = hooks.clone();
+    builder
+        .on_before_task_poll(move |meta| before.before_poll(meta))
+        .on_after_task_poll(move |meta| after.after_poll(meta))
+        .on_task_terminate(move |meta| hooks.terminate(meta))
+}
+
+/// The label of a spawn location: `task src/worker.rs:42`. A location in a dependency's source
+/// is shortened to `crate-1.2.3/src/file.rs:LINE`; tokio's own tasks are all `task <tokio internal>`,
+/// and hogwatch's are `task <hogwatch>`.
+pub(crate) fn task_label(location: &Location<'_>) -> String {
+    if location.file() == super::SPAWN_FILE {
+        return HOGWATCH_LABEL.to_string();
+    }
+    let file = short_file(location.file());
+    if is_tokio_source(file) {
+        return TOKIO_INTERNAL_LABEL.to_string();
+    }
+    format!("{TASK_PREFIX}{file}:{}", location.line())
+}
+
+/// Drops the `…/.cargo/registry/src/<index>/` prefix of a dependency's file.
+fn short_file(file: &str) -> &str {
+    for marker in ["/registry/src/", "\\registry\\src\\"] {
+        if let Some(position) = file.find(marker) {
+            let rest = &file[position + marker.len()..];
+            if let Some(separator) = rest.find(['/', '\\']) {
+                return &rest[separator + 1..];
+            }
+        }
+    }
+    file
+}
+
+/// `tokio-1.54.1/src/…`, as `short_file` leaves a file of the tokio crate.
+fn is_tokio_source(file: &str) -> bool {
+    file.strip_prefix("tokio-")
+        .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
+}
+
+/// Spawn location → statistics, without a lock: a fixed table of write-once slots, probed
+/// linearly from the hash of the location's address. A slot is filled once (the registry lookup
+/// runs then) and never changes, so a reader needs one acquire load per slot it looks at.
+struct LocationCache {
+    slots: Box<[Slot]>,
+}
+
+/// A location's address and its statistics, written once.
+type Slot = OnceLock<(usize, Arc<LabelStats>)>;
+
+impl LocationCache {
+    fn new() -> Self {
+        Self {
+            slots: (0..SLOTS).map(|_| OnceLock::new()).collect(),
+        }
+    }
+
+    fn key(location: &'static Location<'static>) -> usize {
+        std::ptr::from_ref(location) as usize
+    }
+
+    fn home(key: usize) -> usize {
+        // Fibonacci hashing of the address (whose low bits are alignment).
+        let hash = (key as u64 >> 3).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        (hash >> 32) as usize % SLOTS
+    }
+
+    /// The statistics of `location` if a poll already filled its slot.
+    fn find(&self, location: &'static Location<'static>) -> Option<&LabelStats> {
+        let key = Self::key(location);
+        let home = Self::home(key);
+        for probe in 0..MAX_PROBES {
+            match self.slots[(home + probe) % SLOTS].get() {
+                Some((slot_key, stats)) if *slot_key == key => return Some(stats),
+                Some(_) => {}
+                // Slots fill in probe order and are never emptied: the key is not further on.
+                None => return None,
+            }
+        }
+        None
+    }
+
+    /// The statistics of `location`, filling a slot (one registry lookup) the first time; `None`
+    /// only when every slot it may use holds another location.
+    #[inline]
+    fn find_or_insert(
+        &self,
+        location: &'static Location<'static>,
+        shared: &Shared,
+    ) -> Option<&LabelStats> {
+        let key = Self::key(location);
+        let home = Self::home(key);
+        for probe in 0..MAX_PROBES {
+            let slot = &self.slots[(home + probe) % SLOTS];
+            let (slot_key, stats) = match slot.get() {
+                Some(filled) => filled,
+                None => slot.get_or_init(|| {
+                    let stats = shared
+                        .registry
+                        .get_kind(&task_label(location), LabelKind::Task);
+                    (key, stats)
+                }),
+            };
+            // Another thread may have filled the slot with another location first.
+            if *slot_key == key {
+                return Some(stats);
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_short_and_tokio_is_folded() {
+        let here = Location::caller();
+        assert_eq!(
+            task_label(here),
+            format!("task {}:{}", file!(), here.line())
+        );
+        assert_eq!(
+            short_file("/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/axum-0.8.9/src/serve/mod.rs"),
+            "axum-0.8.9/src/serve/mod.rs"
+        );
+        assert!(is_tokio_source(short_file(
+            "/home/me/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/tokio-1.54.1/src/fs/mod.rs"
+        )));
+        assert!(!is_tokio_source(
+            "tokio-util-0.7.16/src/task/spawn_pinned.rs"
+        ));
+        assert!(!is_tokio_source("src/tokio-1.rs"));
+    }
+
+    #[test]
+    fn cache_finds_what_it_filled() {
+        let detector = crate::Detector::builder().build().unwrap();
+        let shared = detector.shared();
+        let cache = LocationCache::new();
+        let here: &'static Location<'static> = Location::caller();
+        assert!(cache.find(here).is_none());
+        let stats = cache.find_or_insert(here, shared).unwrap();
+        assert_eq!(&*stats.label, task_label(here));
+        assert!(std::ptr::eq(cache.find(here).unwrap(), stats));
+    }
+}
