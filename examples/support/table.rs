@@ -1,0 +1,86 @@
+//! Aligned plain-text tables for the examples' side-by-side results.
+//!
+//! ```ignore
+//! let mut table = Table::new(["variant", "req/s", "p99"]);
+//! table.row(["passthrough", "9120", &duration(Duration::from_micros(2400))]);
+//! print!("{table}");
+//! ```
+//! The first column is left-aligned (names), the others right-aligned (figures).
+
+// Each example compiles its own copy of this module and may not use all of it.
+#![allow(dead_code)]
+
+use std::fmt;
+use std::time::Duration;
+
+/// A table of text cells with a header row.
+#[derive(Debug, Clone, Default)]
+pub struct Table {
+    header: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    /// A table with these column headings.
+    pub fn new<I: IntoIterator<Item = S>, S: ToString>(header: I) -> Self {
+        Table {
+            header: header.into_iter().map(|cell| cell.to_string()).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    /// Appends a row; missing cells print empty, extra cells widen the table.
+    pub fn row<I: IntoIterator<Item = S>, S: ToString>(&mut self, cells: I) -> &mut Self {
+        self.rows
+            .push(cells.into_iter().map(|cell| cell.to_string()).collect());
+        self
+    }
+}
+
+impl fmt::Display for Table {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let lines = || std::iter::once(&self.header).chain(&self.rows);
+        let columns = lines().map(Vec::len).max().unwrap_or(0);
+        let widths: Vec<usize> = (0..columns)
+            .map(|column| {
+                lines()
+                    .filter_map(|line| line.get(column))
+                    .map(|cell| cell.chars().count())
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        let write_line = |f: &mut fmt::Formatter<'_>, line: &[String]| -> fmt::Result {
+            for (column, width) in widths.iter().enumerate() {
+                let cell = line.get(column).map_or("", String::as_str);
+                match column {
+                    0 => write!(f, "{cell:<width$}")?,
+                    _ => write!(f, "  {cell:>width$}")?,
+                }
+            }
+            writeln!(f)
+        };
+        write_line(f, &self.header)?;
+        let rule: usize = widths.iter().sum::<usize>() + 2 * columns.saturating_sub(1);
+        writeln!(f, "{}", "-".repeat(rule))?;
+        for row in &self.rows {
+            write_line(f, row)?;
+        }
+        Ok(())
+    }
+}
+
+/// A duration for a table cell with three significant figures: `850 µs`, `12.3 ms`, `1.20 s`.
+pub fn duration(duration: Duration) -> String {
+    let micros = duration.as_secs_f64() * 1e6;
+    let (value, unit) = match micros {
+        m if m < 1_000.0 => (m, "µs"),
+        m if m < 1_000_000.0 => (m / 1e3, "ms"),
+        m => (m / 1e6, "s"),
+    };
+    match value {
+        v if v >= 100.0 => format!("{v:.0} {unit}"),
+        v if v >= 10.0 => format!("{v:.1} {unit}"),
+        v => format!("{v:.2} {unit}"),
+    }
+}
