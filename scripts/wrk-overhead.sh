@@ -25,6 +25,13 @@ RUSTFLAGS="--cfg tokio_unstable" CARGO_TARGET_DIR=target/unstable \
 stable=target/release/examples/overhead_server
 unstable=target/unstable/release/examples/overhead_server
 
+# On a small machine, give the server (one tokio worker) and wrk a core each, so they do not
+# fight over the same one; with more cores, set SERVER_CPUS / CLIENT_CPUS / TOKIO_WORKER_THREADS.
+export TOKIO_WORKER_THREADS=${TOKIO_WORKER_THREADS:-1}
+server_cpus=${SERVER_CPUS:-0}
+client_cpus=${CLIENT_CPUS:-1}
+pin() { if command -v taskset >/dev/null; then taskset -c "$1" "${@:2}"; else "${@:2}"; fi; }
+
 modes=(bare hogwatch tokio-metrics console)
 routes=(/hello /passthrough)
 results=$(mktemp)
@@ -34,14 +41,14 @@ for round in $(seq 1 "$rounds"); do
   for mode in "${modes[@]}"; do
     binary=$stable
     [ "$mode" = console ] && binary=$unstable
-    "$binary" --mode "$mode" --port "$port" 2>/dev/null &
+    pin "$server_cpus" "$binary" --mode "$mode" --port "$port" 2>/dev/null &
     server=$!
     for _ in $(seq 1 50); do
       curl -fs "http://127.0.0.1:$port/hello" >/dev/null 2>&1 && break
       sleep 0.1
     done
     for route in "${routes[@]}"; do
-      out=$(wrk -t1 -c"$connections" -d"${seconds}s" --latency "http://127.0.0.1:$port$route")
+      out=$(pin "$client_cpus" wrk -t1 -c"$connections" -d"${seconds}s" --latency "http://127.0.0.1:$port$route")
       rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
       p99=$(awk '$1 == "99%" {print $2}' <<<"$out")
       echo "$mode $route $rps $p99" >>"$results"
