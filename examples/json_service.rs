@@ -78,6 +78,14 @@ fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> {
                     .ok_or(format!("--size must be small, medium or big, not {key:?}"))?;
             }
             (true, "--port") => port = number(&flag, &value()?, 0)?,
+            (true, "--requests" | "--concurrency" | "--size") => {
+                return Err(format!(
+                    "{flag} is for the experiment; serve only takes --port"
+                ))
+            }
+            (false, "--port") => {
+                return Err("--port is for serve: json_service serve --port P".into())
+            }
             (_, other) => return Err(format!("unexpected argument {other:?}")),
         }
     }
