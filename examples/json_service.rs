@@ -2,7 +2,7 @@
 //! executor, next to the fixes, under load, with hogwatch's verdict on each.
 //!
 //! ```sh
-//! cargo run --release --example json_service                      # the experiment, ~15 s
+//! cargo run --release --example json_service                      # the experiment, ~20 s
 //! cargo run --release --example json_service -- --requests 1000 --concurrency 50 --size medium
 //! cargo run --release --example json_service -- serve --port 3000 # only the server, for ab/wrk
 //! ```
