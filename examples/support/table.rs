@@ -84,3 +84,26 @@ pub fn duration(duration: Duration) -> String {
         v => format!("{v:.2} {unit}"),
     }
 }
+
+/// The headings of [`verdict`]'s cells.
+pub const VERDICT_HEADER: [&str; 4] = ["slow polls", "longest poll", "p99 poll", "hogwatch"];
+
+/// hogwatch's verdict on one route, as table cells: slow polls out of all polls, the longest
+/// poll, the 99th-percentile poll, and `BLOCKS` if any poll ran over the threshold (else `ok`).
+/// A route with no entry yet (no request reached it) prints `-`.
+pub fn verdict(entry: Option<&hogwatch::Entry>) -> [String; 4] {
+    match entry {
+        Some(entry) => [
+            format!("{}/{}", entry.slow_polls, entry.polls),
+            duration(Duration::from_micros(entry.max_poll_us)),
+            duration(Duration::from_micros(entry.p99_poll_us)),
+            if entry.slow_polls > 0 { "BLOCKS" } else { "ok" }.to_owned(),
+        ],
+        None => [
+            "-".to_owned(),
+            "-".to_owned(),
+            "-".to_owned(),
+            "-".to_owned(),
+        ],
+    }
+}

@@ -1,0 +1,239 @@
+//! The classic experiment: a JSON service that parses and re-serialises cached documents on the
+//! executor, next to the fixes, under load, with hogwatch's verdict on each.
+//!
+//! ```sh
+//! cargo run --release --example json_service                      # the experiment, ~20 s
+//! cargo run --release --example json_service -- --requests 1000 --concurrency 50 --size medium
+//! cargo run --release --example json_service -- serve --port 3000 # only the server, for ab/wrk
+//! ```
+//!
+//! The experiment serves [`support::json_app`] on `127.0.0.1:0` on a runtime with two workers,
+//! and for each variant (`/blocking`, `/simd`, `/offload`, `/passthrough`) in turn sends
+//! `--requests` requests over `--concurrency` connections with the in-process load driver while a
+//! canary requests `/health` every 5 ms. It prints one row per variant (throughput, latency,
+//! non-2xx, the canary's p99 and hogwatch's verdict on that variant's route), then hogwatch's
+//! report. Each variant has its own route, so each route's entry holds only its variant's polls.
+
+mod support;
+
+use std::error::Error;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use hogwatch::Detector;
+use support::documents::Size;
+use support::json_app::{self, Cache};
+use support::load::{Canary, Load};
+use support::table::{self, duration, Table};
+
+/// The hog threshold: hogwatch's default. A poll that holds a worker for 10 ms delays every
+/// request queued on that worker by as much, a noticeable share of a typical 50-100 ms latency
+/// budget. The 2 MB round-trip (~24 ms, `BENCHMARKS.md`) is well over it; everything the fixed
+/// routes do on the executor is well under it, with margin for the scheduler's preemptions on a
+/// busy 2-core machine, which a 1-2 ms threshold would count as hogs.
+const THRESHOLD: Duration = Duration::from_millis(10);
+/// How often the canary requests `/health`.
+const CANARY_PERIOD: Duration = Duration::from_millis(5);
+/// Worker threads of the server's runtime: a small service, and the machine the figures in the
+/// README come from.
+const WORKERS: usize = 2;
+
+const USAGE: &str = "\
+usage: json_service [--requests N] [--concurrency C] [--size small|medium|big]
+       json_service serve [--port P]
+
+  (no command)       run the experiment: load each variant in turn, print the table and report
+  --requests N       requests per variant (default 300)
+  --concurrency C    concurrent connections (default 20)
+  --size S           document to request: small (~1 KB), medium (~100 KB), big (~2 MB; default)
+  serve              only run the server, for ab, wrk or a browser
+  --port P           port to serve on (default 3000; 0 picks a free one)";
+
+#[derive(Debug)]
+enum Command {
+    Experiment {
+        requests: u64,
+        concurrency: usize,
+        size: Size,
+    },
+    Serve {
+        port: u16,
+    },
+    Help,
+}
+
+fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> {
+    let mut args = args.into_iter().peekable();
+    let serve = args.next_if(|arg| arg == "serve").is_some();
+    let (mut requests, mut concurrency, mut size, mut port) = (300u64, 20usize, Size::Big, 3000u16);
+    while let Some(flag) = args.next() {
+        let mut value = || args.next().ok_or(format!("{flag} needs a value"));
+        match (serve, flag.as_str()) {
+            (_, "-h" | "--help") => return Ok(Command::Help),
+            (false, "--requests") => requests = number(&flag, &value()?, 1)?,
+            (false, "--concurrency") => concurrency = number(&flag, &value()?, 1)?,
+            (false, "--size") => {
+                let key = value()?;
+                size = Size::from_key(&key)
+                    .ok_or(format!("--size must be small, medium or big, not {key:?}"))?;
+            }
+            (true, "--port") => port = number(&flag, &value()?, 0)?,
+            (true, "--requests" | "--concurrency" | "--size") => {
+                return Err(format!(
+                    "{flag} is for the experiment; serve only takes --port"
+                ))
+            }
+            (false, "--port") => {
+                return Err("--port is for serve: json_service serve --port P".into())
+            }
+            (_, other) => return Err(format!("unexpected argument {other:?}")),
+        }
+    }
+    Ok(match serve {
+        true => Command::Serve { port },
+        false => Command::Experiment {
+            requests,
+            concurrency,
+            size,
+        },
+    })
+}
+
+/// `value` as a number of at least `min`.
+fn number<T: std::str::FromStr + PartialOrd + From<u8>>(
+    flag: &str,
+    value: &str,
+    min: u8,
+) -> Result<T, String> {
+    match value.parse::<T>() {
+        Ok(number) if number >= T::from(min) => Ok(number),
+        _ => Err(format!(
+            "{flag} needs a whole number of at least {min}, not {value:?}"
+        )),
+    }
+}
+
+fn main() -> ExitCode {
+    let command = match parse(std::env::args().skip(1)) {
+        Ok(Command::Help) => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Ok(command) => command,
+        Err(message) => {
+            eprintln!("json_service: {message}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(WORKERS)
+        .enable_all()
+        .build()
+        .map_err(Into::into)
+        .and_then(|runtime| {
+            runtime.block_on(async {
+                match command {
+                    Command::Experiment {
+                        requests,
+                        concurrency,
+                        size,
+                    } => experiment(requests, concurrency, size).await,
+                    Command::Serve { port } => serve(port).await,
+                    Command::Help => Ok(ExitCode::SUCCESS),
+                }
+            })
+        });
+    result.unwrap_or_else(|error| {
+        eprintln!("json_service: {error}");
+        ExitCode::FAILURE
+    })
+}
+
+async fn experiment(
+    requests: u64,
+    concurrency: usize,
+    size: Size,
+) -> Result<ExitCode, Box<dyn Error>> {
+    let detector = Detector::builder().threshold(THRESHOLD).build()?;
+    let cache = Cache::new([size]);
+    let document_len = cache.get(size.key()).map_or(0, |document| document.len());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let app = json_app::app(&detector, cache);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    println!(
+        "json_service on {addr}: {WORKERS} workers, threshold {}, document {} ({document_len} bytes), \
+         {requests} requests per variant over {concurrency} connections, canary GET /health every {}\n",
+        duration(THRESHOLD),
+        size.key(),
+        duration(CANARY_PERIOD),
+    );
+    let mut header = vec!["variant", "req/s", "p50", "p99", "non-2xx", "canary p99"];
+    header.extend(table::VERDICT_HEADER);
+    let mut results = Table::new(header);
+    let mut failed = 0;
+    for (variant, route) in json_app::VARIANTS {
+        let path = format!("/{variant}/{}", size.key());
+        eprintln!("loading GET {path} ...");
+        let canary = Canary::start(addr, "/health", CANARY_PERIOD);
+        let load = Load::get(addr, &path)
+            .requests(requests)
+            .concurrency(concurrency)
+            .run()
+            .await;
+        let health = canary.stop().await;
+        failed += load.non_2xx + load.errors + health.non_2xx + health.errors;
+
+        let report = detector.report();
+        let mut row = vec![
+            variant.to_owned(),
+            format!("{:.0}", load.requests_per_sec),
+            duration(load.p50()),
+            duration(load.p99()),
+            match load.errors {
+                0 => load.non_2xx.to_string(),
+                errors => format!("{} (+{errors} errors)", load.non_2xx),
+            },
+            duration(health.p99()),
+        ];
+        row.extend(table::verdict(report.entry(&format!("GET {route}"))));
+        results.row(row);
+    }
+    println!("{results}");
+    println!("{}", detector.report().to_text());
+    if failed > 0 {
+        eprintln!("json_service: {failed} requests failed or were not answered with a 2xx");
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn serve(port: u16) -> Result<ExitCode, Box<dyn Error>> {
+    // Hog warnings (target `hogwatch`, at most one per route per second) on stderr.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .init();
+    let detector = Detector::builder().threshold(THRESHOLD).build()?;
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    println!(
+        "json_service serving on {base} ({WORKERS} workers, threshold {}); Ctrl-C stops it",
+        duration(THRESHOLD)
+    );
+    for (variant, _) in json_app::VARIANTS {
+        println!("  {base}/{variant}/big   (or /small, /medium)");
+    }
+    println!("  {base}/health");
+    println!("  {base}/debug/hogs               hogwatch's report as JSON (?format=text: a table, ?format=html: a page)");
+    println!("  {base}/debug/hogs/metrics       the same for Prometheus");
+    println!("try: ab -n 10000 -c 20 {base}/blocking/big");
+    let app = json_app::app(&detector, Cache::all());
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    println!("{}", detector.report().to_text());
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,155 @@
+//! The second classic experiment: a scoring service that calls a model service twice per request,
+//! with a blocking client on the executor, with an async client, and with the blocking client
+//! moved into `spawn_blocking`; hogwatch's verdict on each.
+//!
+//! ```sh
+//! cargo run --release --example scoring                     # ~15 s
+//! cargo run --release --example scoring -- --requests 500 --concurrency 50
+//! ```
+//!
+//! The scoring service ([`support::scoring_app::app`]) runs on a runtime with two workers; the
+//! model service ([`support::scoring_app::ModelService`]) on its own listener and runtime, as a
+//! separate service would (why: see `support/scoring_app.rs`). For each variant in turn the load
+//! driver sends `--requests` `POST /{variant}/score` over `--concurrency` connections while a
+//! canary requests the scoring service's `/health`. One hogwatch detector watches both services,
+//! so one report shows the scoring routes and the model routes.
+
+mod support;
+
+use std::error::Error;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use hogwatch::Detector;
+use support::load::{Canary, Load};
+use support::scoring_app::{self, ModelService, ScoreRequest};
+use support::table::{self, duration, Table};
+
+/// The hog threshold: hogwatch's default, a quarter of one model call. A `sync` scoring request
+/// holds its worker for two calls, about 90 ms; nothing else on the scoring executor comes near.
+const THRESHOLD: Duration = Duration::from_millis(10);
+/// How often the canary requests `/health`.
+const CANARY_PERIOD: Duration = Duration::from_millis(5);
+/// Worker threads of the scoring service's runtime.
+const WORKERS: usize = 2;
+
+const USAGE: &str = "\
+usage: scoring [--requests N] [--concurrency C]
+
+  --requests N       POST /{variant}/score requests per variant (default 200)
+  --concurrency C    concurrent connections (default 20)";
+
+fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<(u64, usize)>, String> {
+    let (mut requests, mut concurrency) = (200u64, 20usize);
+    let mut args = args.into_iter();
+    while let Some(flag) = args.next() {
+        let mut value = || args.next().ok_or(format!("{flag} needs a value"));
+        match flag.as_str() {
+            "-h" | "--help" => return Ok(None),
+            "--requests" => requests = positive(&flag, &value()?)?,
+            "--concurrency" => concurrency = positive(&flag, &value()?)?,
+            other => return Err(format!("unexpected argument {other:?}")),
+        }
+    }
+    Ok(Some((requests, concurrency)))
+}
+
+fn positive<T: std::str::FromStr + PartialOrd + From<u8>>(
+    flag: &str,
+    value: &str,
+) -> Result<T, String> {
+    match value.parse::<T>() {
+        Ok(number) if number >= T::from(1) => Ok(number),
+        _ => Err(format!(
+            "{flag} needs a whole number of at least 1, not {value:?}"
+        )),
+    }
+}
+
+fn main() -> ExitCode {
+    let (requests, concurrency) = match parse(std::env::args().skip(1)) {
+        Ok(Some(options)) => options,
+        Ok(None) => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(message) => {
+            eprintln!("scoring: {message}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(WORKERS)
+        .enable_all()
+        .build()
+        .map_err(Into::into)
+        .and_then(|runtime| runtime.block_on(experiment(requests, concurrency)));
+    result.unwrap_or_else(|error| {
+        eprintln!("scoring: {error}");
+        ExitCode::FAILURE
+    })
+}
+
+async fn experiment(requests: u64, concurrency: usize) -> Result<ExitCode, Box<dyn Error>> {
+    let detector = Detector::builder().threshold(THRESHOLD).build()?;
+    // `fixed-sync` has up to `concurrency` blocking predictions in flight at once; give each its
+    // own model worker, as a thread-per-request model server would.
+    let model = ModelService::start(&detector, concurrency + WORKERS)?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let app = scoring_app::app(&detector, model.addr());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    println!(
+        "scoring on {addr} ({WORKERS} workers), model service on {} ({} workers, {} per prediction), \
+         threshold {}, {requests} requests per variant over {concurrency} connections, canary GET /health every {}\n",
+        model.addr(),
+        concurrency + WORKERS,
+        duration(scoring_app::MODEL_LATENCY),
+        duration(THRESHOLD),
+        duration(CANARY_PERIOD),
+    );
+    let body = serde_json::to_vec(&ScoreRequest { customer: 42 })?;
+    let mut header = vec!["variant", "req/s", "p50", "p99", "non-2xx", "canary p99"];
+    header.extend(table::VERDICT_HEADER);
+    header.extend(["model route"]);
+    let mut results = Table::new(header);
+    let mut failed = 0;
+    for variant in scoring_app::VARIANTS {
+        let path = format!("/{variant}/score");
+        eprintln!("loading POST {path} ...");
+        let canary = Canary::start(addr, "/health", CANARY_PERIOD);
+        let load = Load::post(addr, &path, "application/json", body.clone())
+            .requests(requests)
+            .concurrency(concurrency)
+            .run()
+            .await;
+        let health = canary.stop().await;
+        failed += load.non_2xx + load.errors + health.non_2xx + health.errors;
+
+        let report = detector.report();
+        let mut row = vec![
+            variant.to_owned(),
+            format!("{:.0}", load.requests_per_sec),
+            duration(load.p50()),
+            duration(load.p99()),
+            match load.errors {
+                0 => load.non_2xx.to_string(),
+                errors => format!("{} (+{errors} errors)", load.non_2xx),
+            },
+            duration(health.p99()),
+        ];
+        row.extend(table::verdict(report.entry(&format!("POST {path}"))));
+        let model_entry = report.entry(&format!("POST /{variant}/model/predict"));
+        let [_, _, _, model_verdict] = table::verdict(model_entry);
+        row.push(model_verdict);
+        results.row(row);
+    }
+    println!("{results}");
+    println!("{}", detector.report().to_text());
+    if failed > 0 {
+        eprintln!("scoring: {failed} requests failed or were not answered with a 2xx");
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
