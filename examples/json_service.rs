@@ -40,14 +40,16 @@ const WORKERS: usize = 2;
 
 const USAGE: &str = "\
 usage: json_service [--requests N] [--concurrency C] [--size small|medium|big]
-       json_service serve [--port P]
+       json_service serve [--port P] [--extra-label TEXT]
 
   (no command)       run the experiment: load each variant in turn, print the table and report
   --requests N       requests per variant (default 300)
   --concurrency C    concurrent connections (default 20)
   --size S           document to request: small (~1 KB), medium (~100 KB), big (~2 MB; default)
   serve              only run the server, for ab, wrk or a browser
-  --port P           port to serve on (default 3000; 0 picks a free one)";
+  --port P           port to serve on (default 3000; 0 picks a free one)
+  --extra-label TEXT also record one watched future under TEXT: a custom label, to see how
+                     arbitrary labels show on the page (scripts/browser-check.sh uses it)";
 
 #[derive(Debug)]
 enum Command {
@@ -58,6 +60,7 @@ enum Command {
     },
     Serve {
         port: u16,
+        extra_label: Option<String>,
     },
     Help,
 }
@@ -66,6 +69,7 @@ fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> {
     let mut args = args.into_iter().peekable();
     let serve = args.next_if(|arg| arg == "serve").is_some();
     let (mut requests, mut concurrency, mut size, mut port) = (300u64, 20usize, Size::Big, 3000u16);
+    let mut extra_label = None;
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or(format!("{flag} needs a value"));
         match (serve, flag.as_str()) {
@@ -78,19 +82,20 @@ fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> {
                     .ok_or(format!("--size must be small, medium or big, not {key:?}"))?;
             }
             (true, "--port") => port = number(&flag, &value()?, 0)?,
+            (true, "--extra-label") => extra_label = Some(value()?),
             (true, "--requests" | "--concurrency" | "--size") => {
                 return Err(format!(
-                    "{flag} is for the experiment; serve only takes --port"
+                    "{flag} is for the experiment; serve only takes --port and --extra-label"
                 ))
             }
-            (false, "--port") => {
-                return Err("--port is for serve: json_service serve --port P".into())
+            (false, "--port" | "--extra-label") => {
+                return Err(format!("{flag} is for serve: json_service serve {flag} ..."))
             }
             (_, other) => return Err(format!("unexpected argument {other:?}")),
         }
     }
     Ok(match serve {
-        true => Command::Serve { port },
+        true => Command::Serve { port, extra_label },
         false => Command::Experiment {
             requests,
             concurrency,
@@ -138,7 +143,7 @@ fn main() -> ExitCode {
                         concurrency,
                         size,
                     } => experiment(requests, concurrency, size).await,
-                    Command::Serve { port } => serve(port).await,
+                    Command::Serve { port, extra_label } => serve(port, extra_label).await,
                     Command::Help => Ok(ExitCode::SUCCESS),
                 }
             })
@@ -209,7 +214,7 @@ async fn experiment(
     Ok(ExitCode::SUCCESS)
 }
 
-async fn serve(port: u16) -> Result<ExitCode, Box<dyn Error>> {
+async fn serve(port: u16, extra_label: Option<String>) -> Result<ExitCode, Box<dyn Error>> {
     // Hog warnings (target `hogwatch`, at most one per route per second) on stderr.
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -228,6 +233,9 @@ async fn serve(port: u16) -> Result<ExitCode, Box<dyn Error>> {
     println!("  {base}/debug/hogs               hogwatch's report as JSON (?format=text: a table, ?format=html: a page)");
     println!("  {base}/debug/hogs/metrics       the same for Prometheus");
     println!("try: ab -n 10000 -c 20 {base}/blocking/big");
+    if let Some(label) = extra_label {
+        detector.watch(&label, async {}).await;
+    }
     let app = json_app::app(&detector, Cache::all());
     axum::serve(listener, app)
         .with_graceful_shutdown(async {

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# The HTML page in a real browser: start the JSON example's server, put some load on it, load
+# /debug/hogs in headless Chromium, and check the DOM and a screenshot.
+#
+#   scripts/browser-check.sh [screenshot.png]
+#
+# Checks: the blocking route is the first row; a custom label made of HTML and script shows as
+# text and none of its script ran; the screenshot is a non-empty PNG.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+screenshot=${1:-}
+port=${PORT:-3931}
+work=$(mktemp -d)
+trap 'kill "${server:-}" 2>/dev/null || true; rm -rf "$work"' EXIT
+
+browser=$(command -v chromium || command -v chromium-browser || true)
+if [ -z "$browser" ]; then
+  echo "chromium is missing: install it with 'apt-get install chromium' (Debian package chromium)" >&2
+  exit 1
+fi
+command -v curl >/dev/null || { echo "curl is missing: apt-get install curl" >&2; exit 1; }
+
+# If this label's markup were not escaped, its script (or the image's onerror) would mark the
+# document; the check below looks for that mark.
+hostile='<script>document.documentElement.setAttribute("data-pwned","script")</script><img src=x onerror="document.documentElement.setAttribute(&quot;data-pwned&quot;,&quot;img&quot;)">'
+
+cargo build --release --example json_service -q
+target/release/examples/json_service serve --port "$port" --extra-label "$hostile" \
+  >"$work/server.log" 2>&1 &
+server=$!
+for _ in $(seq 1 100); do
+  curl -fs "http://127.0.0.1:$port/health" >/dev/null 2>&1 && break
+  sleep 0.1
+done
+
+echo "load: 20 x /blocking/big, 50 x /passthrough/big, 20 x /offload/small, 20 x /health" >&2
+for _ in $(seq 1 20); do curl -fs "http://127.0.0.1:$port/blocking/big" -o /dev/null & done
+for _ in $(seq 1 50); do curl -fs "http://127.0.0.1:$port/passthrough/big" -o /dev/null & done
+for _ in $(seq 1 20); do curl -fs "http://127.0.0.1:$port/offload/small" -o /dev/null & done
+for _ in $(seq 1 20); do curl -fs "http://127.0.0.1:$port/health" -o /dev/null & done
+wait $(jobs -p | grep -v "^$server$") 2>/dev/null || true
+
+chrome() {
+  "$browser" --headless --no-sandbox --disable-gpu --no-first-run \
+    --disable-background-networking --disable-component-update --disable-sync --disable-quic \
+    --user-data-dir="$work/profile-$1" "${@:2}" 2>>"$work/chromium.log"
+}
+page="http://127.0.0.1:$port/debug/hogs?format=html"
+# --virtual-time-budget lets the page's own script (the refresh control) run before the dump.
+chrome dom --virtual-time-budget=3000 --dump-dom "$page" >"$work/dom.html"
+chrome shot --window-size=1280,900 --hide-scrollbars --screenshot="$work/page.png" "$page" >/dev/null
+
+python3 - "$work/dom.html" "$work/page.png" <<'PY'
+import re, sys
+dom = open(sys.argv[1], encoding="utf-8").read()
+png = open(sys.argv[2], "rb").read()
+failures = []
+rows = re.findall(r'<details class="entry[^"]*" data-key="([^"]*)"', dom)
+if not rows:
+    failures.append("no rows in the page")
+elif rows[0] != "GET /blocking/{key}":
+    failures.append(f"first row is {rows[0]!r}, expected 'GET /blocking/{{key}}' (rows: {rows})")
+if "data-pwned" in dom.split("<body", 1)[0] or re.search(r'<html[^>]*data-pwned', dom):
+    failures.append("a script from the label ran: the document carries data-pwned")
+if "&lt;script&gt;document.documentElement" not in dom:
+    failures.append("the hostile label is not shown as escaped text")
+if not (png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000):
+    failures.append(f"the screenshot is not a real PNG ({len(png)} bytes)")
+print(f"rows: {rows}")
+print(f"screenshot: {len(png)} bytes")
+if failures:
+    print("browser check FAILED:\n  " + "\n  ".join(failures))
+    sys.exit(1)
+print("browser check passed: blocking route first, label escaped, no script ran, PNG ok")
+PY
+if [ -n "$screenshot" ]; then cp "$work/page.png" "$screenshot"; fi
