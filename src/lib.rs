@@ -39,9 +39,22 @@ mod render;
 mod report;
 mod stats;
 mod watch;
+#[cfg(feature = "watchdog")]
+mod watchdog;
+#[cfg(not(feature = "watchdog"))]
+#[path = "watchdog/off.rs"]
+mod watchdog;
+
+/// Guides: the longer explanations.
+pub mod guide {
+    #[cfg(feature = "watchdog")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "watchdog")))]
+    #[doc = include_str!("docs/watchdog.md")]
+    pub mod watchdog {}
+}
 
 pub use detector::{Builder, ConfigError, Detector};
 pub use event::{HogEvent, HogKind};
-pub use report::{Entry, Report, Responses};
+pub use report::{CulpritCount, Entry, Report, Responses, StackCount, WatchdogStats};
 pub use stats::OTHER_LABEL;
 pub use watch::{FutureTiming, Watched};

@@ -1,0 +1,251 @@
+//! From raw instruction pointers to names, folded stacks and the culprit. Runs on the watchdog
+//! thread, after the blocked thread has been let go.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// The name given to a frame nothing could be resolved for (as `perf` does).
+pub(crate) const UNKNOWN: &str = "[unknown]";
+
+/// The frames that are "the runtime" and never the culprit, matched as described on
+/// `Builder::runtime_prefixes`.
+pub(crate) const DEFAULT_RUNTIME_PREFIXES: &[&str] = &[
+    // The standard library, the runtime, the HTTP stack and ourselves.
+    "std",
+    "core",
+    "alloc",
+    "tokio",
+    "mio",
+    "futures",
+    "pin_project",
+    "hyper",
+    "h2",
+    "http",
+    "httparse",
+    "tower",
+    "axum",
+    "tracing",
+    "hogwatch",
+    "backtrace",
+    "quanta",
+    // The C library and the unwinder: allocator, memory and thread internals.
+    "_",
+    "libc",
+    "malloc",
+    "calloc",
+    "realloc",
+    "free",
+    "cfree",
+    "memcpy",
+    "memmove",
+    "memset",
+    "memcmp",
+    "bcmp",
+    "start_thread",
+    "clone",
+    "clone3",
+    "pthread",
+    "syscall",
+    "nanosleep",
+    "clock_nanosleep",
+    "sched_yield",
+    "epoll_wait",
+    "futex",
+    "tcache",
+    "sysmalloc",
+    "mmap",
+    "munmap",
+    "madvise",
+];
+
+/// Whether the frame `name` belongs to the runtime according to `prefixes`.
+///
+/// A prefix ending in `_` or `::` matches any name that starts with it; any other prefix names a
+/// crate (or C symbol): it matches the name's first path segment exactly or followed by `_`
+/// (`tokio` matches `tokio::…` and `tokio_util::…`, not `tokioish::…`). Leading `<`, `&`, `mut `
+/// and `dyn ` of trait-impl names are ignored.
+pub(crate) fn is_runtime(name: &str, prefixes: &[String]) -> bool {
+    let mut name = name;
+    loop {
+        let trimmed = name
+            .trim_start_matches(['<', '&', '*', ' ', '('])
+            .trim_start_matches("mut ")
+            .trim_start_matches("dyn ")
+            .trim_start_matches("const ");
+        if trimmed.len() == name.len() {
+            break;
+        }
+        name = trimmed;
+    }
+    prefixes.iter().any(|prefix| {
+        if prefix.ends_with('_') || prefix.ends_with("::") {
+            return name.starts_with(prefix.as_str());
+        }
+        name.strip_prefix(prefix.as_str()).is_some_and(|rest| {
+            rest.is_empty()
+                || rest.starts_with("::")
+                || rest.starts_with('_')
+                || rest.starts_with(' ')
+                || rest.starts_with('<')
+                || rest.starts_with('@')
+                || rest.starts_with('.')
+        })
+    })
+}
+
+/// The first frame (innermost first) that is not the runtime's.
+pub(crate) fn culprit(frames: &[String], prefixes: &[String]) -> Option<String> {
+    frames
+        .iter()
+        .find(|frame| frame.as_str() != UNKNOWN && !is_runtime(frame, prefixes))
+        .cloned()
+}
+
+/// A stack folded root first, `a;b;c`, as flame graph tools read it.
+pub(crate) fn fold(frames: &[String]) -> String {
+    let mut folded = String::new();
+    for frame in frames.iter().rev() {
+        if !folded.is_empty() {
+            folded.push(';');
+        }
+        // A `;` inside a name (`[u8; 4]`) would split the frame.
+        folded.extend(frame.chars().map(|c| if c == ';' { ',' } else { c }));
+    }
+    folded
+}
+
+/// Resolves instruction pointers to names, caching per address.
+#[derive(Default)]
+pub(crate) struct Symbolizer {
+    cache: HashMap<usize, Arc<[String]>>,
+}
+
+impl Symbolizer {
+    /// Above this many cached addresses the cache starts over (bounded memory).
+    const MAX_CACHED: usize = 65_536;
+
+    /// The names of `ips` (innermost first, inlined functions expanded), without the frames of
+    /// the signal handler: the stack starts at `pc`, the interrupted instruction, when known.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    pub(crate) fn frames(&mut self, ips: &[usize], pc: usize) -> Vec<String> {
+        let start = if pc == 0 {
+            None
+        } else {
+            ips.iter().position(|ip| *ip == pc)
+        };
+        let mut per_ip: Vec<Arc<[String]>> = ips.iter().map(|ip| self.resolve(*ip)).collect();
+        match start {
+            Some(start) => {
+                per_ip.drain(..start);
+            }
+            None => {
+                // Cut after the signal trampoline or, failing that, after our handler.
+                let is_handler = |names: &Arc<[String]>| {
+                    names.iter().any(|name| {
+                        name.contains("__restore_rt")
+                            || name.contains("rt_sigreturn")
+                            || name.starts_with("hogwatch::watchdog::signal")
+                            || name.starts_with("backtrace::")
+                    })
+                };
+                if let Some(last) = per_ip.iter().take(32).rposition(is_handler) {
+                    per_ip.drain(..=last);
+                }
+            }
+        }
+        per_ip
+            .iter()
+            .flat_map(|names| names.iter().cloned())
+            .collect()
+    }
+
+    fn resolve(&mut self, ip: usize) -> Arc<[String]> {
+        if let Some(names) = self.cache.get(&ip) {
+            return names.clone();
+        }
+        let mut names = Vec::new();
+        backtrace::resolve(ip as *mut std::ffi::c_void, |symbol| {
+            if let Some(name) = symbol.name() {
+                // `{:#}` leaves out the hash suffix of legacy-mangled names.
+                names.push(format!("{name:#}"));
+            }
+        });
+        if names.is_empty() {
+            names.push(UNKNOWN.to_string());
+        }
+        let names: Arc<[String]> = names.into();
+        if self.cache.len() >= Self::MAX_CACHED {
+            self.cache.clear();
+        }
+        self.cache.insert(ip, names.clone());
+        names
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn defaults() -> Vec<String> {
+        DEFAULT_RUNTIME_PREFIXES
+            .iter()
+            .map(|p| p.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn runtime_frames_are_recognised() {
+        let prefixes = defaults();
+        for runtime in [
+            "std::thread::sleep",
+            "<core::pin::Pin<P> as core::future::future::Future>::poll",
+            "tokio_util::codec::Framed::poll",
+            "<&mut alloc::vec::Vec<u8> as std::io::Write>::write",
+            "hogwatch::watch::Watched<F>::poll",
+            "__memmove_avx_unaligned_erms",
+            "_int_malloc",
+            "malloc",
+            "pthread_mutex_lock",
+            "clone3",
+        ] {
+            assert!(is_runtime(runtime, &prefixes), "{runtime}");
+        }
+        for user in [
+            "watchdog::crunch_numbers",
+            "<serde_json::value::Value as serde::ser::Serialize>::serialize",
+            "<&mut serde_json::ser::Serializer<W> as serde::ser::Serializer>::serialize_str",
+            "tokioish::run",
+            "stdlib_user::go",
+            "my_app::handler::{{closure}}",
+        ] {
+            assert!(!is_runtime(user, &prefixes), "{user}");
+        }
+    }
+
+    #[test]
+    fn culprit_is_the_first_frame_outside_the_runtime() {
+        let frames: Vec<String> = [
+            "core::hint::spin_loop",
+            UNKNOWN,
+            "my_app::crunch",
+            "my_app::handler::{{closure}}",
+            "tokio::runtime::task::harness::poll",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(
+            culprit(&frames, &defaults()).as_deref(),
+            Some("my_app::crunch")
+        );
+        assert_eq!(culprit(&frames[..2], &defaults()), None);
+        assert_eq!(
+            culprit(&frames, &["my_app".to_string(), "core".to_string()]),
+            None
+        );
+        assert_eq!(
+            fold(&frames[2..]),
+            "tokio::runtime::task::harness::poll;my_app::handler::{{closure}};my_app::crunch"
+        );
+        assert_eq!(fold(&["f<[u8; 4]>".to_string()]), "f<[u8, 4]>");
+    }
+}
