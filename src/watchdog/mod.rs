@@ -280,6 +280,8 @@ impl Checker {
     }
 
     fn run(mut self, stop: &AtomicBool) {
+        #[cfg(target_os = "linux")]
+        self.symbolizer.warm_up();
         let interval = self.interval();
         let mut slots = Vec::new();
         let mut generation = 0u64;
@@ -352,24 +354,27 @@ impl Checker {
         };
         let watchdog = self.watchdog.clone();
         watchdog.requested.fetch_add(1, Ordering::Relaxed);
-        let stack = self.capture(slot);
-        match &stack {
+        let raw = self.capture(slot);
+        match &raw {
             Ok(_) => watchdog.completed.fetch_add(1, Ordering::Relaxed),
             Err(_) => watchdog.failed.fetch_add(1, Ordering::Relaxed),
         };
-        // The poll may have ended while we were capturing: the stack is then someone else's.
+        // The poll may have ended before the signal arrived: the stack is then someone else's.
+        // (Still the same poll now means the handler ran inside it, or inside a poll nested in
+        // it, since a thread only comes back to a poll's start reading by returning to it.)
         if slot.read() != Some(published) {
             return;
         }
-        let (frames, stack_error) = match stack {
-            Ok(frames) => (frames, None),
+        let (frames, stack_error) = match raw {
+            Ok(raw) => (self.symbolize(&raw), None),
             Err(error) => (Vec::new(), Some(error)),
         };
         let culprit = symbols::culprit(&frames, &watchdog.prefixes);
         if first {
             watchdog.stall_count.fetch_add(1, Ordering::Relaxed);
         }
-        {
+        let now_ns = self.shared.clock.delta_as_nanos(0, self.shared.clock.raw());
+        let suppressed = {
             let mut table = watchdog.lock();
             let entry = table.entry(stats.label.clone()).or_default();
             if first {
@@ -383,7 +388,10 @@ impl Checker {
             if let Some(culprit) = &culprit {
                 entry.culprits.record(culprit, stalls::TRACKED);
             }
-        }
+            entry
+                .warn_limiter
+                .try_acquire(now_ns, self.shared.warn_interval_ns)
+        };
         let event = HogEvent {
             kind: HogKind::Stall,
             label: stats.label.clone(),
@@ -396,11 +404,7 @@ impl Checker {
         if let Some(callback) = &self.shared.on_hog {
             callback(&event);
         }
-        let now_ns = self.shared.clock.delta_as_nanos(0, self.shared.clock.raw());
-        if let Some(suppressed) = stats
-            .warn_limiter
-            .try_acquire(now_ns, self.shared.warn_interval_ns)
-        {
+        if let Some(suppressed) = suppressed {
             let stack = match &stack_error {
                 Some(error) => error.clone(),
                 None => event.stack.join("\n  "),
@@ -422,16 +426,25 @@ impl Checker {
     }
 
     #[cfg(target_os = "linux")]
-    fn capture(&mut self, slot: &slot::Slot) -> Result<Vec<String>, String> {
+    fn capture(&mut self, slot: &slot::Slot) -> Result<signal::RawStack, String> {
         let timeout = Duration::from_millis(250);
-        let raw = signal::capture(&slot.target, self.watchdog.signal, timeout)
-            .map_err(|error| error.to_string())?;
-        Ok(self.symbolizer.frames(&raw.ips, raw.pc))
+        signal::capture(&slot.target, self.watchdog.signal, timeout)
+            .map_err(|error| error.to_string())
+    }
+
+    #[cfg(target_os = "linux")]
+    fn symbolize(&mut self, raw: &signal::RawStack) -> Vec<String> {
+        self.symbolizer.frames(&raw.ips, raw.pc)
     }
 
     #[cfg(not(target_os = "linux"))]
-    fn capture(&mut self, _slot: &slot::Slot) -> Result<Vec<String>, String> {
-        let _ = &self.symbolizer;
+    fn capture(&mut self, _slot: &slot::Slot) -> Result<std::convert::Infallible, String> {
         Err(NO_STACK.to_string())
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn symbolize(&mut self, raw: &std::convert::Infallible) -> Vec<String> {
+        let _ = &self.symbolizer;
+        match *raw {}
     }
 }

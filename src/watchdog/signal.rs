@@ -262,11 +262,14 @@ pub(crate) fn capture(
             IN_PROGRESS if started.elapsed() > timeout * 4 => return Err(CaptureError::Stuck),
             _ => {}
         }
+        // A short spin covers the usual case (the thread is running, the handler takes tens of
+        // microseconds); then sleep rather than yield: a yielding watchdog gets to run again
+        // only after whole time slices of other threads, a sleeping one as soon as it wakes.
         spins = spins.saturating_add(1);
-        if spins < 200 {
-            std::thread::yield_now();
+        if spins < 64 {
+            std::hint::spin_loop();
         } else {
-            std::thread::sleep(Duration::from_micros(50));
+            std::thread::sleep(Duration::from_micros(20));
         }
     }
     let depth = target.depth.load(Ordering::Relaxed).min(MAX_FRAMES);

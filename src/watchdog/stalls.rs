@@ -32,11 +32,13 @@ impl TopK {
 }
 
 /// What the watchdog saw for one label in the current window.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct LabelStalls {
     pub(crate) stalls: u64,
     pub(crate) stacks: TopK,
     pub(crate) culprits: TopK,
+    /// Stall warnings have their own rate limit: a slow-poll warning must not hide the stack.
+    pub(crate) warn_limiter: crate::event::RateLimiter,
 }
 
 /// Distinct stacks (and culprits) tracked per label.

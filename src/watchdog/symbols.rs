@@ -48,6 +48,8 @@ pub(crate) const DEFAULT_RUNTIME_PREFIXES: &[&str] = &[
     "syscall",
     "nanosleep",
     "clock_nanosleep",
+    "clock_gettime",
+    "gettimeofday",
     "sched_yield",
     "epoll_wait",
     "futex",
@@ -76,6 +78,13 @@ pub(crate) fn is_runtime(name: &str, prefixes: &[String]) -> bool {
             break;
         }
         name = trimmed;
+    }
+    // `<u64 as core::iter::Step>::forward` and `<T as core::fmt::Display>::fmt`: the self type
+    // is a primitive or a generic parameter, so the code is the trait's crate's.
+    if let Some((self_type, rest)) = name.split_once(" as ") {
+        if !self_type.contains("::") {
+            return is_runtime(rest, prefixes);
+        }
     }
     prefixes.iter().any(|prefix| {
         if prefix.ends_with('_') || prefix.ends_with("::") {
@@ -159,6 +168,14 @@ impl Symbolizer {
             .collect()
     }
 
+    /// Loads the debug information of the object hogwatch is linked into (usually the whole
+    /// program) now, on the watchdog thread, rather than at the first stall, which would then be
+    /// reported late.
+    pub(crate) fn warm_up(&mut self) {
+        let here = Self::warm_up as fn(&mut Self) as usize;
+        self.resolve(here);
+    }
+
     fn resolve(&mut self, ip: usize) -> Arc<[String]> {
         if let Some(names) = self.cache.get(&ip) {
             return names.clone();
@@ -207,6 +224,8 @@ mod tests {
             "malloc",
             "pthread_mutex_lock",
             "clone3",
+            "<u64 as core::iter::range::Step>::forward_unchecked",
+            "<&T as core::fmt::Display>::fmt",
         ] {
             assert!(is_runtime(runtime, &prefixes), "{runtime}");
         }
@@ -217,6 +236,8 @@ mod tests {
             "tokioish::run",
             "stdlib_user::go",
             "my_app::handler::{{closure}}",
+            "<T as my_app::Render>::render",
+            "<my_app::Page as core::fmt::Display>::fmt",
         ] {
             assert!(!is_runtime(user, &prefixes), "{user}");
         }
