@@ -58,16 +58,20 @@ impl Stalls {
     }
 }
 
+/// One warning's fields, as text.
+type Fields = Vec<(String, String)>;
+type Warnings = Arc<Mutex<Vec<Fields>>>;
+
 /// The warnings sent to `tracing` by any thread (the watchdog warns from its own thread, so a
 /// thread-local subscriber would not see them).
-fn warnings() -> &'static Mutex<Vec<Vec<(String, String)>>> {
-    static WARNINGS: OnceLock<Arc<Mutex<Vec<Vec<(String, String)>>>>> = OnceLock::new();
+fn warnings() -> &'static Mutex<Vec<Fields>> {
+    static WARNINGS: OnceLock<Warnings> = OnceLock::new();
     WARNINGS.get_or_init(|| {
-        struct Recorder(Arc<Mutex<Vec<Vec<(String, String)>>>>);
+        struct Recorder(Warnings);
         impl<S: tracing::Subscriber> Layer<S> for Recorder {
             fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
-                struct Fields(Vec<(String, String)>);
-                impl Visit for Fields {
+                struct Visitor(Fields);
+                impl Visit for Visitor {
                     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
                         self.0
                             .push((field.name().to_string(), format!("{value:?}")));
@@ -79,7 +83,7 @@ fn warnings() -> &'static Mutex<Vec<Vec<(String, String)>>> {
                 if event.metadata().target() == "hogwatch"
                     && *event.metadata().level() == tracing::Level::WARN
                 {
-                    let mut fields = Fields(Vec::new());
+                    let mut fields = Visitor(Vec::new());
                     event.record(&mut fields);
                     self.0.lock().unwrap().push(fields.0);
                 }
