@@ -259,10 +259,8 @@ mod tests {
             Some("my_app::crunch")
         );
         assert_eq!(culprit(&frames[..2], &defaults()), None);
-        assert_eq!(
-            culprit(&frames, &["my_app".to_string(), "core".to_string()]),
-            None
-        );
+        let custom = ["my_app", "core", "tokio::"].map(String::from);
+        assert_eq!(culprit(&frames, &custom), None);
         assert_eq!(
             fold(&frames[2..]),
             "tokio::runtime::task::harness::poll;my_app::handler::{{closure}};my_app::crunch"
