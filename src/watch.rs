@@ -153,7 +153,7 @@ impl<F: Future> Future for Watched<F> {
         // The poll returned normally: the guard has nothing to record.
         guard.armed = false;
         drop(guard);
-        drop(in_poll);
+        in_poll.exit();
         let end = shared.clock.raw();
         let poll_ns = shared.clock.delta_as_nanos(start, end);
         stats.record_poll(poll_ns);

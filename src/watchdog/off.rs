@@ -11,4 +11,7 @@ impl InPoll {
     pub(crate) fn enter(_shared: &Shared, _stats: &LabelStats, _start_raw: u64) -> Self {
         Self
     }
+
+    #[inline(always)]
+    pub(crate) fn exit(self) {}
 }
