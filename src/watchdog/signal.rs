@@ -345,6 +345,35 @@ fn record(target: &Target, context: *mut c_void) {
     target.depth.store(depth, Ordering::Relaxed);
 }
 
+/// Whether `ip` lies in the C library, the dynamic linker, the unwinder or the vDSO: code that is
+/// never the culprit, whatever its (often internal) symbol is called. Not for the handler.
+pub(crate) fn in_system_library(ip: usize) -> bool {
+    // SAFETY: an all-zero Dl_info is a valid value of this plain C struct.
+    let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
+    // SAFETY: dladdr only reads the loaded objects' tables and writes `info`, which we own;
+    // any address may be asked about.
+    if unsafe { libc::dladdr(ip as *const c_void, &mut info) } == 0 || info.dli_fname.is_null() {
+        return false;
+    }
+    // SAFETY: dladdr succeeded, so dli_fname is a NUL-terminated path owned by the dynamic
+    // linker, valid while the object stays loaded (system libraries are never unloaded).
+    let path = unsafe { std::ffi::CStr::from_ptr(info.dli_fname) }.to_bytes();
+    let name = path.rsplit(|byte| *byte == b'/').next().unwrap_or(path);
+    const SYSTEM: [&[u8]; 10] = [
+        b"libc.so",
+        b"libc-",
+        b"ld-linux",
+        b"ld-musl",
+        b"libpthread",
+        b"libgcc_s",
+        b"libm.so",
+        b"libdl",
+        b"librt",
+        b"linux-vdso",
+    ];
+    SYSTEM.iter().any(|system| name.starts_with(system))
+}
+
 /// The instruction pointer saved in the signal context (0 where we do not know the layout).
 #[allow(clippy::needless_return)]
 fn interrupted_pc(context: *const c_void) -> usize {

@@ -102,12 +102,29 @@ pub(crate) fn is_runtime(name: &str, prefixes: &[String]) -> bool {
     })
 }
 
-/// The first frame (innermost first) that is not the runtime's.
-pub(crate) fn culprit(frames: &[String], prefixes: &[String]) -> Option<String> {
+/// One resolved frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Frame {
+    /// The function, demangled, without hash.
+    pub(crate) name: String,
+    /// In the C library, the dynamic linker, the unwinder or the vDSO (never the culprit).
+    pub(crate) system: bool,
+}
+
+/// The first frame (innermost first) that is not the runtime's, within the watched poll: the
+/// frames below hogwatch's `Watched::poll` (the executor, the program's `main`, a test harness)
+/// did not block anything.
+pub(crate) fn culprit(frames: &[Frame], prefixes: &[String]) -> Option<String> {
     frames
         .iter()
-        .find(|frame| frame.as_str() != UNKNOWN && !is_runtime(frame, prefixes))
-        .cloned()
+        .take_while(|frame| {
+            !frame
+                .name
+                .trim_start_matches('<')
+                .starts_with("hogwatch::watch::Watched")
+        })
+        .find(|frame| !frame.system && frame.name != UNKNOWN && !is_runtime(&frame.name, prefixes))
+        .map(|frame| frame.name.clone())
 }
 
 /// A stack folded root first, `a;b;c`, as flame graph tools read it.
@@ -126,7 +143,7 @@ pub(crate) fn fold(frames: &[String]) -> String {
 /// Resolves instruction pointers to names, caching per address.
 #[derive(Default)]
 pub(crate) struct Symbolizer {
-    cache: HashMap<usize, Arc<[String]>>,
+    cache: HashMap<usize, Arc<[Frame]>>,
 }
 
 impl Symbolizer {
@@ -136,21 +153,21 @@ impl Symbolizer {
     /// The names of `ips` (innermost first, inlined functions expanded), without the frames of
     /// the signal handler: the stack starts at `pc`, the interrupted instruction, when known.
     #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
-    pub(crate) fn frames(&mut self, ips: &[usize], pc: usize) -> Vec<String> {
+    pub(crate) fn frames(&mut self, ips: &[usize], pc: usize) -> Vec<Frame> {
         let start = if pc == 0 {
             None
         } else {
             ips.iter().position(|ip| *ip == pc)
         };
-        let mut per_ip: Vec<Arc<[String]>> = ips.iter().map(|ip| self.resolve(*ip)).collect();
+        let mut per_ip: Vec<Arc<[Frame]>> = ips.iter().map(|ip| self.resolve(*ip)).collect();
         match start {
             Some(start) => {
                 per_ip.drain(..start);
             }
             None => {
                 // Cut after the signal trampoline or, failing that, after our handler.
-                let is_handler = |names: &Arc<[String]>| {
-                    names.iter().any(|name| {
+                let is_handler = |frames: &Arc<[Frame]>| {
+                    frames.iter().any(|Frame { name, .. }| {
                         name.contains("__restore_rt")
                             || name.contains("rt_sigreturn")
                             || name.starts_with("hogwatch::watchdog::signal")
@@ -164,7 +181,7 @@ impl Symbolizer {
         }
         per_ip
             .iter()
-            .flat_map(|names| names.iter().cloned())
+            .flat_map(|frames| frames.iter().cloned())
             .collect()
     }
 
@@ -176,7 +193,7 @@ impl Symbolizer {
         self.resolve(here);
     }
 
-    fn resolve(&mut self, ip: usize) -> Arc<[String]> {
+    fn resolve(&mut self, ip: usize) -> Arc<[Frame]> {
         if let Some(names) = self.cache.get(&ip) {
             return names.clone();
         }
@@ -190,12 +207,19 @@ impl Symbolizer {
         if names.is_empty() {
             names.push(UNKNOWN.to_string());
         }
-        let names: Arc<[String]> = names.into();
+        #[cfg(target_os = "linux")]
+        let system = super::signal::in_system_library(ip);
+        #[cfg(not(target_os = "linux"))]
+        let system = false;
+        let frames: Arc<[Frame]> = names
+            .into_iter()
+            .map(|name| Frame { name, system })
+            .collect();
         if self.cache.len() >= Self::MAX_CACHED {
             self.cache.clear();
         }
-        self.cache.insert(ip, names.clone());
-        names
+        self.cache.insert(ip, frames.clone());
+        frames
     }
 }
 
@@ -245,7 +269,7 @@ mod tests {
 
     #[test]
     fn culprit_is_the_first_frame_outside_the_runtime() {
-        let frames: Vec<String> = [
+        let names: Vec<String> = [
             "core::hint::spin_loop",
             UNKNOWN,
             "my_app::crunch",
@@ -254,6 +278,13 @@ mod tests {
         ]
         .map(String::from)
         .to_vec();
+        let mut frames: Vec<Frame> = names
+            .iter()
+            .map(|name| Frame {
+                name: name.clone(),
+                system: false,
+            })
+            .collect();
         assert_eq!(
             culprit(&frames, &defaults()).as_deref(),
             Some("my_app::crunch")
@@ -261,8 +292,27 @@ mod tests {
         assert_eq!(culprit(&frames[..2], &defaults()), None);
         let custom = ["my_app", "core", "tokio::"].map(String::from);
         assert_eq!(culprit(&frames, &custom), None);
+        let below_the_poll = Frame {
+            name: "<hogwatch::watch::Watched<F> as core::future::future::Future>::poll".into(),
+            system: false,
+        };
+        let main = Frame {
+            name: "my_app::main".into(),
+            system: false,
+        };
         assert_eq!(
-            fold(&frames[2..]),
+            culprit(&[frames[0].clone(), below_the_poll, main], &defaults()),
+            None,
+            "frames below the watched poll are never the culprit"
+        );
+        frames[2].system = true;
+        assert_eq!(
+            culprit(&frames, &defaults()).as_deref(),
+            Some("my_app::handler::{{closure}}"),
+            "a frame in the C library is never the culprit"
+        );
+        assert_eq!(
+            fold(&names[2..]),
             "tokio::runtime::task::harness::poll;my_app::handler::{{closure}};my_app::crunch"
         );
         assert_eq!(fold(&["f<[u8; 4]>".to_string()]), "f<[u8, 4]>");
