@@ -386,7 +386,7 @@ fn stress_ten_thousand_captures_of_threads_that_allocate() {
 
 #[test]
 fn a_signal_that_cannot_be_caught_is_refused() {
-    for signal in [libc::SIGKILL, libc::SIGSEGV, 0, 1_000] {
+    for signal in [libc::SIGKILL, libc::SIGSEGV, libc::SIGINT, 32, 33, 0, 1_000] {
         let error = Detector::builder()
             .watchdog(Duration::from_millis(50))
             .watchdog_signal(signal)

@@ -49,3 +49,48 @@ pub(crate) fn render(report: &Report) -> String {
     );
     svg
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::StackCount;
+    use crate::Detector;
+
+    fn report_with_stack(label: &str, stack: &str) -> Report {
+        let detector = Detector::builder().build().unwrap();
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(detector.watch(label, async {}));
+        let mut report = detector.report();
+        report.entries[0].top_stacks = vec![StackCount {
+            stack: stack.to_string(),
+            count: 3,
+        }];
+        report
+    }
+
+    #[test]
+    fn stacks_become_a_flame_graph_rooted_at_the_label() {
+        let report = report_with_stack("GET /a;b", "main;my_app::handler;my_app::crunch");
+        assert_eq!(
+            folded_lines(&report),
+            ["GET /a,b;main;my_app::handler;my_app::crunch 3"]
+        );
+        let svg = render(&report);
+        assert!(svg.contains("<svg"), "{svg}");
+        assert!(svg.contains("my_app::crunch"));
+        assert!(svg.contains("GET /a,b"));
+    }
+
+    #[test]
+    fn no_stacks_draw_a_placeholder() {
+        let detector = Detector::builder().build().unwrap();
+        let svg = render(&detector.report());
+        assert!(
+            svg.contains("<svg") && svg.contains("no stall stacks"),
+            "{svg}"
+        );
+        assert!(svg.contains("watchdog off"));
+    }
+}

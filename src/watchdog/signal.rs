@@ -135,25 +135,14 @@ impl Drop for Attached {
     }
 }
 
-/// Whether `signal` can be used to interrupt threads: catchable, not one the runtime or the C
-/// library needs for faults or for itself.
+/// Whether `signal` can be used to interrupt threads: one meant for profiling or for the
+/// program's own use, whose default action nobody relies on. Fault signals, `SIGINT`, `SIGTERM`
+/// and the like are refused, and so are the real-time signals glibc keeps for itself (below
+/// `SIGRTMIN()`).
 pub(crate) fn usable(signal: c_int) -> bool {
-    let reserved = [
-        libc::SIGKILL,
-        libc::SIGSTOP,
-        libc::SIGSEGV,
-        libc::SIGBUS,
-        libc::SIGILL,
-        libc::SIGFPE,
-        libc::SIGABRT,
-        libc::SIGTRAP,
-        libc::SIGCHLD,
-        libc::SIGCONT,
-        libc::SIGPIPE,
-    ];
-    let in_range = (1..libc::SIGRTMIN()).contains(&signal)
-        || (libc::SIGRTMIN()..=libc::SIGRTMAX()).contains(&signal);
-    in_range && usize::try_from(signal).is_ok_and(|s| s < SIGNALS) && !reserved.contains(&signal)
+    let own_use = [libc::SIGPROF, libc::SIGVTALRM, libc::SIGUSR1, libc::SIGUSR2];
+    (own_use.contains(&signal) || (libc::SIGRTMIN()..=libc::SIGRTMAX()).contains(&signal))
+        && usize::try_from(signal).is_ok_and(|index| index < SIGNALS)
 }
 
 /// What the handler may do, decided once at installation.
