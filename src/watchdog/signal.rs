@@ -420,3 +420,84 @@ unsafe fn chain(signal: c_int, info: *mut libc::siginfo_t, context: *mut c_void)
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::mpsc;
+
+    /// Spins on a thread of its own, attached, until told to stop.
+    fn spinning_thread(stop: Arc<AtomicBool>) -> (Arc<Target>, std::thread::JoinHandle<()>) {
+        let (send, receive) = mpsc::channel();
+        let handle = std::thread::spawn(move || {
+            let attached = Attached::current_thread();
+            send.send(attached.target().clone()).unwrap();
+            let mut acc = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                acc = std::hint::black_box(acc.wrapping_add(1));
+            }
+            drop(attached);
+        });
+        (receive.recv().unwrap(), handle)
+    }
+
+    #[test]
+    fn captures_the_whole_stack_or_only_the_interrupted_instruction() {
+        let signal = libc::SIGRTMIN() + 6;
+        install(signal).unwrap();
+        assert!(
+            full_unwind(),
+            "glibc 2.35+ is expected on the machines we test on"
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let (target, handle) = spinning_thread(stop.clone());
+        let timeout = Duration::from_secs(5);
+
+        let full = capture(&target, signal, timeout).unwrap();
+        assert_ne!(full.pc, 0);
+        assert!(full.ips.len() > 3, "{full:?}");
+        assert!(full.ips.contains(&full.pc), "{full:?}");
+
+        // The strictly async-signal-safe fallback.
+        FULL_UNWIND.store(false, Ordering::Relaxed);
+        let pc_only = capture(&target, signal, timeout);
+        FULL_UNWIND.store(true, Ordering::Relaxed);
+        let pc_only = pc_only.unwrap();
+        assert_eq!(pc_only.ips, [pc_only.pc]);
+
+        // One capture of a thread at a time.
+        target.state.store(REQUESTED, Ordering::Release);
+        assert_eq!(
+            capture(&target, signal, timeout).unwrap_err(),
+            CaptureError::Busy
+        );
+        target.state.store(IDLE, Ordering::Release);
+
+        stop.store(true, Ordering::Relaxed);
+        handle.join().unwrap();
+        assert_eq!(target.state.load(Ordering::Acquire), DEAD);
+        assert_eq!(
+            capture(&target, signal, timeout).unwrap_err(),
+            CaptureError::Busy,
+            "a thread that left is never signalled"
+        );
+    }
+
+    #[test]
+    fn only_profiling_user_and_real_time_signals_are_usable() {
+        assert!(usable(libc::SIGPROF));
+        assert!(usable(libc::SIGRTMIN() + 4));
+        for refused in [
+            libc::SIGSEGV,
+            libc::SIGKILL,
+            libc::SIGINT,
+            libc::SIGTERM,
+            32,
+            0,
+            65,
+        ] {
+            assert!(!usable(refused), "{refused}");
+        }
+    }
+}
