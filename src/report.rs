@@ -62,7 +62,8 @@ pub struct WatchdogStats {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct StackCount {
-    /// Frames from the outermost to the innermost, joined by `;`.
+    /// Frames from the outermost (the first inside the watched poll) to the innermost, joined
+    /// by `;`.
     pub stack: String,
     /// Captures with exactly this stack.
     pub count: u64,

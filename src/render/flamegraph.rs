@@ -11,7 +11,12 @@ pub(crate) fn folded_lines(report: &Report) -> Vec<String> {
         // The label is the root frame; a `;` in it would split it.
         let label = entry.label.replace(';', ",");
         for stack in &entry.top_stacks {
-            lines.push(format!("{label};{} {}", stack.stack, stack.count));
+            // An empty stack: the poll itself was running (everything inlined into it).
+            if stack.stack.is_empty() {
+                lines.push(format!("{label} {}", stack.count));
+            } else {
+                lines.push(format!("{label};{} {}", stack.stack, stack.count));
+            }
         }
     }
     lines

@@ -385,9 +385,8 @@ impl Checker {
                 entry.stalls = entry.stalls.saturating_add(1);
             }
             if !frames.is_empty() {
-                entry
-                    .stacks
-                    .record(&symbols::fold(&frames), stalls::TRACKED);
+                let inside = symbols::within_poll(&frames);
+                entry.stacks.record(&symbols::fold(inside), stalls::TRACKED);
             }
             if let Some(culprit) = &culprit {
                 entry.culprits.record(culprit, stalls::TRACKED);

@@ -117,14 +117,25 @@ pub(crate) struct Frame {
 pub(crate) fn culprit(frames: &[Frame], prefixes: &[String]) -> Option<String> {
     frames
         .iter()
-        .take_while(|frame| {
-            !frame
-                .name
-                .trim_start_matches('<')
-                .starts_with("hogwatch::watch::Watched")
-        })
+        .take_while(|frame| !is_poll_boundary(&frame.name))
         .find(|frame| !frame.system && frame.name != UNKNOWN && !is_runtime(&frame.name, prefixes))
         .map(|frame| frame.name.clone())
+}
+
+/// Whether `name` is hogwatch's `Watched::poll`: the frames below it are the executor's.
+fn is_poll_boundary(name: &str) -> bool {
+    name.trim_start_matches('<')
+        .starts_with("hogwatch::watch::Watched")
+}
+
+/// The frames inside the watched poll (innermost first): those above `Watched::poll`, or all
+/// of them if it is not on the stack.
+pub(crate) fn within_poll(frames: &[String]) -> &[String] {
+    let end = frames
+        .iter()
+        .position(|frame| is_poll_boundary(frame))
+        .unwrap_or(frames.len());
+    &frames[..end]
 }
 
 /// A stack folded root first, `a;b;c`, as flame graph tools read it.
@@ -316,5 +327,14 @@ mod tests {
             "tokio::runtime::task::harness::poll;my_app::handler::{{closure}};my_app::crunch"
         );
         assert_eq!(fold(&["f<[u8; 4]>".to_string()]), "f<[u8, 4]>");
+        let whole: Vec<String> = [
+            "my_app::crunch",
+            "<hogwatch::watch::Watched<F> as core::future::future::Future>::poll",
+            "main",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(within_poll(&whole), &whole[..1]);
+        assert_eq!(within_poll(&whole[2..]), &whole[2..]);
     }
 }
