@@ -48,6 +48,18 @@ fn per_poll(c: &mut Criterion) {
         let mut future = pin!(detector.watch("bench", Pending(0)));
         b.iter(|| poll_once(future.as_mut()));
     });
+    // The watchdog on and nothing blocking: each poll also publishes itself in its thread's
+    // slot (the watchdog thread looks every 12.5 ms and finds nothing to do).
+    #[cfg(feature = "watchdog")]
+    group.bench_function("hogwatch_watchdog", |b| {
+        let detector = hogwatch::Detector::builder()
+            .threshold(Duration::from_millis(10))
+            .watchdog(Duration::from_millis(50))
+            .build()
+            .expect("valid configuration");
+        let mut future = pin!(detector.watch("bench", Pending(0)));
+        b.iter(|| poll_once(future.as_mut()));
+    });
     group.bench_function("tokio_metrics", |b| {
         let monitor = tokio_metrics::TaskMonitor::new();
         let mut future = pin!(monitor.instrument(Pending(0)));

@@ -89,7 +89,9 @@ fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> {
                 ))
             }
             (false, "--port" | "--extra-label") => {
-                return Err(format!("{flag} is for serve: json_service serve {flag} ..."))
+                return Err(format!(
+                    "{flag} is for serve: json_service serve {flag} ..."
+                ))
             }
             (_, other) => return Err(format!("unexpected argument {other:?}")),
         }

@@ -39,6 +39,15 @@ pub enum ConfigError {
         /// Which setting: `"lag probe resolution"` or `"runtime metrics interval"`.
         what: &'static str,
     },
+    /// The watchdog threshold was zero.
+    #[error("the watchdog threshold must be greater than zero")]
+    ZeroWatchdog,
+    /// The watchdog signal cannot be caught, or is one the runtime needs (faults, `SIGKILL`...).
+    #[error("signal {0} cannot be used by the watchdog")]
+    InvalidSignal(i32),
+    /// The watchdog could not be started (the signal handler or its thread).
+    #[error("the watchdog could not be started: {0}")]
+    Watchdog(String),
 }
 
 /// Configures and builds a [`Detector`].
@@ -64,6 +73,8 @@ pub struct Builder {
     server_timing: bool,
     lag_probe: Option<Duration>,
     runtime_metrics: Option<Duration>,
+    #[cfg(feature = "watchdog")]
+    watchdog: crate::watchdog::Config,
 }
 
 impl fmt::Debug for Builder {
@@ -76,7 +87,7 @@ impl fmt::Debug for Builder {
             .field("server_timing", &self.server_timing)
             .field("lag_probe", &self.lag_probe)
             .field("runtime_metrics", &self.runtime_metrics)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -90,6 +101,8 @@ impl Default for Builder {
             server_timing: false,
             lag_probe: None,
             runtime_metrics: None,
+            #[cfg(feature = "watchdog")]
+            watchdog: crate::watchdog::Config::default(),
         }
     }
 }
@@ -104,6 +117,13 @@ impl Builder {
     pub const DEFAULT_WARN_INTERVAL: Duration = Duration::from_secs(1);
     /// A good resolution for the [lag probe](Self::lag_probe): 10 ms, one sample per 10 ms.
     pub const DEFAULT_LAG_RESOLUTION: Duration = Duration::from_millis(10);
+    /// The frames the watchdog never names as a stall's culprit, see
+    /// [`runtime_prefixes`](Self::runtime_prefixes): the standard library, tokio, the HTTP stack,
+    /// hogwatch itself, and the C library's allocator, memory and thread functions.
+    #[cfg(feature = "watchdog")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "watchdog")))]
+    pub const DEFAULT_RUNTIME_PREFIXES: &'static [&'static str] =
+        crate::watchdog::DEFAULT_RUNTIME_PREFIXES;
 
     /// A poll that runs longer than this is a hog: counted as a slow poll, warned about, and
     /// passed to [`on_hog`](Self::on_hog). Default: [`Self::DEFAULT_THRESHOLD`].
@@ -200,6 +220,77 @@ impl Builder {
         self
     }
 
+    /// Starts a watchdog thread that looks at every watched poll still running after
+    /// `threshold` and reports it while it blocks: a [`HogKind::Stall`] event with the blocked
+    /// thread's stack and the culprit, to `tracing` and to [`on_hog`](Self::on_hog) (called on
+    /// the watchdog thread). A poll that keeps blocking is reported again at 2, 4, 8... times
+    /// the threshold. See the [guide](crate::docs::watchdog) for how stacks are captured.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// # fn main() -> Result<(), hogwatch::ConfigError> {
+    /// let detector = hogwatch::Detector::builder()
+    ///     .threshold(Duration::from_millis(1))
+    ///     .watchdog(Duration::from_millis(50)) // look at any poll still running after 50 ms
+    ///     .build()?;
+    /// assert!(detector.watchdog_stats().is_some());
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "watchdog")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "watchdog")))]
+    pub fn watchdog(mut self, threshold: Duration) -> Self {
+        self.watchdog.threshold = Some(threshold);
+        self
+    }
+
+    /// The signal that interrupts a blocked thread to record its stack (Linux). Default:
+    /// `SIGPROF`. Pick another, such as `SIGRTMIN() + 4`, if a profiler in the same process uses
+    /// `SIGPROF` (pprof-rs, gperftools); see the [guide](crate::docs::watchdog).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), hogwatch::ConfigError> {
+    /// let detector = hogwatch::Detector::builder()
+    ///     .watchdog(std::time::Duration::from_millis(50))
+    ///     .watchdog_signal(libc::SIGRTMIN() + 4)
+    ///     .build()?;
+    /// # assert_eq!(detector.watchdog_stats().unwrap().signal, libc::SIGRTMIN() + 4);
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "watchdog")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "watchdog")))]
+    pub fn watchdog_signal(mut self, signal: i32) -> Self {
+        self.watchdog.signal = Some(signal);
+        self
+    }
+
+    /// The frames that are "the runtime", skipped when the watchdog names a stall's culprit;
+    /// replaces [`DEFAULT_RUNTIME_PREFIXES`](Self::DEFAULT_RUNTIME_PREFIXES).
+    ///
+    /// A prefix ending in `_` or `::` matches any frame that starts with it; any other prefix
+    /// is a crate (or C function) name and matches a frame whose first path segment is that
+    /// name or that name followed by `_` (`tokio` matches `tokio::…` and `tokio_util::…`).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), hogwatch::ConfigError> {
+    /// use hogwatch::Builder;
+    /// let detector = hogwatch::Detector::builder()
+    ///     .watchdog(std::time::Duration::from_millis(50))
+    ///     .runtime_prefixes(Builder::DEFAULT_RUNTIME_PREFIXES.iter().copied().chain(["my_framework"]))
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "watchdog")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "watchdog")))]
+    pub fn runtime_prefixes<I>(mut self, prefixes: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        self.watchdog.runtime_prefixes = Some(prefixes.into_iter().map(Into::into).collect());
+        self
+    }
+
     /// Checks the configuration and builds the detector.
     ///
     /// # Errors
@@ -210,6 +301,9 @@ impl Builder {
     /// - [`ConfigError::ZeroMaxLabels`] if `max_labels` is zero;
     /// - [`ConfigError::ZeroProbeInterval`] if the lag probe's resolution or the runtime-metrics
     ///   interval is zero.
+    /// - with a watchdog: [`ConfigError::ZeroWatchdog`] if its threshold is zero,
+    ///   [`ConfigError::InvalidSignal`] if its signal cannot be used, and
+    ///   [`ConfigError::Watchdog`] if its signal handler or thread cannot be set up.
     pub fn build(self) -> Result<Detector, ConfigError> {
         if self.threshold.is_zero() {
             return Err(ConfigError::ZeroThreshold);
@@ -234,6 +328,23 @@ impl Builder {
                 return Err(ConfigError::ZeroProbeInterval { what });
             }
         }
+        #[cfg(feature = "watchdog")]
+        let watchdog = match self.watchdog.threshold {
+            None => None,
+            Some(threshold) if threshold.is_zero() => return Err(ConfigError::ZeroWatchdog),
+            Some(threshold) => {
+                use crate::watchdog::{SetupError, Watchdog};
+                match Watchdog::new(self.watchdog, threshold) {
+                    Ok(watchdog) => Some(Arc::new(watchdog)),
+                    Err(SetupError::InvalidSignal(signal)) => {
+                        return Err(ConfigError::InvalidSignal(signal))
+                    }
+                    Err(SetupError::Install(error)) => {
+                        return Err(ConfigError::Watchdog(error.to_string()))
+                    }
+                }
+            }
+        };
         let clock = quanta::Clock::new();
         let threshold_us = duration_as_u64(self.threshold.as_micros());
         let shared = Shared {
@@ -246,10 +357,25 @@ impl Builder {
             on_hog: self.on_hog,
             server_timing: self.server_timing,
             runtime: RuntimeState::new(self.lag_probe, self.runtime_metrics),
+            #[cfg(feature = "watchdog")]
+            watchdog_id: watchdog.as_ref().map_or(0, |watchdog| watchdog.id),
+            #[cfg(feature = "watchdog")]
+            watchdog: watchdog.clone(),
+        };
+        let shared = Arc::new(shared);
+        #[cfg(feature = "watchdog")]
+        let watchdog = match watchdog {
+            Some(watchdog) => Some(
+                crate::watchdog::WatchdogThread::spawn(shared.clone(), watchdog)
+                    .map_err(|error| ConfigError::Watchdog(error.to_string()))?,
+            ),
+            None => None,
         };
         let detector = Detector {
             handle: Arc::new(Handle {
-                shared: Arc::new(shared),
+                shared,
+                #[cfg(feature = "watchdog")]
+                _watchdog: watchdog,
             }),
         };
         detector.start_probes_if_in_runtime();
@@ -301,6 +427,9 @@ impl fmt::Debug for Detector {
 /// when this is dropped, that is when the last `Detector` goes, even if watched futures remain.
 struct Handle {
     shared: Arc<Shared>,
+    /// Stopped and joined when the last `Detector` goes.
+    #[cfg(feature = "watchdog")]
+    _watchdog: Option<crate::watchdog::WatchdogThread>,
 }
 
 /// What every watched future needs: the clock, the configuration and the statistics.
@@ -308,11 +437,16 @@ pub(crate) struct Shared {
     pub(crate) clock: quanta::Clock,
     pub(crate) threshold_ns: u64,
     pub(crate) threshold_us: u64,
-    warn_interval_ns: u64,
+    pub(crate) warn_interval_ns: u64,
     pub(crate) registry: Registry,
-    on_hog: Option<OnHog>,
+    pub(crate) on_hog: Option<OnHog>,
     #[cfg_attr(not(feature = "axum"), allow(dead_code))]
     pub(crate) server_timing: bool,
+    /// The watchdog's id in the thread slots; 0 without a watchdog (the hot path's one branch).
+    #[cfg(feature = "watchdog")]
+    pub(crate) watchdog_id: u64,
+    #[cfg(feature = "watchdog")]
+    pub(crate) watchdog: Option<Arc<crate::watchdog::Watchdog>>,
     /// Clock reading at the start of the current report window.
     window_start: AtomicU64,
     /// The lag probe and runtime-metrics sampler: configuration and results.
@@ -332,6 +466,9 @@ impl Shared {
                 label: stats.label.clone(),
                 duration: Duration::from_nanos(poll_ns),
                 threshold: Duration::from_nanos(self.threshold_ns),
+                thread: None,
+                stack: Vec::new(),
+                culprit: None,
             });
         }
         let now_ns = self.clock.delta_as_nanos(0, now_raw);
@@ -358,11 +495,20 @@ impl Shared {
         } else {
             self.window_start.load(Ordering::Relaxed)
         };
-        let (entries, folded) = self.registry.snapshot(reset);
+        #[allow(unused_mut)]
+        let (mut entries, folded) = self.registry.snapshot(reset);
+        #[cfg(feature = "watchdog")]
+        if let Some(watchdog) = &self.watchdog {
+            watchdog.fill(&mut entries, reset);
+        }
         let window_us = self.clock.delta_as_nanos(start, now) / 1_000;
         let mut report = Report::new(self.threshold_us, window_us, entries, folded);
         report.event_loop_lag = self.runtime.event_loop_lag(reset);
         report.runtime = self.runtime.figures();
+        #[cfg(feature = "watchdog")]
+        {
+            report.watchdog = self.watchdog.as_ref().map(|watchdog| watchdog.stats(reset));
+        }
         report
     }
 }
@@ -406,6 +552,22 @@ impl Detector {
     /// atomically, so nothing recorded meanwhile is lost or counted twice.
     pub fn report_and_reset(&self) -> Report {
         self.handle.shared.report(true)
+    }
+
+    /// The stall watchdog's counters since the detector was built or last reset (`None` without
+    /// a watchdog): captures requested = completed + failed once no capture is in flight.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), hogwatch::ConfigError> {
+    /// let detector = hogwatch::Detector::builder().build()?;
+    /// assert!(detector.watchdog_stats().is_none());
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "watchdog")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "watchdog")))]
+    pub fn watchdog_stats(&self) -> Option<crate::WatchdogStats> {
+        let watchdog = self.handle.shared.watchdog.as_ref()?;
+        Some(watchdog.stats(false))
     }
 
     /// The hog threshold this detector was built with.

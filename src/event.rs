@@ -10,9 +10,14 @@ use std::time::Duration;
 pub enum HogKind {
     /// A poll returned after running longer than the threshold.
     SlowPoll,
+    /// A poll is still running past the watchdog threshold (reported while it blocks, with the
+    /// blocked thread's stack). Needs the `watchdog` feature and
+    /// [`Builder::watchdog`](crate::Builder::watchdog).
+    Stall,
 }
 
-/// One poll that blocked the executor, as passed to the `on_hog` callback.
+/// One poll that blocked the executor, as passed to the `on_hog` callback: a slow poll after it
+/// returned, or (with the watchdog) a stall while it still blocks.
 ///
 /// ```
 /// use std::sync::{Arc, Mutex};
@@ -41,10 +46,18 @@ pub struct HogEvent {
     pub kind: HogKind,
     /// The label of the watched future (or route).
     pub label: Arc<str>,
-    /// How long the poll ran.
+    /// How long the poll ran (for a [`HogKind::Stall`]: has been running so far).
     pub duration: Duration,
-    /// The threshold it exceeded.
+    /// The threshold it exceeded (for a stall: the watchdog threshold).
     pub threshold: Duration,
+    /// The blocked thread's name (stalls only).
+    pub thread: Option<Arc<str>>,
+    /// The blocked thread's stack while it blocked, symbolised, innermost frame first (stalls
+    /// only; empty if it could not be captured).
+    pub stack: Vec<String>,
+    /// The first frame of `stack` outside the runtime, the standard library, hogwatch and the
+    /// HTTP stack: the code to look at (stalls only).
+    pub culprit: Option<String>,
 }
 
 /// A callback that receives every hog event (not rate limited).

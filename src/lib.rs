@@ -52,10 +52,15 @@ mod report;
 mod runtime;
 mod stats;
 mod watch;
+#[cfg(feature = "watchdog")]
+mod watchdog;
+#[cfg(not(feature = "watchdog"))]
+#[path = "watchdog/off.rs"]
+mod watchdog;
 
 pub use detector::{Builder, ConfigError, Detector};
 pub use event::{HogEvent, HogKind};
-pub use report::{Entry, LabelKind, Report, Responses};
+pub use report::{CulpritCount, Entry, LabelKind, Report, Responses, StackCount, WatchdogStats};
 pub use runtime::{EventLoopLag, RuntimeFigures};
 pub use stats::OTHER_LABEL;
 pub use watch::{FutureTiming, Watched};

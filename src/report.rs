@@ -42,6 +42,8 @@ pub struct Report {
     /// `runtime-metrics`) and a sample was taken.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub runtime: Option<crate::runtime::RuntimeFigures>,
+    /// The stall watchdog's counters, if the detector has a watchdog.
+    pub watchdog: Option<WatchdogStats>,
 }
 
 /// What made a label: see [the labels guide](crate::docs::labels).
@@ -58,6 +60,49 @@ pub enum LabelKind {
     Task,
     /// `<other>`: labels beyond `max_labels`, of any kind.
     Other,
+}
+
+/// What the stall watchdog did in a report's window.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct WatchdogStats {
+    /// A poll running longer than this is a stall.
+    pub threshold_us: u64,
+    /// The signal that interrupts a blocked thread for its stack.
+    pub signal: i32,
+    /// How stacks are captured: `"unwind"` (the whole stack), `"pc"` (the interrupted
+    /// instruction only: the C library lacks `_dl_find_object`) or `"unsupported"` (no stacks
+    /// on this platform).
+    pub stack_mode: &'static str,
+    /// Polls seen running past the threshold (each counted once, however long it stalls).
+    pub stalls: u64,
+    /// Stack captures asked for (one per stall report).
+    pub captures_requested: u64,
+    /// Captures that returned a stack.
+    pub captures_completed: u64,
+    /// Captures that did not (the thread did not answer in time, or no stacks here).
+    pub captures_failed: u64,
+}
+
+/// A stall stack, folded root first (`a;b;c`), and how many captures found it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct StackCount {
+    /// Frames from the outermost (the first inside the watched poll) to the innermost, joined
+    /// by `;`.
+    pub stack: String,
+    /// Captures with exactly this stack.
+    pub count: u64,
+}
+
+/// A culprit (the first frame outside the runtime) and how many captures named it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct CulpritCount {
+    /// The function, e.g. `serde_json::ser::to_string` or `my_app::crunch_numbers`.
+    pub culprit: String,
+    /// Captures that named it.
+    pub count: u64,
 }
 
 /// The statistics of one label.
@@ -99,6 +144,12 @@ pub struct Entry {
     pub requests: u64,
     /// Responses by status class (HTTP layer only).
     pub responses: Responses,
+    /// Polls the watchdog caught running past its threshold (0 without a watchdog).
+    pub stalls: u64,
+    /// The most frequent stacks of those stalls, most frequent first (bounded per label).
+    pub top_stacks: Vec<StackCount>,
+    /// The most frequent culprits of those stalls, most frequent first (bounded per label).
+    pub top_culprits: Vec<CulpritCount>,
     /// The poll-duration histogram in microseconds, for renderers that draw or bucket it.
     #[serde(skip)]
     pub histogram: Histogram<u64>,
@@ -184,6 +235,9 @@ impl Entry {
             panicked: counters.panicked,
             requests: counters.requests,
             responses: counters.responses,
+            stalls: 0,
+            top_stacks: Vec::new(),
+            top_culprits: Vec::new(),
             histogram,
         }
     }
@@ -195,6 +249,7 @@ impl Entry {
             && self.completed == 0
             && self.cancelled == 0
             && self.panicked == 0
+            && self.stalls == 0
     }
 }
 
@@ -222,6 +277,7 @@ impl Report {
             folded_labels,
             event_loop_lag: None,
             runtime: None,
+            watchdog: None,
         }
     }
 
@@ -265,5 +321,23 @@ impl Report {
         let mut out = String::new();
         crate::render::html::render(self, &mut out);
         out
+    }
+
+    /// A flame graph (SVG) of the stacks the watchdog captured during stalls, one tower per
+    /// label; a placeholder image if there were none.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), hogwatch::ConfigError> {
+    /// let detector = hogwatch::Detector::builder()
+    ///     .watchdog(std::time::Duration::from_millis(50))
+    ///     .build()?;
+    /// let svg = detector.report().flamegraph_svg();
+    /// assert!(svg.contains("<svg"));
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "watchdog")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "watchdog")))]
+    pub fn flamegraph_svg(&self) -> String {
+        crate::render::flamegraph::render(self)
     }
 }

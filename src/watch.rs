@@ -153,6 +153,7 @@ impl<F: Future> Future for Watched<F> {
         let shared: &Shared = this.shared;
         let stats: &LabelStats = this.stats;
         let start = shared.clock.raw();
+        let in_poll = crate::watchdog::InPoll::enter(shared, stats, start);
         if *this.first_poll_raw == 0 {
             *this.first_poll_raw = start;
         }
@@ -169,6 +170,7 @@ impl<F: Future> Future for Watched<F> {
         // The poll returned normally: the guard has nothing to record.
         guard.armed = false;
         drop(guard);
+        in_poll.exit();
         let end = shared.clock.raw();
         let poll_ns = shared.clock.delta_as_nanos(start, end);
         stats.record_poll(poll_ns);

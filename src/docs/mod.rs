@@ -2,3 +2,8 @@
 
 #[doc = include_str!("labels.md")]
 pub mod labels {}
+
+#[cfg(feature = "watchdog")]
+#[cfg_attr(docsrs, doc(cfg(feature = "watchdog")))]
+#[doc = include_str!("watchdog.md")]
+pub mod watchdog {}

@@ -1,5 +1,7 @@
 //! Renderers: plain functions from a [`Report`](crate::Report) to text in one format each.
 
+#[cfg(feature = "watchdog")]
+pub(crate) mod flamegraph;
 pub(crate) mod html;
 #[cfg(feature = "axum")]
 pub(crate) mod prometheus;

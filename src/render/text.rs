@@ -95,6 +95,24 @@ pub(crate) fn render(report: &Report, out: &mut String) {
         }
         let _ = writeln!(out, " (over {} ms)", runtime.interval_us / 1_000);
     }
+    write_stalls(report, out);
+}
+
+/// One line per label the watchdog caught stalling, with its most frequent culprits.
+fn write_stalls(report: &Report, out: &mut String) {
+    for entry in report.entries.iter().filter(|entry| entry.stalls > 0) {
+        let _ = write!(
+            out,
+            "stalls {}: {}",
+            entry.label.escape_debug(),
+            entry.stalls
+        );
+        for (i, culprit) in entry.top_culprits.iter().take(3).enumerate() {
+            let separator = if i == 0 { ", in " } else { ", " };
+            let _ = write!(out, "{separator}{} ({})", culprit.culprit, culprit.count);
+        }
+        out.push('\n');
+    }
 }
 
 /// The kind as it appears in the JSON.

@@ -210,6 +210,22 @@ impl Registry {
         stats
     }
 
+    /// The statistics at `address` (an identity published by a poll in progress), if they are
+    /// this registry's. Takes the read lock: for the watchdog, never the hot path.
+    #[cfg(feature = "watchdog")]
+    pub(crate) fn find(&self, address: usize) -> Option<Arc<LabelStats>> {
+        let matches = |stats: &&Arc<LabelStats>| Arc::as_ptr(stats) as usize == address;
+        if matches(&&self.other) {
+            return Some(self.other.clone());
+        }
+        self.labels
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .values()
+            .find(matches)
+            .cloned()
+    }
+
     /// A snapshot of every label (and `<other>` if it saw anything), unsorted.
     pub(crate) fn snapshot(&self, reset: bool) -> (Vec<Entry>, u64) {
         let labels: Vec<Arc<LabelStats>> = self

@@ -1,0 +1,503 @@
+//! The only module with `unsafe` code: the signal that stops a blocked thread just long enough to
+//! record its stack.
+//!
+//! The watchdog thread asks for a capture by moving a thread's [`Target`] from `IDLE` to
+//! `REQUESTED` and sending it the signal with `pthread_kill`. The handler, running on the blocked
+//! thread, claims the request (`REQUESTED` to `IN_PROGRESS`), writes raw instruction pointers into
+//! the target's preallocated atomics and publishes `DONE`; the watchdog reads them and sets `IDLE`
+//! again. One request per thread at a time: nothing is ever captured twice at once, and a thread
+//! leaves (`DEAD`) only from `IDLE`, so `pthread_kill` never targets a thread that has exited.
+//!
+//! What the handler does: no allocation, no lock, no panic; it saves and restores `errno`. It
+//! walks the stack with `backtrace::trace_unsynchronized`, which on Linux calls libgcc's
+//! `_Unwind_Backtrace`; with glibc 2.35 or later libgcc finds unwind tables through
+//! `_dl_find_object`, which takes no lock. That is not a POSIX promise, so where
+//! `_dl_find_object` is missing the handler falls back to a strictly async-signal-safe capture: the
+//! interrupted instruction pointer alone, read from the signal context.
+#![allow(unsafe_code)]
+
+use std::ffi::{c_int, c_void};
+use std::sync::atomic::{compiler_fence, AtomicBool, AtomicPtr, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// The most frames one capture records (innermost first).
+pub(crate) const MAX_FRAMES: usize = 128;
+
+const IDLE: u32 = 0;
+const REQUESTED: u32 = 1;
+const IN_PROGRESS: u32 = 2;
+const DONE: u32 = 3;
+const DEAD: u32 = 4;
+
+/// Signals are numbered 1..=64 on Linux; slot 0 is unused.
+const SIGNALS: usize = 65;
+
+/// The signal used when the builder names none: `SIGPROF`.
+pub(crate) const DEFAULT_SIGNAL: c_int = libc::SIGPROF;
+
+/// One thread that can be asked for its stack, with the memory the handler writes into.
+pub(crate) struct Target {
+    thread: libc::pthread_t,
+    state: AtomicU32,
+    /// The interrupted instruction pointer, from the signal context (0: unknown).
+    pc: AtomicUsize,
+    depth: AtomicUsize,
+    frames: [AtomicUsize; MAX_FRAMES],
+}
+
+/// A stack as the handler recorded it: raw instruction pointers, innermost first.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct RawStack {
+    /// The instruction the thread was executing when the signal arrived (0: unknown).
+    pub(crate) pc: usize,
+    /// Instruction pointers, innermost first: the handler's own frames come before `pc`.
+    pub(crate) ips: Vec<usize>,
+}
+
+/// Why a capture produced no stack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CaptureError {
+    /// Another capture of this thread is in flight, or the thread is leaving.
+    Busy,
+    /// `pthread_kill` failed (with this error number).
+    Send(c_int),
+    /// The signal was not handled in time (blocked by the thread's signal mask, or replaced).
+    Timeout,
+    /// The handler started but did not finish in time: the thread is never signalled again.
+    Stuck,
+}
+
+impl std::fmt::Display for CaptureError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CaptureError::Busy => f.write_str("another capture of this thread is in flight"),
+            CaptureError::Send(errno) => write!(f, "pthread_kill failed with errno {errno}"),
+            CaptureError::Timeout => f.write_str("the signal was not handled in time"),
+            CaptureError::Stuck => f.write_str("the signal handler did not finish"),
+        }
+    }
+}
+
+thread_local! {
+    /// This thread's target while it is attached; read by the handler. Constant-initialised and
+    /// without destructor, so reading it is a plain thread-local load (no lazy initialisation,
+    /// no allocation) and it stays readable until the thread is gone.
+    static CURRENT: AtomicPtr<Target> = const { AtomicPtr::new(std::ptr::null_mut()) };
+}
+
+/// Keeps the current thread's [`Target`] reachable from the handler; detaches on drop (at the
+/// latest when the thread exits).
+pub(crate) struct Attached {
+    target: Arc<Target>,
+}
+
+impl Attached {
+    /// Makes the current thread capturable. Call once per thread and keep the result in a
+    /// thread-local: the thread is signalled only while it is attached.
+    pub(crate) fn current_thread() -> Self {
+        let target = Arc::new(Target {
+            // SAFETY: pthread_self has no preconditions and always succeeds.
+            thread: unsafe { libc::pthread_self() },
+            state: AtomicU32::new(IDLE),
+            pc: AtomicUsize::new(0),
+            depth: AtomicUsize::new(0),
+            frames: std::array::from_fn(|_| AtomicUsize::new(0)),
+        });
+        CURRENT.with(|current| current.store(Arc::as_ptr(&target).cast_mut(), Ordering::SeqCst));
+        Self { target }
+    }
+
+    /// The target, for the watchdog thread.
+    pub(crate) fn target(&self) -> &Arc<Target> {
+        &self.target
+    }
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        // Leave only from IDLE: a capture in flight is finished first (its signal is delivered
+        // at the latest when sched_yield returns), so the watchdog never signals a thread that
+        // has exited.
+        // (DONE is a capture the watchdog gave up waiting for: nobody reads it any more.)
+        while [IDLE, DONE].into_iter().all(|from| {
+            self.target
+                .state
+                .compare_exchange(from, DEAD, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+        }) {
+            std::thread::yield_now();
+        }
+        let _ = CURRENT.try_with(|current| current.store(std::ptr::null_mut(), Ordering::SeqCst));
+        // The handler runs on this thread: keep the compiler from moving the Arc's release
+        // before the pointer is cleared.
+        compiler_fence(Ordering::SeqCst);
+    }
+}
+
+/// Whether `signal` can be used to interrupt threads: one meant for profiling or for the
+/// program's own use, whose default action nobody relies on. Fault signals, `SIGINT`, `SIGTERM`
+/// and the like are refused, and so are the real-time signals glibc keeps for itself (below
+/// `SIGRTMIN()`).
+pub(crate) fn usable(signal: c_int) -> bool {
+    let own_use = [libc::SIGPROF, libc::SIGVTALRM, libc::SIGUSR1, libc::SIGUSR2];
+    (own_use.contains(&signal) || (libc::SIGRTMIN()..=libc::SIGRTMAX()).contains(&signal))
+        && usize::try_from(signal).is_ok_and(|index| index < SIGNALS)
+}
+
+/// What the handler may do, decided once at installation.
+static FULL_UNWIND: AtomicBool = AtomicBool::new(false);
+/// The handler that was installed before ours, per signal (0: none, `SIG_DFL` or `SIG_IGN`).
+static PREVIOUS: [AtomicUsize; SIGNALS] = [const { AtomicUsize::new(0) }; SIGNALS];
+/// Whether that previous handler takes three arguments (`SA_SIGINFO`).
+static PREVIOUS_SIGINFO: [AtomicBool; SIGNALS] = [const { AtomicBool::new(false) }; SIGNALS];
+
+/// Whether captures walk the whole stack (`true`) or record the interrupted instruction only.
+pub(crate) fn full_unwind() -> bool {
+    FULL_UNWIND.load(Ordering::Relaxed)
+}
+
+/// Installs the handler for `signal`, once per process; it stays installed (a signal still in
+/// flight must never meet the default action, which for `SIGPROF` ends the process).
+///
+/// # Errors
+///
+/// The `sigaction` error, if the kernel refuses the handler.
+pub(crate) fn install(signal: c_int) -> std::io::Result<()> {
+    static INSTALLED: Mutex<u128> = Mutex::new(0);
+    static WARMED_UP: OnceLock<bool> = OnceLock::new();
+    let index = usize::try_from(signal)
+        .ok()
+        .filter(|index| *index < SIGNALS && usable(signal))
+        .ok_or_else(|| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    let full = *WARMED_UP.get_or_init(|| {
+        // SAFETY: dlsym with RTLD_DEFAULT and a NUL-terminated name only looks a symbol up.
+        let found =
+            !unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"_dl_find_object".as_ptr()) }.is_null();
+        // Walk once outside any handler, so that the unwinder's lazily bound symbols are
+        // resolved here (by the dynamic linker, which takes locks) and never in the handler.
+        backtrace::trace(|_| true);
+        found
+    });
+    FULL_UNWIND.store(full, Ordering::Relaxed);
+    // A poisoned lock only means a thread panicked while holding it; the bit set is still valid.
+    let mut installed = INSTALLED.lock().unwrap_or_else(|p| p.into_inner());
+    if *installed & (1 << index) != 0 {
+        return Ok(());
+    }
+    // SAFETY: an all-zero sigaction is a valid value of this plain C struct.
+    let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+    action.sa_sigaction =
+        handler as extern "C" fn(c_int, *mut libc::siginfo_t, *mut c_void) as usize;
+    action.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+    // SAFETY: sa_mask is a valid sigset_t inside `action`, which we own.
+    unsafe { libc::sigemptyset(&mut action.sa_mask) };
+    // SAFETY: as above, zeroed is a valid sigaction to receive the previous one.
+    let mut previous: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: `signal` is catchable (checked by `usable`), both pointers are valid for the call,
+    // and `handler` is an extern "C" fn of the SA_SIGINFO shape, async-signal-safe as described
+    // in the module docs.
+    if unsafe { libc::sigaction(signal, &action, &mut previous) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let chained = previous.sa_sigaction;
+    if chained != libc::SIG_DFL && chained != libc::SIG_IGN {
+        PREVIOUS_SIGINFO[index].store(previous.sa_flags & libc::SA_SIGINFO != 0, Ordering::Relaxed);
+        PREVIOUS[index].store(chained, Ordering::Release);
+    }
+    *installed |= 1 << index;
+    Ok(())
+}
+
+/// Asks `target`'s thread for its stack with `signal` and waits up to `timeout` for it.
+///
+/// The handler for `signal` must have been installed with [`install`].
+///
+/// # Errors
+///
+/// See [`CaptureError`]; after `Stuck` the thread is never signalled again.
+pub(crate) fn capture(
+    target: &Target,
+    signal: c_int,
+    timeout: Duration,
+) -> Result<RawStack, CaptureError> {
+    target
+        .state
+        .compare_exchange(IDLE, REQUESTED, Ordering::AcqRel, Ordering::Acquire)
+        .map_err(|_| CaptureError::Busy)?;
+    // SAFETY: the thread is alive: it leaves only after moving its state from IDLE to DEAD, and
+    // we hold the state at REQUESTED. `signal`'s handler is installed, so the signal does not
+    // take its default action.
+    let sent = unsafe { libc::pthread_kill(target.thread, signal) };
+    if sent != 0 {
+        target.state.store(IDLE, Ordering::Release);
+        return Err(CaptureError::Send(sent));
+    }
+    let started = Instant::now();
+    let mut spins = 0u32;
+    loop {
+        match target.state.load(Ordering::Acquire) {
+            DONE => break,
+            // Withdraw the request; if the handler claimed it meanwhile, wait for it.
+            REQUESTED
+                if started.elapsed() > timeout
+                    && target
+                        .state
+                        .compare_exchange(REQUESTED, IDLE, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok() =>
+            {
+                return Err(CaptureError::Timeout);
+            }
+            IN_PROGRESS if started.elapsed() > timeout * 4 => return Err(CaptureError::Stuck),
+            _ => {}
+        }
+        // A short spin covers the usual case (the thread is running, the handler takes tens of
+        // microseconds); then sleep rather than yield: a yielding watchdog gets to run again
+        // only after whole time slices of other threads, a sleeping one as soon as it wakes.
+        spins = spins.saturating_add(1);
+        if spins < 64 {
+            std::hint::spin_loop();
+        } else {
+            std::thread::sleep(Duration::from_micros(20));
+        }
+    }
+    let depth = target.depth.load(Ordering::Relaxed).min(MAX_FRAMES);
+    let stack = RawStack {
+        pc: target.pc.load(Ordering::Relaxed),
+        ips: target.frames[..depth]
+            .iter()
+            .map(|frame| frame.load(Ordering::Relaxed))
+            .collect(),
+    };
+    target.state.store(IDLE, Ordering::Release);
+    Ok(stack)
+}
+
+/// The signal handler. Async-signal-safe as far as the module docs say: no allocation, no
+/// lock, no panic, `errno` preserved.
+extern "C" fn handler(signal: c_int, info: *mut libc::siginfo_t, context: *mut c_void) {
+    // SAFETY: __errno_location returns this thread's errno, valid for the thread's life.
+    let saved_errno = unsafe { *libc::__errno_location() };
+    let target = CURRENT
+        .try_with(|current| current.load(Ordering::Acquire))
+        .unwrap_or(std::ptr::null_mut());
+    // SAFETY: a non-null CURRENT points to the Target an `Attached` of this thread keeps alive;
+    // `Attached::drop` clears it before releasing the Arc, on this same thread.
+    let target = unsafe { target.as_ref() };
+    match target {
+        Some(target)
+            if target
+                .state
+                .compare_exchange(REQUESTED, IN_PROGRESS, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok() =>
+        {
+            record(target, context);
+            target.state.store(DONE, Ordering::Release);
+        }
+        // Not ours (another profiler's signal, or a request already withdrawn): pass it on.
+        // SAFETY: the arguments are the ones the kernel gave this handler.
+        _ => unsafe { chain(signal, info, context) },
+    }
+    // SAFETY: as above.
+    unsafe { *libc::__errno_location() = saved_errno };
+}
+
+/// Writes the interrupted thread's stack into `target`; runs inside the handler.
+fn record(target: &Target, context: *mut c_void) {
+    target
+        .pc
+        .store(interrupted_pc(context.cast_const()), Ordering::Relaxed);
+    let mut depth = 0;
+    if full_unwind() {
+        let frames = &target.frames;
+        // SAFETY: trace_unsynchronized requires that no other trace runs concurrently in a way
+        // that is not thread-safe; libgcc's unwinder is thread-safe, and with `_dl_find_object`
+        // present (checked at install) it takes no lock, so interrupting any code is fine. The
+        // closure only stores into preallocated atomics.
+        unsafe {
+            backtrace::trace_unsynchronized(|frame| {
+                if let Some(slot) = frames.get(depth) {
+                    slot.store(frame.ip() as usize, Ordering::Relaxed);
+                    depth += 1;
+                    true
+                } else {
+                    false
+                }
+            });
+        }
+    }
+    if depth == 0 {
+        // The strictly async-signal-safe fallback: the interrupted instruction alone.
+        target.frames[0].store(target.pc.load(Ordering::Relaxed), Ordering::Relaxed);
+        depth = 1;
+    }
+    target.depth.store(depth, Ordering::Relaxed);
+}
+
+/// Whether `ip` lies in the C library, the dynamic linker, the unwinder or the vDSO: code that is
+/// never the culprit, whatever its (often internal) symbol is called. Not for the handler.
+pub(crate) fn in_system_library(ip: usize) -> bool {
+    // SAFETY: an all-zero Dl_info is a valid value of this plain C struct.
+    let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
+    // SAFETY: dladdr only reads the loaded objects' tables and writes `info`, which we own;
+    // any address may be asked about.
+    if unsafe { libc::dladdr(ip as *const c_void, &mut info) } == 0 || info.dli_fname.is_null() {
+        return false;
+    }
+    // SAFETY: dladdr succeeded, so dli_fname is a NUL-terminated path owned by the dynamic
+    // linker, valid while the object stays loaded (system libraries are never unloaded).
+    let path = unsafe { std::ffi::CStr::from_ptr(info.dli_fname) }.to_bytes();
+    let name = path.rsplit(|byte| *byte == b'/').next().unwrap_or(path);
+    const SYSTEM: [&[u8]; 10] = [
+        b"libc.so",
+        b"libc-",
+        b"ld-linux",
+        b"ld-musl",
+        b"libpthread",
+        b"libgcc_s",
+        b"libm.so",
+        b"libdl",
+        b"librt",
+        b"linux-vdso",
+    ];
+    SYSTEM.iter().any(|system| name.starts_with(system))
+}
+
+/// The instruction pointer saved in the signal context (0 where we do not know the layout).
+#[allow(clippy::needless_return)]
+fn interrupted_pc(context: *const c_void) -> usize {
+    if context.is_null() {
+        return 0;
+    }
+    let context = context.cast::<libc::ucontext_t>();
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: for an SA_SIGINFO handler the kernel passes a valid ucontext_t as the third
+        // argument, alive for the handler's duration; REG_RIP indexes within gregs.
+        return unsafe { (*context).uc_mcontext.gregs[libc::REG_RIP as usize] as usize };
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        // SAFETY: as above; `pc` is a plain field of the machine context.
+        return unsafe { (*context).uc_mcontext.pc as usize };
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        let _ = context;
+        return 0;
+    }
+}
+
+/// Calls the handler that was installed before ours, if there was a real one.
+///
+/// # Safety
+///
+/// Must be called from the signal handler for `signal`, with the arguments the kernel passed.
+unsafe fn chain(signal: c_int, info: *mut libc::siginfo_t, context: *mut c_void) {
+    let Some(index) = usize::try_from(signal)
+        .ok()
+        .filter(|index| *index < SIGNALS)
+    else {
+        return;
+    };
+    let previous = PREVIOUS[index].load(Ordering::Acquire);
+    if previous == 0 {
+        return;
+    }
+    if PREVIOUS_SIGINFO[index].load(Ordering::Relaxed) {
+        // SAFETY: `previous` was the sa_sigaction of a handler installed with SA_SIGINFO, so it
+        // is a function of this shape; the caller passes the kernel's own arguments.
+        unsafe {
+            let f: extern "C" fn(c_int, *mut libc::siginfo_t, *mut c_void) =
+                std::mem::transmute(previous);
+            f(signal, info, context);
+        }
+    } else {
+        // SAFETY: without SA_SIGINFO, sa_sigaction holds a one-argument sa_handler.
+        unsafe {
+            let f: extern "C" fn(c_int) = std::mem::transmute(previous);
+            f(signal);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::mpsc;
+
+    /// Spins on a thread of its own, attached, until told to stop.
+    fn spinning_thread(stop: Arc<AtomicBool>) -> (Arc<Target>, std::thread::JoinHandle<()>) {
+        let (send, receive) = mpsc::channel();
+        let handle = std::thread::spawn(move || {
+            let attached = Attached::current_thread();
+            send.send(attached.target().clone()).unwrap();
+            let mut acc = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                acc = std::hint::black_box(acc.wrapping_add(1));
+            }
+            drop(attached);
+        });
+        (receive.recv().unwrap(), handle)
+    }
+
+    #[test]
+    fn captures_the_whole_stack_or_only_the_interrupted_instruction() {
+        let signal = libc::SIGRTMIN() + 6;
+        install(signal).unwrap();
+        assert!(
+            full_unwind(),
+            "glibc 2.35+ is expected on the machines we test on"
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let (target, handle) = spinning_thread(stop.clone());
+        let timeout = Duration::from_secs(5);
+
+        let full = capture(&target, signal, timeout).unwrap();
+        assert_ne!(full.pc, 0);
+        assert!(full.ips.len() > 3, "{full:?}");
+        assert!(full.ips.contains(&full.pc), "{full:?}");
+
+        // The strictly async-signal-safe fallback.
+        FULL_UNWIND.store(false, Ordering::Relaxed);
+        let pc_only = capture(&target, signal, timeout);
+        FULL_UNWIND.store(true, Ordering::Relaxed);
+        let pc_only = pc_only.unwrap();
+        assert_eq!(pc_only.ips, [pc_only.pc]);
+
+        // One capture of a thread at a time.
+        target.state.store(REQUESTED, Ordering::Release);
+        assert_eq!(
+            capture(&target, signal, timeout).unwrap_err(),
+            CaptureError::Busy
+        );
+        target.state.store(IDLE, Ordering::Release);
+
+        stop.store(true, Ordering::Relaxed);
+        handle.join().unwrap();
+        assert_eq!(target.state.load(Ordering::Acquire), DEAD);
+        assert_eq!(
+            capture(&target, signal, timeout).unwrap_err(),
+            CaptureError::Busy,
+            "a thread that left is never signalled"
+        );
+    }
+
+    #[test]
+    fn only_profiling_user_and_real_time_signals_are_usable() {
+        assert!(usable(libc::SIGPROF));
+        assert!(usable(libc::SIGRTMIN() + 4));
+        for refused in [
+            libc::SIGSEGV,
+            libc::SIGKILL,
+            libc::SIGINT,
+            libc::SIGTERM,
+            32,
+            0,
+            65,
+        ] {
+            assert!(!usable(refused), "{refused}");
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! Per-thread slots: which watched poll each thread is in, published so that the watchdog thread
+//! can read it without a lock.
+//!
+//! A slot is a seqlock over three words: the detector's watchdog id, the address of the label's
+//! statistics and the clock reading at the start of the poll. Only its own thread writes it (two
+//! plain stores of the sequence number around three relaxed stores: no locked instruction), the
+//! watchdog reads it and retries if the sequence moved. A thread's slot is allocated and
+//! registered the first time it runs a watched poll of a detector with a watchdog, and leaves the
+//! registry when the thread exits.
+
+use std::sync::atomic::{fence, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// What a thread publishes: the poll it is inside, or nothing (all zero).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Published {
+    /// The watchdog id of the detector the poll belongs to (0: not in a watched poll).
+    pub(crate) detector: u64,
+    /// The address of the label's `LabelStats`, an identity only: never dereferenced.
+    pub(crate) label: usize,
+    /// Raw `quanta` clock reading at the start of the poll.
+    pub(crate) start_raw: u64,
+}
+
+/// One thread's slot.
+pub(crate) struct Slot {
+    seq: AtomicU64,
+    detector: AtomicU64,
+    label: AtomicUsize,
+    start_raw: AtomicU64,
+    /// The thread's name (or its id if it has none).
+    pub(crate) thread_name: Arc<str>,
+    /// How to interrupt the thread for its stack.
+    #[cfg(target_os = "linux")]
+    pub(crate) target: Arc<super::signal::Target>,
+}
+
+impl Slot {
+    /// Replaces what this thread publishes and returns what it published before. Only the
+    /// slot's own thread calls this.
+    #[inline]
+    fn publish(&self, new: Published) -> Published {
+        let seq = self.seq.load(Ordering::Relaxed);
+        let old = Published {
+            detector: self.detector.load(Ordering::Relaxed),
+            label: self.label.load(Ordering::Relaxed),
+            start_raw: self.start_raw.load(Ordering::Relaxed),
+        };
+        self.seq.store(seq.wrapping_add(1), Ordering::Relaxed);
+        fence(Ordering::Release);
+        self.detector.store(new.detector, Ordering::Relaxed);
+        self.label.store(new.label, Ordering::Relaxed);
+        self.start_raw.store(new.start_raw, Ordering::Relaxed);
+        self.seq.store(seq.wrapping_add(2), Ordering::Release);
+        old
+    }
+
+    /// A consistent reading of what the thread publishes, or `None` if it kept changing.
+    pub(crate) fn read(&self) -> Option<Published> {
+        for _ in 0..8 {
+            let before = self.seq.load(Ordering::Acquire);
+            if before % 2 == 1 {
+                std::hint::spin_loop();
+                continue;
+            }
+            let published = Published {
+                detector: self.detector.load(Ordering::Relaxed),
+                label: self.label.load(Ordering::Relaxed),
+                start_raw: self.start_raw.load(Ordering::Relaxed),
+            };
+            fence(Ordering::Acquire);
+            if self.seq.load(Ordering::Relaxed) == before {
+                return Some(published);
+            }
+        }
+        None
+    }
+}
+
+/// Every registered slot: locked when a thread registers or leaves, and by the watchdog once per
+/// check to copy the list, never on the hot path.
+static SLOTS: Mutex<Vec<Arc<Slot>>> = Mutex::new(Vec::new());
+
+/// The current thread's registration, dropped when the thread exits.
+struct Local {
+    slot: Arc<Slot>,
+    #[cfg(target_os = "linux")]
+    _attached: super::signal::Attached,
+}
+
+impl Local {
+    fn register() -> Self {
+        let current = std::thread::current();
+        let thread_name: Arc<str> = match current.name() {
+            Some(name) => Arc::from(name),
+            None => Arc::from(format!("{:?}", current.id())),
+        };
+        #[cfg(target_os = "linux")]
+        let attached = super::signal::Attached::current_thread();
+        let slot = Arc::new(Slot {
+            seq: AtomicU64::new(0),
+            detector: AtomicU64::new(0),
+            label: AtomicUsize::new(0),
+            start_raw: AtomicU64::new(0),
+            thread_name,
+            #[cfg(target_os = "linux")]
+            target: attached.target().clone(),
+        });
+        lock().push(slot.clone());
+        Self {
+            slot,
+            #[cfg(target_os = "linux")]
+            _attached: attached,
+        }
+    }
+}
+
+impl Drop for Local {
+    fn drop(&mut self) {
+        lock().retain(|slot| !Arc::ptr_eq(slot, &self.slot));
+        // `_attached` drops next: it waits for a capture in flight before the thread goes.
+    }
+}
+
+fn lock() -> std::sync::MutexGuard<'static, Vec<Arc<Slot>>> {
+    // A poisoned lock only means a thread panicked while holding it; the list is still whole.
+    SLOTS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+thread_local! {
+    static LOCAL: Local = Local::register();
+}
+
+/// Publishes that the current thread started a poll; returns what to restore when it ends, or
+/// `None` if the thread is exiting (its slot is gone).
+#[inline]
+pub(crate) fn poll_started(detector: u64, label: usize, start_raw: u64) -> Option<Published> {
+    LOCAL
+        .try_with(|local| {
+            local.slot.publish(Published {
+                detector,
+                label,
+                start_raw,
+            })
+        })
+        .ok()
+}
+
+/// Publishes that the current thread's poll ended, restoring what `poll_started` returned (an
+/// enclosing poll, or nothing).
+#[inline]
+pub(crate) fn poll_ended(previous: Published) {
+    let _ = LOCAL.try_with(|local| local.slot.publish(previous));
+}
+
+/// Copies the registered slots into `into` (reusing its allocation).
+pub(crate) fn snapshot(into: &mut Vec<Arc<Slot>>) {
+    into.clear();
+    into.extend(lock().iter().cloned());
+}

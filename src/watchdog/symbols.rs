@@ -1,0 +1,340 @@
+//! From raw instruction pointers to names, folded stacks and the culprit. Runs on the watchdog
+//! thread, after the blocked thread has been let go.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// The name given to a frame nothing could be resolved for (as `perf` does).
+pub(crate) const UNKNOWN: &str = "[unknown]";
+
+/// The frames that are "the runtime" and never the culprit, matched as described on
+/// `Builder::runtime_prefixes`.
+pub(crate) const DEFAULT_RUNTIME_PREFIXES: &[&str] = &[
+    // The standard library, the runtime, the HTTP stack and ourselves.
+    "std",
+    "core",
+    "alloc",
+    "tokio",
+    "mio",
+    "futures",
+    "pin_project",
+    "hyper",
+    "h2",
+    "http",
+    "httparse",
+    "tower",
+    "axum",
+    "tracing",
+    "hogwatch",
+    "backtrace",
+    "quanta",
+    // The C library and the unwinder: allocator, memory and thread internals.
+    "_",
+    "libc",
+    "malloc",
+    "calloc",
+    "realloc",
+    "free",
+    "cfree",
+    "memcpy",
+    "memmove",
+    "memset",
+    "memcmp",
+    "bcmp",
+    "start_thread",
+    "clone",
+    "clone3",
+    "pthread",
+    "syscall",
+    "nanosleep",
+    "clock_nanosleep",
+    "clock_gettime",
+    "gettimeofday",
+    "sched_yield",
+    "epoll_wait",
+    "futex",
+    "tcache",
+    "sysmalloc",
+    "mmap",
+    "munmap",
+    "madvise",
+];
+
+/// Whether the frame `name` belongs to the runtime according to `prefixes`.
+///
+/// A prefix ending in `_` or `::` matches any name that starts with it; any other prefix names a
+/// crate (or C symbol): it matches the name's first path segment exactly or followed by `_`
+/// (`tokio` matches `tokio::…` and `tokio_util::…`, not `tokioish::…`). Leading `<`, `&`, `mut `
+/// and `dyn ` of trait-impl names are ignored.
+pub(crate) fn is_runtime(name: &str, prefixes: &[String]) -> bool {
+    let mut name = name;
+    loop {
+        let trimmed = name
+            .trim_start_matches(['<', '&', '*', ' ', '('])
+            .trim_start_matches("mut ")
+            .trim_start_matches("dyn ")
+            .trim_start_matches("const ");
+        if trimmed.len() == name.len() {
+            break;
+        }
+        name = trimmed;
+    }
+    // `<u64 as core::iter::Step>::forward` and `<T as core::fmt::Display>::fmt`: the self type
+    // is a primitive or a generic parameter, so the code is the trait's crate's.
+    if let Some((self_type, rest)) = name.split_once(" as ") {
+        if !self_type.contains("::") {
+            return is_runtime(rest, prefixes);
+        }
+    }
+    prefixes.iter().any(|prefix| {
+        if prefix.ends_with('_') || prefix.ends_with("::") {
+            return name.starts_with(prefix.as_str());
+        }
+        name.strip_prefix(prefix.as_str()).is_some_and(|rest| {
+            rest.is_empty()
+                || rest.starts_with("::")
+                || rest.starts_with('_')
+                || rest.starts_with(' ')
+                || rest.starts_with('<')
+                || rest.starts_with('@')
+                || rest.starts_with('.')
+        })
+    })
+}
+
+/// One resolved frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Frame {
+    /// The function, demangled, without hash.
+    pub(crate) name: String,
+    /// In the C library, the dynamic linker, the unwinder or the vDSO (never the culprit).
+    pub(crate) system: bool,
+}
+
+/// The first frame (innermost first) that is not the runtime's, within the watched poll: the
+/// frames below hogwatch's `Watched::poll` (the executor, the program's `main`, a test harness)
+/// did not block anything.
+pub(crate) fn culprit(frames: &[Frame], prefixes: &[String]) -> Option<String> {
+    frames
+        .iter()
+        .take_while(|frame| !is_poll_boundary(&frame.name))
+        .find(|frame| !frame.system && frame.name != UNKNOWN && !is_runtime(&frame.name, prefixes))
+        .map(|frame| frame.name.clone())
+}
+
+/// Whether `name` is hogwatch's `Watched::poll`: the frames below it are the executor's.
+fn is_poll_boundary(name: &str) -> bool {
+    name.trim_start_matches('<')
+        .starts_with("hogwatch::watch::Watched")
+}
+
+/// The frames inside the watched poll (innermost first): those above `Watched::poll`, or all
+/// of them if it is not on the stack.
+pub(crate) fn within_poll(frames: &[String]) -> &[String] {
+    let end = frames
+        .iter()
+        .position(|frame| is_poll_boundary(frame))
+        .unwrap_or(frames.len());
+    &frames[..end]
+}
+
+/// A stack folded root first, `a;b;c`, as flame graph tools read it.
+pub(crate) fn fold(frames: &[String]) -> String {
+    let mut folded = String::new();
+    for frame in frames.iter().rev() {
+        if !folded.is_empty() {
+            folded.push(';');
+        }
+        // A `;` inside a name (`[u8; 4]`) would split the frame.
+        folded.extend(frame.chars().map(|c| if c == ';' { ',' } else { c }));
+    }
+    folded
+}
+
+/// Resolves instruction pointers to names, caching per address.
+#[derive(Default)]
+pub(crate) struct Symbolizer {
+    cache: HashMap<usize, Arc<[Frame]>>,
+}
+
+impl Symbolizer {
+    /// Above this many cached addresses the cache starts over (bounded memory).
+    const MAX_CACHED: usize = 65_536;
+
+    /// The names of `ips` (innermost first, inlined functions expanded), without the frames of
+    /// the signal handler: the stack starts at `pc`, the interrupted instruction, when known.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    pub(crate) fn frames(&mut self, ips: &[usize], pc: usize) -> Vec<Frame> {
+        let start = if pc == 0 {
+            None
+        } else {
+            ips.iter().position(|ip| *ip == pc)
+        };
+        let mut per_ip: Vec<Arc<[Frame]>> = ips.iter().map(|ip| self.resolve(*ip)).collect();
+        match start {
+            Some(start) => {
+                per_ip.drain(..start);
+            }
+            None => {
+                // Cut after the signal trampoline or, failing that, after our handler.
+                let is_handler = |frames: &Arc<[Frame]>| {
+                    frames.iter().any(|Frame { name, .. }| {
+                        name.contains("__restore_rt")
+                            || name.contains("rt_sigreturn")
+                            || name.starts_with("hogwatch::watchdog::signal")
+                            || name.starts_with("backtrace::")
+                    })
+                };
+                if let Some(last) = per_ip.iter().take(32).rposition(is_handler) {
+                    per_ip.drain(..=last);
+                }
+            }
+        }
+        per_ip
+            .iter()
+            .flat_map(|frames| frames.iter().cloned())
+            .collect()
+    }
+
+    /// Loads the debug information of the object hogwatch is linked into (usually the whole
+    /// program) now, on the watchdog thread, rather than at the first stall, which would then be
+    /// reported late.
+    pub(crate) fn warm_up(&mut self) {
+        let here = Self::warm_up as fn(&mut Self) as usize;
+        self.resolve(here);
+    }
+
+    fn resolve(&mut self, ip: usize) -> Arc<[Frame]> {
+        if let Some(names) = self.cache.get(&ip) {
+            return names.clone();
+        }
+        let mut names = Vec::new();
+        backtrace::resolve(ip as *mut std::ffi::c_void, |symbol| {
+            if let Some(name) = symbol.name() {
+                // `{:#}` leaves out the hash suffix of legacy-mangled names.
+                names.push(format!("{name:#}"));
+            }
+        });
+        if names.is_empty() {
+            names.push(UNKNOWN.to_string());
+        }
+        #[cfg(target_os = "linux")]
+        let system = super::signal::in_system_library(ip);
+        #[cfg(not(target_os = "linux"))]
+        let system = false;
+        let frames: Arc<[Frame]> = names
+            .into_iter()
+            .map(|name| Frame { name, system })
+            .collect();
+        if self.cache.len() >= Self::MAX_CACHED {
+            self.cache.clear();
+        }
+        self.cache.insert(ip, frames.clone());
+        frames
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn defaults() -> Vec<String> {
+        DEFAULT_RUNTIME_PREFIXES
+            .iter()
+            .map(|p| p.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn runtime_frames_are_recognised() {
+        let prefixes = defaults();
+        for runtime in [
+            "std::thread::sleep",
+            "<core::pin::Pin<P> as core::future::future::Future>::poll",
+            "tokio_util::codec::Framed::poll",
+            "<&mut alloc::vec::Vec<u8> as std::io::Write>::write",
+            "hogwatch::watch::Watched<F>::poll",
+            "__memmove_avx_unaligned_erms",
+            "_int_malloc",
+            "malloc",
+            "pthread_mutex_lock",
+            "clone3",
+            "<u64 as core::iter::range::Step>::forward_unchecked",
+            "<&T as core::fmt::Display>::fmt",
+        ] {
+            assert!(is_runtime(runtime, &prefixes), "{runtime}");
+        }
+        for user in [
+            "watchdog::crunch_numbers",
+            "<serde_json::value::Value as serde::ser::Serialize>::serialize",
+            "<&mut serde_json::ser::Serializer<W> as serde::ser::Serializer>::serialize_str",
+            "tokioish::run",
+            "stdlib_user::go",
+            "my_app::handler::{{closure}}",
+            "<T as my_app::Render>::render",
+            "<my_app::Page as core::fmt::Display>::fmt",
+        ] {
+            assert!(!is_runtime(user, &prefixes), "{user}");
+        }
+    }
+
+    #[test]
+    fn culprit_is_the_first_frame_outside_the_runtime() {
+        let names: Vec<String> = [
+            "core::hint::spin_loop",
+            UNKNOWN,
+            "my_app::crunch",
+            "my_app::handler::{{closure}}",
+            "tokio::runtime::task::harness::poll",
+        ]
+        .map(String::from)
+        .to_vec();
+        let mut frames: Vec<Frame> = names
+            .iter()
+            .map(|name| Frame {
+                name: name.clone(),
+                system: false,
+            })
+            .collect();
+        assert_eq!(
+            culprit(&frames, &defaults()).as_deref(),
+            Some("my_app::crunch")
+        );
+        assert_eq!(culprit(&frames[..2], &defaults()), None);
+        let custom = ["my_app", "core", "tokio::"].map(String::from);
+        assert_eq!(culprit(&frames, &custom), None);
+        let below_the_poll = Frame {
+            name: "<hogwatch::watch::Watched<F> as core::future::future::Future>::poll".into(),
+            system: false,
+        };
+        let main = Frame {
+            name: "my_app::main".into(),
+            system: false,
+        };
+        assert_eq!(
+            culprit(&[frames[0].clone(), below_the_poll, main], &defaults()),
+            None,
+            "frames below the watched poll are never the culprit"
+        );
+        frames[2].system = true;
+        assert_eq!(
+            culprit(&frames, &defaults()).as_deref(),
+            Some("my_app::handler::{{closure}}"),
+            "a frame in the C library is never the culprit"
+        );
+        assert_eq!(
+            fold(&names[2..]),
+            "tokio::runtime::task::harness::poll;my_app::handler::{{closure}};my_app::crunch"
+        );
+        assert_eq!(fold(&["f<[u8; 4]>".to_string()]), "f<[u8, 4]>");
+        let whole: Vec<String> = [
+            "my_app::crunch",
+            "<hogwatch::watch::Watched<F> as core::future::future::Future>::poll",
+            "main",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(within_poll(&whole), &whole[..1]);
+        assert_eq!(within_poll(&whole[2..]), &whole[2..]);
+    }
+}
