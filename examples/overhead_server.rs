@@ -5,8 +5,9 @@
 //! cargo run --release --example overhead_server -- --mode hogwatch --port 3000
 //! ```
 //!
-//! Modes: `bare`, `hogwatch` (the layer), `tokio-metrics` (a `TaskMonitor` per request),
-//! `console` (console-subscriber, needs `RUSTFLAGS="--cfg tokio_unstable"`).
+//! Modes: `bare`, `hogwatch` (the layer), `hogwatch-watchdog` (the layer and a 50 ms stall
+//! watchdog), `tokio-metrics` (a `TaskMonitor` per request), `console` (console-subscriber,
+//! needs `RUSTFLAGS="--cfg tokio_unstable"`).
 
 use std::sync::Arc;
 
@@ -54,6 +55,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "bare" => app(),
         "hogwatch" => {
             let detector = hogwatch::Detector::builder().build()?;
+            app().layer(detector.layer()).merge(detector.router())
+        }
+        "hogwatch-watchdog" => {
+            let detector = hogwatch::Detector::builder()
+                .watchdog(std::time::Duration::from_millis(50))
+                .build()?;
             app().layer(detector.layer()).merge(detector.router())
         }
         "tokio-metrics" => {

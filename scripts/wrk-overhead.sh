@@ -32,7 +32,7 @@ server_cpus=${SERVER_CPUS:-0}
 client_cpus=${CLIENT_CPUS:-1}
 pin() { if command -v taskset >/dev/null; then taskset -c "$1" "${@:2}"; else "${@:2}"; fi; }
 
-modes=(bare hogwatch tokio-metrics console)
+modes=(bare hogwatch tokio-metrics console hogwatch-watchdog)
 routes=(/hello /passthrough)
 results=$(mktemp)
 trap 'rm -f "$results"; kill "${server:-}" 2>/dev/null || true' EXIT
