@@ -110,7 +110,8 @@ async fn experiment(requests: u64, concurrency: usize) -> Result<ExitCode, Box<d
         duration(CANARY_PERIOD),
     );
     let body = serde_json::to_vec(&ScoreRequest { customer: 42 })?;
-    let mut header = vec!["variant", "req/s", "p50", "p99", "non-2xx", "canary p99"];
+    let mut header = vec!["variant"];
+    header.extend(table::LOAD_HEADER);
     header.extend(table::VERDICT_HEADER);
     header.extend(["model route"]);
     let mut results = Table::new(header);
@@ -128,17 +129,8 @@ async fn experiment(requests: u64, concurrency: usize) -> Result<ExitCode, Box<d
         failed += load.non_2xx + load.errors + health.non_2xx + health.errors;
 
         let report = detector.report();
-        let mut row = vec![
-            variant.to_owned(),
-            format!("{:.0}", load.requests_per_sec),
-            duration(load.p50()),
-            duration(load.p99()),
-            match load.errors {
-                0 => load.non_2xx.to_string(),
-                errors => format!("{} (+{errors} errors)", load.non_2xx),
-            },
-            duration(health.p99()),
-        ];
+        let mut row = vec![variant.to_owned()];
+        row.extend(table::load_cells(&load, &health));
         row.extend(table::verdict(report.entry(&format!("POST {path}"))));
         let model_entry = report.entry(&format!("POST /{variant}/model/predict"));
         let [_, _, _, model_verdict] = table::verdict(model_entry);

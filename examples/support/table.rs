@@ -107,3 +107,21 @@ pub fn verdict(entry: Option<&hogwatch::Entry>) -> [String; 4] {
         ],
     }
 }
+
+/// Headings of the columns [`load_cells`] fills, after a variant's name.
+pub const LOAD_HEADER: [&str; 5] = ["req/s", "p50", "p99", "non-2xx", "canary p99"];
+
+/// One variant's load columns: its throughput and latency, its non-2xx answers (and errors, if
+/// any), and the canary's p99 while it ran.
+pub fn load_cells(load: &super::load::LoadResult, canary: &super::load::LoadResult) -> [String; 5] {
+    [
+        format!("{:.0}", load.requests_per_sec),
+        duration(load.p50()),
+        duration(load.p99()),
+        match load.errors {
+            0 => load.non_2xx.to_string(),
+            errors => format!("{} (+{errors} errors)", load.non_2xx),
+        },
+        duration(canary.p99()),
+    ]
+}
