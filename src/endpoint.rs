@@ -7,6 +7,7 @@
 //! | `GET /debug/hogs?format=html`, or a browser (`Accept: text/html`) | the HTML page |
 //! | `GET /debug/hogs?reset=true` | the report, and a new window starts |
 //! | `GET /debug/hogs/metrics` | Prometheus text exposition |
+//! | `GET /debug/hogs/flamegraph.svg` | the flame graph of the stall stacks (feature `watchdog`) |
 //!
 //! Any unknown, repeated or malformed query parameter is answered with `400 Bad Request` and a
 //! one-line message naming it.
@@ -177,11 +178,13 @@ where
     S: Clone + Send + Sync + 'static,
 {
     let for_metrics = detector.clone();
+    #[cfg(feature = "watchdog")]
+    let for_flamegraph = detector.clone();
     // `Router::layer` wraps the routes added so far and the fallback. Layering the empty router
     // watches only its default 404 fallback, not the debug routes added next. That matters
     // because `merge` keeps the *other* router's default fallback: without this, `.layer(..)`
     // followed by `.merge(detector.router())` would leave unmatched requests unwatched.
-    Router::new()
+    let router = Router::new()
         .layer(detector.layer())
         .route(
             "/debug/hogs",
@@ -196,7 +199,16 @@ where
                 let detector = for_metrics.clone();
                 async move { serve_metrics(&detector, query.0.as_deref()) }
             }),
-        )
+        );
+    #[cfg(feature = "watchdog")]
+    let router = router.route(
+        "/debug/hogs/flamegraph.svg",
+        get(move |query: RawQuery| {
+            let detector = for_flamegraph.clone();
+            async move { serve_flamegraph(&detector, query.0.as_deref()) }
+        }),
+    );
+    router
 }
 
 /// A browser asks for `text/html` first; `curl` and scripts get JSON unless they ask.
@@ -243,6 +255,16 @@ fn serve_metrics(detector: &Detector, query: Option<&str>) -> Response {
     let mut out = String::new();
     render::prometheus::render(&detector.report(), &mut out);
     respond("text/plain; version=0.0.4; charset=utf-8", out)
+}
+
+#[cfg(feature = "watchdog")]
+fn serve_flamegraph(detector: &Detector, query: Option<&str>) -> Response {
+    match pairs(query) {
+        Ok(pairs) if pairs.is_empty() => {}
+        Ok(pairs) => return unknown(&pairs[0].0, "no parameters").into_response(),
+        Err(bad) => return bad.into_response(),
+    }
+    respond("image/svg+xml", detector.report().flamegraph_svg())
 }
 
 fn respond(content_type: &'static str, body: String) -> Response {
