@@ -268,8 +268,9 @@ impl Builder {
     /// replaces [`DEFAULT_RUNTIME_PREFIXES`](Self::DEFAULT_RUNTIME_PREFIXES).
     ///
     /// A prefix ending in `_` or `::` matches any frame that starts with it; any other prefix
-    /// is a crate (or C function) name and matches a frame whose first path segment is that
-    /// name or that name followed by `_` (`tokio` matches `tokio::…` and `tokio_util::…`).
+    /// is a crate name, matching a frame whose first path segment is exactly that name (`tokio`
+    /// matches `tokio::…`, not `tokio_util::…` nor your own `tokio_app::…`), or a C function
+    /// name, matching it and its `_` continuations (`pthread` matches `pthread_mutex_lock`).
     ///
     /// ```
     /// # fn main() -> Result<(), hogwatch::ConfigError> {

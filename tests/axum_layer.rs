@@ -313,7 +313,11 @@ async fn a_client_that_disconnects_is_counted_as_cancelled() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_output_passes_promtool() {
-    let detector = detector(10);
+    let builder = Detector::builder().threshold(Duration::from_millis(10));
+    // The watchdog's series too (it catches nothing here: every poll is quick).
+    #[cfg(feature = "watchdog")]
+    let builder = builder.watchdog(Duration::from_millis(500));
+    let detector = builder.build().unwrap();
     let app = Router::new()
         .route("/users/{id}", get(|| async { "user" }))
         .layer(detector.layer())
@@ -337,6 +341,12 @@ async fn prometheus_output_passes_promtool() {
     assert!(metrics.contains("label=\"quote\\\"d\""));
     assert!(metrics.contains("label=\"new\\nline\""));
     assert!(metrics.contains("hogwatch_threshold_seconds 0.01"));
+    assert!(metrics.contains("hogwatch_stalls_total{label=\"GET /users/{id}\"} 0"));
+    #[cfg(feature = "watchdog")]
+    {
+        assert!(metrics.contains("hogwatch_watchdog_threshold_seconds 0.5"));
+        assert!(metrics.contains("hogwatch_watchdog_captures_total{result=\"failed\"} 0"));
+    }
 
     let Some(promtool) = find_promtool() else {
         assert!(
@@ -434,4 +444,27 @@ async fn one_handler_for_every_method_still_labels_by_method() {
     assert_eq!(report.entry("GET /any").unwrap().requests, 2);
     assert_eq!(report.entry("POST /any").unwrap().requests, 1);
     assert_eq!(report.entry("DELETE /any").unwrap().requests, 1);
+}
+
+#[cfg(feature = "watchdog")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_flame_graph_the_page_links_to_is_served() {
+    let detector = Detector::builder()
+        .watchdog(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let address = serve(app(&detector)).await;
+    detector.watch("quick", async {}).await;
+    let page = get_url(address, "/debug/hogs?format=html").await;
+    assert!(
+        page.body.contains("href=\"hogs/flamegraph.svg\""),
+        "{}",
+        page.body
+    );
+    let svg = get_url(address, "/debug/hogs/flamegraph.svg").await;
+    assert_eq!(svg.status, 200);
+    assert_eq!(svg.headers["content-type"], "image/svg+xml");
+    assert!(svg.body.contains("<svg"), "{}", svg.body);
+    let bad = get_url(address, "/debug/hogs/flamegraph.svg?x=1").await;
+    assert_eq!(bad.status, 400);
 }

@@ -9,7 +9,9 @@
 //!   `location.pathname + "?format=html"` (with `Accept: text/html`) and swaps that element's
 //!   children, so the endpoint must answer that URL with this same page;
 //! - each label is a `<details class="entry">` whose `data-key` attribute is the (escaped) label;
-//! - `render_stalls` is where the watchdog's stall stacks and culprits go.
+//! - `render_stalls` draws the watchdog's stall count, culprits and stacks (innermost frame
+//!   first) for each label, or says why there are none; the flame graph link appears only when
+//!   the report has a watchdog.
 
 use std::fmt::Write;
 
@@ -71,6 +73,7 @@ fn render_summary(report: &Report, hogs: usize, out: &mut String) {
             let _ = write!(out, "No hogs: no poll took longer than {threshold}.");
         }
     }
+    render_stall_summary(report, out);
     if let Some(lag) = &report.event_loop_lag {
         let class = if lag.p99_us > report.threshold_us {
             " class=\"hot\""
@@ -99,6 +102,18 @@ fn render_summary(report: &Report, hogs: usize, out: &mut String) {
         escape(OTHER_LABEL, out);
         out.push_str(" (too many labels)");
     }
+    if let Some(watchdog) = &report.watchdog {
+        let _ = write!(
+            out,
+            " · watchdog {}: {} {} captured",
+            duration(watchdog.threshold_us),
+            watchdog.captures_completed,
+            plural(watchdog.captures_completed, "stack", "stacks"),
+        );
+        if watchdog.captures_failed > 0 {
+            let _ = write!(out, ", {} failed", watchdog.captures_failed);
+        }
+    }
     if let Some(runtime) = &report.runtime {
         let _ = write!(
             out,
@@ -110,6 +125,58 @@ fn render_summary(report: &Report, hogs: usize, out: &mut String) {
         );
     }
     out.push_str("</p>\n");
+}
+
+/// The stalls in the summary line, when the watchdog caught any: how many, and the culprit
+/// named most often over all labels.
+fn render_stall_summary(report: &Report, out: &mut String) {
+    let stalls = report
+        .entries
+        .iter()
+        .fold(0u64, |sum, entry| sum.saturating_add(entry.stalls));
+    if stalls == 0 {
+        return;
+    }
+    let labels = report
+        .entries
+        .iter()
+        .filter(|entry| entry.stalls > 0)
+        .count();
+    let _ = write!(
+        out,
+        " <strong class=\"hot\">{stalls}</strong> {} caught in {labels} {}",
+        plural(stalls, "stall", "stalls"),
+        plural(labels as u64, "label", "labels"),
+    );
+    let mut culprits: Vec<(&str, u64)> = Vec::new();
+    for culprit in report.entries.iter().flat_map(|entry| &entry.top_culprits) {
+        match culprits
+            .iter_mut()
+            .find(|(name, _)| *name == culprit.culprit)
+        {
+            Some((_, count)) => *count = count.saturating_add(culprit.count),
+            None => culprits.push((&culprit.culprit, culprit.count)),
+        }
+    }
+    // The most captures, then the first seen (the worst label's) on a tie.
+    let mut top: Option<(&str, u64)> = None;
+    for (name, count) in culprits {
+        if top.is_none_or(|(_, best)| count > best) {
+            top = Some((name, count));
+        }
+    }
+    match top {
+        Some((culprit, count)) => {
+            out.push_str("; top culprit <code>");
+            self::name(culprit, out);
+            let _ = write!(
+                out,
+                "</code> ({count} {}).",
+                plural(count, "capture", "captures")
+            );
+        }
+        None => out.push('.'),
+    }
 }
 
 /// Column headings; the cells of a row repeat them as `data-k` for the narrow layout.
@@ -220,7 +287,7 @@ fn render_entry(report: &Report, rank: usize, entry: &Entry, out: &mut String) {
     render_histogram(&entry.label, &entry.histogram, report.threshold_us, out);
     out.push_str("</span></summary>\n");
 
-    render_details(entry, out);
+    render_details(report, entry, out);
     out.push_str("</details>\n");
 }
 
@@ -234,7 +301,7 @@ fn cell(name: &str, class: &str, exact_us: Option<u64>, text: &str, out: &mut St
 }
 
 /// What a label opens to: the full numbers, the watchdog's stacks and the flame graph link.
-fn render_details(entry: &Entry, out: &mut String) {
+fn render_details(report: &Report, entry: &Entry, out: &mut String) {
     out.push_str("<div class=\"more\">\n<dl>");
     let durations = [
         ("p50 poll", entry.p50_poll_us),
@@ -277,24 +344,158 @@ fn render_details(entry: &Entry, out: &mut String) {
         }
     }
     out.push_str("</dl>\n");
-    render_stalls(entry, out);
-    out.push_str(
-        "<p class=\"links\"><a href=\"hogs/flamegraph.svg\">flame graph (all labels)</a></p>\n\
-         </div>\n",
-    );
+    render_stalls(report, entry, out);
+    if report.watchdog.is_some() {
+        out.push_str(
+            "<p class=\"links\"><a href=\"hogs/flamegraph.svg\">flame graph of the stall stacks \
+             (all labels)</a></p>\n",
+        );
+    }
+    out.push_str("</div>\n");
 }
 
-/// WATCHDOG: the place for the top stall stacks and culprits of `entry`.
-///
-/// The watchdog (another branch) adds its fields to `Entry`; render them here, escaping every
-/// frame and culprit name with [`escape`] or [`escape_label`] like the label.
-fn render_stalls(_entry: &Entry, out: &mut String) {
-    out.push_str(
-        "<section class=\"stalls\">\n<h3>Stall stacks and culprits</h3>\n\
-         <!-- hogwatch:watchdog stall stacks and culprits go here -->\n\
-         <p class=\"muted\">None captured: stacks appear here when the watchdog is enabled.</p>\n\
-         </section>\n",
+/// Stacks shown per label; the report keeps a few more (see the JSON and the flame graph).
+const MAX_STACKS: usize = 5;
+/// Culprits shown per label.
+const MAX_CULPRITS: usize = 5;
+/// Frames shown per stack: the innermost ones, then the outermost, with a gap between.
+const INNER_FRAMES: usize = 10;
+const OUTER_FRAMES: usize = 2;
+/// Characters shown of one frame or culprit name; the whole name is in its tooltip.
+const MAX_NAME_CHARS: usize = 160;
+
+/// The watchdog's view of `entry`: its stall count, top culprits and top stacks, or why there
+/// are none.
+fn render_stalls(report: &Report, entry: &Entry, out: &mut String) {
+    out.push_str("<section class=\"stalls\">\n<h3>Stalls</h3>\n");
+    let Some(watchdog) = &report.watchdog else {
+        out.push_str(
+            "<p class=\"muted\">No stall captured: the watchdog is off. Enable it with \
+             <code>Builder::watchdog</code>",
+        );
+        if !cfg!(feature = "watchdog") {
+            out.push_str(" (feature <code>watchdog</code>)");
+        }
+        out.push_str(
+            " to catch polls while they block, with their stacks and culprits.</p>\n</section>\n",
+        );
+        return;
+    };
+    let threshold = duration(watchdog.threshold_us);
+    if entry.stalls == 0 {
+        let _ = write!(
+            out,
+            "<p class=\"muted\">No stall caught: no poll of this label ran past the watchdog's \
+             {threshold}.</p>\n</section>\n"
+        );
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "<p><strong class=\"hot\">{}</strong> {} caught (a poll still running after {threshold}).</p>",
+        entry.stalls,
+        plural(entry.stalls, "stall", "stalls"),
     );
+    if entry.top_stacks.is_empty() && entry.top_culprits.is_empty() {
+        out.push_str("<p class=\"muted\">No stack was captured: ");
+        out.push_str(if watchdog.stack_mode == "unsupported" {
+            "no stack on this platform."
+        } else {
+            "the blocked thread did not answer in time."
+        });
+        out.push_str("</p>\n</section>\n");
+        return;
+    }
+    if !entry.top_culprits.is_empty() {
+        out.push_str("<h4>Top culprits</h4>\n<ol class=\"culprits\">");
+        for culprit in entry.top_culprits.iter().take(MAX_CULPRITS) {
+            out.push_str("<li><code>");
+            name(&culprit.culprit, out);
+            let _ = write!(
+                out,
+                "</code> <span class=\"muted\">× {}</span></li>",
+                culprit.count
+            );
+        }
+        out.push_str("</ol>\n");
+    }
+    if !entry.top_stacks.is_empty() {
+        out.push_str(
+            "<h4>Top stacks <span class=\"muted\">(innermost frame first, where the poll was \
+             stuck; outermost last, the watched poll)</span></h4>\n<ol class=\"stacks\">",
+        );
+        for stack in entry.top_stacks.iter().take(MAX_STACKS) {
+            let _ = write!(
+                out,
+                "<li><span class=\"muted\">{} {}</span>",
+                stack.count,
+                plural(stack.count, "capture", "captures"),
+            );
+            render_stack(entry, &stack.stack, out);
+            out.push_str("</li>");
+        }
+        out.push_str("</ol>\n");
+        let more = entry.top_stacks.len().saturating_sub(MAX_STACKS);
+        if more > 0 {
+            let _ = writeln!(
+                out,
+                "<p class=\"muted\">{more} more {} in the JSON report and the flame graph.</p>",
+                plural(more as u64, "stack", "stacks"),
+            );
+        }
+    }
+    out.push_str("</section>\n");
+}
+
+/// One folded stack (`outer;...;inner`) as a list of frames, innermost first; a long stack keeps
+/// its innermost and outermost frames and says how many it leaves out. Culprits are marked.
+fn render_stack(entry: &Entry, stack: &str, out: &mut String) {
+    if stack.is_empty() {
+        out.push_str(
+            "<p class=\"muted\">No frame inside the watched poll: the poll itself was running \
+             (its callees were inlined).</p>",
+        );
+        return;
+    }
+    let frames: Vec<&str> = stack.split(';').rev().collect();
+    out.push_str("<ol class=\"frames\">");
+    let gap = frames.len() > INNER_FRAMES + OUTER_FRAMES + 1;
+    for (depth, frame) in frames.iter().enumerate() {
+        if gap && depth == INNER_FRAMES {
+            let hidden = frames.len() - INNER_FRAMES - OUTER_FRAMES;
+            let _ = write!(out, "<li class=\"gap muted\">… {hidden} frames …</li>");
+        }
+        if gap && (INNER_FRAMES..frames.len() - OUTER_FRAMES).contains(&depth) {
+            continue;
+        }
+        let culprit = entry
+            .top_culprits
+            .iter()
+            .any(|culprit| culprit.culprit == *frame);
+        out.push_str(if culprit {
+            "<li class=\"culprit\"><code>"
+        } else {
+            "<li><code>"
+        });
+        name(frame, out);
+        out.push_str("</code></li>");
+    }
+    out.push_str("</ol>");
+}
+
+/// A frame or culprit name, escaped like a label; a very long one is cut short, with the whole
+/// name in a tooltip.
+fn name(text: &str, out: &mut String) {
+    match text.char_indices().nth(MAX_NAME_CHARS) {
+        None => escape_label(text, out),
+        Some((cut, _)) => {
+            out.push_str("<span title=\"");
+            escape_label(text, out);
+            out.push_str("\">");
+            escape_label(&text[..cut], out);
+            out.push_str("…</span>");
+        }
+    }
 }
 
 /// Histogram buckets: bucket `i` holds polls of `2^i` to `2^(i+1)` µs; the last one runs on to
@@ -535,6 +736,12 @@ details[open] .label::before{content:"\25BE"}
 .more dt{color:var(--muted);font-size:.8rem}
 .more dd{margin:0;font-variant-numeric:tabular-nums}
 .empty{padding:.5rem}
+h4{font-size:.9rem;margin:.5rem 0 .25rem}
+h4 .muted{font-weight:400;font-size:.8rem}
+.stalls ol{margin:0;padding-left:1.5rem}
+.stalls .stacks>li{margin:.25rem 0}
+.stalls .frames{font-size:.85rem;list-style:none;padding-left:.75rem;border-left:2px solid var(--line)}
+.stalls .frames .culprit code{color:var(--hot);font-weight:600}
 @media (max-width:46rem){
 body{padding:.5rem}
 .table{min-width:0}
@@ -782,10 +989,197 @@ mod tests {
             .skip(1)
             .map(|rest| &rest[..rest.find('"').unwrap()])
             .collect();
-        assert!(!hrefs.is_empty());
         assert!(hrefs.iter().all(|href| *href == "hogs/flamegraph.svg"));
         assert!(page.starts_with("<!DOCTYPE html>"));
         assert!(page.ends_with("</html>\n"));
+    }
+
+    /// `report` with a 30 ms watchdog and, on its first entry, these stalls.
+    fn with_stalls(
+        mut report: Report,
+        stalls: u64,
+        culprits: &[(&str, u64)],
+        stacks: &[(&str, u64)],
+    ) -> Report {
+        report.watchdog = Some(crate::WatchdogStats {
+            threshold_us: 30_000,
+            stack_mode: "unwind",
+            stalls,
+            captures_requested: stalls,
+            captures_completed: stalls,
+            ..Default::default()
+        });
+        let entry = &mut report.entries[0];
+        entry.stalls = stalls;
+        entry.top_culprits = culprits
+            .iter()
+            .map(|&(culprit, count)| crate::CulpritCount {
+                culprit: culprit.to_string(),
+                count,
+            })
+            .collect();
+        entry.top_stacks = stacks
+            .iter()
+            .map(|&(stack, count)| crate::StackCount {
+                stack: stack.to_string(),
+                count,
+            })
+            .collect();
+        report
+    }
+
+    /// The stalls section of the page's first row.
+    fn stalls_section(page: &str) -> &str {
+        let start = page.find("<section class=\"stalls\">").unwrap();
+        let end = start + page[start..].find("</section>").unwrap();
+        &page[start..end]
+    }
+
+    #[test]
+    fn stall_frames_and_culprits_are_escaped() {
+        let hostile = [
+            "<script>alert(1)</script>",
+            "a&b",
+            "say \"hi\"",
+            "it's",
+            "<Vec<T> as Drop>::drop",
+            "x\u{202E}y\n",
+        ];
+        for text in hostile {
+            let stack = format!("outer::poll;{text}");
+            let report = with_stalls(
+                report(&[("label", Duration::from_millis(6))]),
+                1,
+                &[(text, 1)],
+                &[(&stack, 1)],
+            );
+            let page = report.to_html();
+            assert_eq!(page.matches("<script").count(), 1, "{page}");
+            let mut escaped = String::new();
+            escape_label(text, &mut escaped);
+            let section = stalls_section(&page);
+            // The culprit list, the culprit frame and the summary line.
+            assert!(
+                section.contains(&format!(
+                    "<li><code>{escaped}</code> <span class=\"muted\">× 1</span></li>"
+                )),
+                "{section}"
+            );
+            assert!(
+                section.contains(&format!(
+                    "<li class=\"culprit\"><code>{escaped}</code></li>"
+                )),
+                "{section}"
+            );
+            assert!(page.contains(&format!("top culprit <code>{escaped}</code>")));
+        }
+        // Every tricky string as a culprit and a frame: no markup survives.
+        for text in tricky_strings() {
+            let stack = format!("{text};{text}");
+            let page = with_stalls(
+                report(&[("label", Duration::ZERO)]),
+                2,
+                &[(&text, 2)],
+                &[(&stack, 2)],
+            )
+            .to_html();
+            let section = stalls_section(&page);
+            let text_only: String = section
+                .split('<')
+                .skip(1)
+                .map(|tag| &tag[tag.find('>').unwrap() + 1..])
+                .collect();
+            assert!(
+                !text_only.contains(['<', '>', '"', '\'']),
+                "{text:?}: {section}"
+            );
+            assert_eq!(page.matches("<script").count(), 1);
+        }
+        // A very long name is cut, whole in its tooltip.
+        let long = format!("{}<&>", "a".repeat(300));
+        let page =
+            with_stalls(report(&[("label", Duration::ZERO)]), 1, &[(&long, 1)], &[]).to_html();
+        let section = stalls_section(&page);
+        assert!(
+            section.contains(&format!(
+                "<span title=\"{}&lt;&amp;&gt;\">{}…</span>",
+                "a".repeat(300),
+                "a".repeat(160)
+            )),
+            "{section}"
+        );
+    }
+
+    #[test]
+    fn stalls_section_shows_count_culprits_and_stacks_innermost_first() {
+        let deep: Vec<String> = (0..20).map(|i| format!("frame{i}")).collect();
+        let deep = deep.join(";");
+        let report = with_stalls(
+            report(&[("slow", Duration::from_millis(6)), ("calm", Duration::ZERO)]),
+            3,
+            &[
+                ("serde_json::ser::to_string", 2),
+                ("app::crunch_numbers", 1),
+            ],
+            &[
+                (
+                    "app::handler;serde_json::ser::to_string;core::fmt::write",
+                    2,
+                ),
+                (&deep, 1),
+                ("", 1),
+            ],
+        );
+        let page = report.to_html();
+        let section = stalls_section(&page);
+        assert!(section.contains("<strong class=\"hot\">3</strong> stalls caught (a poll still running after 30.0 ms)"), "{section}");
+        let culprits = section.find("<h4>Top culprits</h4>").unwrap();
+        let stacks = section.find("<h4>Top stacks").unwrap();
+        assert!(culprits < stacks);
+        assert!(section.contains("<li><code>serde_json::ser::to_string</code> <span class=\"muted\">× 2</span></li><li><code>app::crunch_numbers</code> <span class=\"muted\">× 1</span></li>"));
+        assert!(section.contains("innermost frame first"));
+        // Innermost first, the culprit marked.
+        assert!(
+            section.contains(
+                "<span class=\"muted\">2 captures</span><ol class=\"frames\">\
+             <li><code>core::fmt::write</code></li>\
+             <li class=\"culprit\"><code>serde_json::ser::to_string</code></li>\
+             <li><code>app::handler</code></li></ol>"
+            ),
+            "{section}"
+        );
+        // 20 frames: the 10 innermost, a gap, the 2 outermost.
+        assert!(section.contains("<li><code>frame19</code></li>"));
+        assert!(section.contains("<li><code>frame10</code></li><li class=\"gap muted\">… 8 frames …</li><li><code>frame1</code></li><li><code>frame0</code></li></ol>"), "{section}");
+        assert!(!section.contains("frame9<") && !section.contains("frame2<"));
+        assert!(section.contains("No frame inside the watched poll"));
+        // The summary names the stalls and the top culprit; the calm row says none were caught.
+        assert!(
+            page.contains(
+                " <strong class=\"hot\">3</strong> stalls caught in 1 label; top culprit \
+             <code>serde_json::ser::to_string</code> (2 captures)."
+            ),
+            "{page}"
+        );
+        assert!(page
+            .contains("No stall caught: no poll of this label ran past the watchdog's 30.0 ms."));
+        assert!(page.contains("watchdog 30.0 ms: 3 stacks captured"));
+        assert_eq!(page.matches("<a href=\"hogs/flamegraph.svg\">").count(), 2);
+    }
+
+    #[test]
+    fn without_a_watchdog_the_page_says_how_to_enable_it() {
+        let page = report(&[("slow", Duration::from_millis(6))]).to_html();
+        let section = stalls_section(&page);
+        assert!(
+            section.contains("the watchdog is off. Enable it with <code>Builder::watchdog</code>"),
+            "{section}"
+        );
+        assert!(
+            !page.contains("flamegraph.svg"),
+            "no flame graph without a watchdog"
+        );
+        assert!(!page.contains("stalls caught"));
     }
 
     #[test]

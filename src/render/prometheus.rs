@@ -135,6 +135,15 @@ pub(crate) fn render(report: &Report, out: &mut String) {
         }
     }
 
+    counter(
+        out,
+        "hogwatch_stalls_total",
+        "Polls the stall watchdog caught still running past its threshold (0 without a watchdog).",
+        entries,
+        |entry| entry.stalls,
+    );
+    render_watchdog(report, out);
+
     let routes: Vec<&Entry> = entries.iter().filter(|entry| entry.requests > 0).collect();
     header(
         out,
@@ -221,6 +230,39 @@ fn render_runtime(report: &Report, out: &mut String) {
     }
 }
 
+/// The watchdog's threshold and capture counters, when the detector has a watchdog.
+fn render_watchdog(report: &Report, out: &mut String) {
+    let Some(watchdog) = &report.watchdog else {
+        return;
+    };
+    header(
+        out,
+        "hogwatch_watchdog_threshold_seconds",
+        "gauge",
+        "Polls running longer than this are stalls: the watchdog captures their stacks.",
+    );
+    let _ = writeln!(
+        out,
+        "hogwatch_watchdog_threshold_seconds {}",
+        seconds(watchdog.threshold_us)
+    );
+    header(
+        out,
+        "hogwatch_watchdog_captures_total",
+        "counter",
+        "Stack captures of stalled polls, by result: completed (a stack) or failed (none).",
+    );
+    for (result, count) in [
+        ("completed", watchdog.captures_completed),
+        ("failed", watchdog.captures_failed),
+    ] {
+        let _ = writeln!(
+            out,
+            "hogwatch_watchdog_captures_total{{result=\"{result}\"}} {count}"
+        );
+    }
+}
+
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
@@ -286,6 +328,45 @@ fn escape(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stalls_and_watchdog_captures_are_counters() {
+        let detector = crate::Detector::builder().build().unwrap();
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(detector.watch("a \"stalled\" label", async {}));
+        let mut report = detector.report();
+        report.entries[0].stalls = 3;
+
+        let mut out = String::new();
+        render(&report, &mut out);
+        assert!(
+            out.contains("# TYPE hogwatch_stalls_total counter\n"),
+            "{out}"
+        );
+        assert!(out.contains("hogwatch_stalls_total{label=\"a \\\"stalled\\\" label\"} 3\n"));
+        assert!(
+            !out.contains("hogwatch_watchdog_"),
+            "no watchdog, no watchdog series"
+        );
+
+        report.watchdog = Some(crate::WatchdogStats {
+            threshold_us: 30_000,
+            captures_completed: 2,
+            captures_failed: 1,
+            ..Default::default()
+        });
+        let mut out = String::new();
+        render(&report, &mut out);
+        assert!(
+            out.contains("hogwatch_watchdog_threshold_seconds 0.03\n"),
+            "{out}"
+        );
+        assert!(out.contains("# TYPE hogwatch_watchdog_captures_total counter\n"));
+        assert!(out.contains("hogwatch_watchdog_captures_total{result=\"completed\"} 2\n"));
+        assert!(out.contains("hogwatch_watchdog_captures_total{result=\"failed\"} 1\n"));
+    }
 
     #[test]
     fn seconds_are_exact_decimals() {

@@ -15,16 +15,35 @@ pub(crate) const DEFAULT_RUNTIME_PREFIXES: &[&str] = &[
     "core",
     "alloc",
     "tokio",
+    "tokio_util",
+    "tokio_stream",
+    "tokio_metrics",
     "mio",
     "futures",
+    "futures_util",
+    "futures_core",
+    "futures_channel",
+    "futures_executor",
+    "futures_task",
     "pin_project",
+    "pin_project_lite",
     "hyper",
+    "hyper_util",
     "h2",
     "http",
+    "http_body",
+    "http_body_util",
     "httparse",
     "tower",
+    "tower_http",
+    "tower_layer",
+    "tower_service",
     "axum",
+    "axum_core",
     "tracing",
+    "tracing_core",
+    "tracing_subscriber",
+    "console_subscriber",
     "hogwatch",
     "backtrace",
     "quanta",
@@ -86,6 +105,18 @@ pub(crate) fn is_runtime(name: &str, prefixes: &[String]) -> bool {
             return is_runtime(rest, prefixes);
         }
     }
+    // A C function (no `::`) continues a prefix with `_` (`pthread` covers
+    // `pthread_mutex_lock`); a Rust path must name the crate exactly, so that `axum` does not
+    // swallow the user's own `axum_app`.
+    let c_function = !name.contains("::");
+    // `<u64>::unchecked_add`: an inherent method of a primitive type lives in `core`.
+    let first_segment = name
+        .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+        .next()
+        .unwrap_or_default();
+    if PRIMITIVE_TYPES.contains(&first_segment) && !c_function {
+        return is_runtime("core", prefixes);
+    }
     prefixes.iter().any(|prefix| {
         if prefix.ends_with('_') || prefix.ends_with("::") {
             return name.starts_with(prefix.as_str());
@@ -93,7 +124,7 @@ pub(crate) fn is_runtime(name: &str, prefixes: &[String]) -> bool {
         name.strip_prefix(prefix.as_str()).is_some_and(|rest| {
             rest.is_empty()
                 || rest.starts_with("::")
-                || rest.starts_with('_')
+                || (c_function && rest.starts_with('_'))
                 || rest.starts_with(' ')
                 || rest.starts_with('<')
                 || rest.starts_with('@')
@@ -101,6 +132,12 @@ pub(crate) fn is_runtime(name: &str, prefixes: &[String]) -> bool {
         })
     })
 }
+
+/// The primitive types, whose inherent methods (`<u64>::checked_add`, `<str>::len`) are core's.
+const PRIMITIVE_TYPES: &[&str] = &[
+    "u8", "u16", "u32", "u64", "u128", "usize", "i8", "i16", "i32", "i64", "i128", "isize", "f32",
+    "f64", "bool", "char", "str",
+];
 
 /// One resolved frame.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -273,6 +310,28 @@ mod tests {
             "my_app::handler::{{closure}}",
             "<T as my_app::Render>::render",
             "<my_app::Page as core::fmt::Display>::fmt",
+        ] {
+            assert!(!is_runtime(user, &prefixes), "{user}");
+        }
+    }
+
+    #[test]
+    fn crate_names_match_exactly_and_c_functions_by_continuation() {
+        let prefixes = defaults();
+        for runtime in [
+            "tokio::runtime::park",
+            "tokio_util::codec::Framed",
+            "<u64>::unchecked_add",
+            "<str>::len",
+            "pthread_mutex_lock",
+            "__GI___clock_gettime",
+        ] {
+            assert!(is_runtime(runtime, &prefixes), "{runtime}");
+        }
+        for user in [
+            "axum_app::handlers::crunch",
+            "tokio_demo::work",
+            "my_app::u64::parse",
         ] {
             assert!(!is_runtime(user, &prefixes), "{user}");
         }

@@ -1,0 +1,98 @@
+//! The watchdog's stalls as the HTML page shows them, from a real capture.
+#![cfg(target_os = "linux")]
+
+use std::hint::black_box;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hogwatch::{Detector, HogEvent, HogKind};
+
+/// Spins for `duration` doing arithmetic: the function the watchdog must catch.
+#[inline(never)]
+fn crunch_numbers(duration: Duration) -> u64 {
+    let start = Instant::now();
+    let mut acc = 0u64;
+    while start.elapsed() < duration {
+        for i in 0..100_000u64 {
+            acc = black_box(acc.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(i));
+        }
+    }
+    acc
+}
+
+/// Escapes like the page does for text (the label and names here have no control characters).
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
+}
+
+#[test]
+fn the_html_page_shows_the_stall_its_culprit_and_stack() {
+    let reported = Arc::new(AtomicBool::new(false));
+    let flag = reported.clone();
+    let detector = Detector::builder()
+        .threshold(Duration::from_millis(10))
+        .watchdog(Duration::from_millis(30))
+        .on_hog(move |event: &HogEvent| {
+            if event.kind == HogKind::Stall {
+                flag.store(true, Ordering::SeqCst);
+            }
+        })
+        .build()
+        .unwrap();
+    let label = "<spin & \"crunch\">";
+    // Spin until the stall is reported (up to 30 s): a new watchdog first loads the debug
+    // information, which can take longer than a fixed spin on a busy machine.
+    let seen = reported.clone();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(detector.watch(label, async move {
+            let start = Instant::now();
+            while !seen.load(Ordering::SeqCst) && start.elapsed() < Duration::from_secs(30) {
+                black_box(crunch_numbers(Duration::from_millis(20)));
+            }
+        }));
+    assert!(
+        reported.load(Ordering::SeqCst),
+        "a stall was reported: {:?}",
+        detector.watchdog_stats()
+    );
+
+    let report = detector.report();
+    let entry = report.entry(label).unwrap();
+    assert_eq!(entry.stalls, 1);
+    // One stall, reported (and captured) again if it ran on past twice the threshold.
+    let (culprit, count) = (&entry.top_culprits[0].culprit, entry.top_culprits[0].count);
+    let page = report.to_html();
+    let start = page.find("<section class=\"stalls\">").unwrap();
+    let section = &page[start..start + page[start..].find("</section>").unwrap()];
+    assert!(
+        section.contains(
+            "<strong class=\"hot\">1</strong> stall caught (a poll still running after 30.0 ms)"
+        ),
+        "{section}"
+    );
+    assert!(section.contains("<h4>Top culprits</h4>"), "{section}");
+    assert!(
+        section.contains(&format!(
+            "<li><code>{}</code> <span class=\"muted\">× {count}</span></li>",
+            escape(culprit)
+        )),
+        "{section}"
+    );
+    assert!(section.contains("<ol class=\"frames\">"), "{section}");
+    assert!(section.contains("crunch_numbers</code></li>"), "{section}");
+    assert!(page.contains(&format!(
+        "<strong class=\"hot\">1</strong> stall caught in 1 label; top culprit <code>{}</code>",
+        escape(culprit)
+    )));
+    assert_eq!(page.matches("<a href=\"hogs/flamegraph.svg\">").count(), 1);
+    assert!(page.contains(&escape(label)));
+    assert!(!page.contains("<spin"));
+}
