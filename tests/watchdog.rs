@@ -436,3 +436,169 @@ fn another_signal_works_and_custom_prefixes_move_the_culprit() {
         libc::SIGRTMIN() + 4
     );
 }
+
+/// Tasks nobody wrapped, watched through tokio's task hooks (`Detector::instrument_runtime`).
+#[cfg(tokio_unstable)]
+mod tasks {
+    use super::*;
+
+    /// The spinning loop, written out in the function that must be named (a helper function
+    /// would be the innermost frame of a debug build, and so the culprit).
+    macro_rules! spin {
+        ($at_least:expr, $done:expr) => {{
+            let start = Instant::now();
+            let mut acc = 0u64;
+            loop {
+                let elapsed = start.elapsed();
+                if elapsed >= Duration::from_secs(10) || (elapsed >= $at_least && $done) {
+                    break acc;
+                }
+                for i in 0..100_000u64 {
+                    acc = black_box(acc.rotate_left(7) ^ i);
+                }
+            }
+        }};
+    }
+
+    /// Whether a stall of `label` was reported yet (without waiting on the callback's lock).
+    fn reported(stalls: &Stalls, label: &str) -> bool {
+        stalls
+            .0
+            .try_lock()
+            .is_ok_and(|events| events.iter().any(|event| &*event.label == label))
+    }
+
+    /// Spins for at least `at_least`, and on until a stall of `label` was reported (10 s at
+    /// most): the first capture can wait for the watchdog to load debug information, and the
+    /// stall must be caught while the task is still stuck. The function the watchdog must name.
+    #[inline(never)]
+    fn stuck_in_background(at_least: Duration, stalls: &Stalls, label: &str) -> u64 {
+        spin!(at_least, reported(stalls, label))
+    }
+
+    /// The same, for the watched future inside a task.
+    #[inline(never)]
+    fn stuck_in_watched(stalls: &Stalls, label: &str) -> u64 {
+        spin!(Duration::ZERO, reported(stalls, label))
+    }
+
+    fn instrumented(detector: &Detector) -> tokio::runtime::Runtime {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(2).enable_all();
+        detector.instrument_runtime(&mut builder).build().unwrap()
+    }
+
+    /// The label of a task spawned at `line` of this file.
+    fn task_label(line: u32) -> String {
+        format!("task {}:{line}", file!())
+    }
+
+    #[test]
+    fn a_stuck_unwrapped_task_is_caught_under_its_spawn_location() {
+        let stalls = Stalls::default();
+        let detector = stalls
+            .builder()
+            .watchdog(Duration::from_millis(50))
+            .build()
+            .unwrap();
+        let rt = instrumented(&detector);
+        // A task that panics: tokio catches the panic inside the poll, the after-hook still runs
+        // and nothing of it stays published (a leaked entry would be reported as a stall).
+        // `resume_unwind` skips the panic hook, whose backtrace would make the poll itself slow.
+        let (panicked, panic_line) = rt.block_on(async {
+            let line = line!() + 1;
+            let task = tokio::spawn(async { std::panic::resume_unwind(Box::new("a task panics")) });
+            (task.await, line)
+        });
+        assert!(panicked.unwrap_err().is_panic());
+
+        let spy = stalls.clone();
+        let (task, line) = rt.block_on(async move {
+            let line = line!() + 1;
+            let task = tokio::spawn(async move {
+                let label = task_label(line);
+                stuck_in_background(Duration::from_millis(400), &spy, &label)
+            });
+            (task, line)
+        });
+        black_box(rt.block_on(task).unwrap());
+        let events = stalls.events();
+
+        let label = task_label(line);
+        let event = events
+            .iter()
+            .find(|event| *event.label == label)
+            .unwrap_or_else(|| panic!("a stall of {label}: {events:#?}"));
+        assert!(event.duration >= Duration::from_millis(50), "{event:?}");
+        // The stack is only kept if the thread was still in that poll when it was captured.
+        assert!(
+            event
+                .stack
+                .iter()
+                .any(|frame| frame.contains("stuck_in_background")),
+            "{:#?}",
+            event.stack
+        );
+        let culprit = event.culprit.as_deref().unwrap_or_default();
+        assert!(
+            culprit.ends_with("stuck_in_background"),
+            "culprit {culprit}"
+        );
+        let panicked = task_label(panic_line);
+        assert!(
+            events.iter().all(|event| *event.label != panicked),
+            "{events:#?}"
+        );
+
+        let report = detector.report();
+        let entry = report.entry(&label).unwrap();
+        assert_eq!(entry.stalls, 1);
+        assert!(entry.top_culprits[0]
+            .culprit
+            .ends_with("stuck_in_background"));
+        // The folded stack starts at the task's poll: tokio's worker is cut off.
+        let stack = &entry.top_stacks[0].stack;
+        assert!(stack.contains("stuck_in_background"), "{stack}");
+        assert!(!stack.contains("tokio::runtime::scheduler"), "{stack}");
+    }
+
+    #[test]
+    fn a_watched_future_inside_a_task_is_reported_under_its_own_label_then_the_task() {
+        let stalls = Stalls::default();
+        let detector = stalls
+            .builder()
+            .watchdog(Duration::from_millis(50))
+            .build()
+            .unwrap();
+        let rt = instrumented(&detector);
+        let watched = detector.clone();
+        let spy = stalls.clone();
+        let (task, line) = rt.block_on(async move {
+            let line = line!() + 1;
+            let task = tokio::spawn(async move {
+                let inner = watched.watch("inner", async { stuck_in_watched(&spy, "inner") });
+                inner.await;
+                // The task's entry is back in the slot, with the poll's start: already a stall.
+                stuck_in_background(Duration::ZERO, &spy, &task_label(line))
+            });
+            (task, line)
+        });
+        black_box(rt.block_on(task).unwrap());
+        let events = stalls.events();
+        let label = task_label(line);
+        let culprit_of = |label: &str| {
+            events
+                .iter()
+                .find(|event| &*event.label == label)
+                .and_then(|event| event.culprit.clone())
+                .unwrap_or_else(|| panic!("a stall of {label} with a culprit: {events:#?}"))
+        };
+        assert!(culprit_of("inner").ends_with("stuck_in_watched"));
+        assert!(culprit_of(&label).ends_with("stuck_in_background"));
+        assert!(
+            events.iter().all(|event| *event.label != label
+                || !event.stack.iter().any(|frame| frame.contains("Watched"))),
+            "the watched poll is never reported as the task's: {events:#?}"
+        );
+    }
+}

@@ -10,6 +10,15 @@
 //! `LabelStats` in [`LocationCache`], a fixed open-addressing table keyed by the address of the
 //! `&'static Location`, read with one acquire load and no lock.
 //!
+//! With a watchdog (`Builder::watchdog`), the before-hook also
+//! publishes the poll in the thread's watchdog slot, under the task's label, and the after-hook
+//! restores what was there before (see `crate::watchdog::TaskPoll`), so a stuck task is caught
+//! like a stuck handler. The after-hook ends that publication first, before anything that could
+//! panic (the `on_hog` callback); a task that panics does not skip it (tokio catches the panic
+//! inside the poll, between the hooks). If an after-hook was skipped all the same (a panic
+//! unwound out of the scheduler between the hooks), the next before-hook on the thread ends the
+//! stale publication before starting its own, so it never comes back as a stall.
+//!
 //! On a task's last poll tokio calls `on_task_terminate` *inside* the poll, before
 //! `on_after_task_poll`; the thread-local notes it and the after-hook counts the task as
 //! completed. That last poll is also how an aborted task ends (`abort` schedules it, and the
@@ -26,6 +35,7 @@ use tokio::runtime::TaskMeta;
 use crate::detector::Shared;
 use crate::report::LabelKind;
 use crate::stats::{LabelStats, Outcome};
+use crate::watchdog::TaskPoll;
 
 /// The label prefix of every task label.
 pub(crate) const TASK_PREFIX: &str = "task ";
@@ -46,6 +56,8 @@ struct InFlight {
     start_raw: u64,
     /// `on_task_terminate` ran for this task during this poll: it is its last.
     terminated: bool,
+    /// What the poll published for the watchdog, to end in the after-hook.
+    watchdog: TaskPoll,
 }
 
 impl InFlight {
@@ -53,6 +65,7 @@ impl InFlight {
         task: None,
         start_raw: 0,
         terminated: false,
+        watchdog: TaskPoll::NONE,
     };
 }
 
@@ -69,29 +82,19 @@ pub(crate) struct TaskHooks {
 impl TaskHooks {
     fn before_poll(&self, meta: &TaskMeta<'_>) {
         let start_raw = self.shared.clock.raw();
+        let watchdog = poll_started(self, meta, start_raw);
         IN_FLIGHT.set(InFlight {
             task: Some(meta.id()),
             start_raw,
             terminated: false,
+            watchdog,
         });
-        poll_started(self, meta, start_raw);
     }
 
     fn after_poll(&self, meta: &TaskMeta<'_>) {
         let end_raw = self.shared.clock.raw();
         let in_flight = IN_FLIGHT.replace(InFlight::NONE);
-        // Not ours: the hooks were installed while this task was being polled, or a poll nested
-        // in another runtime's poll on this thread. Record nothing rather than a wrong duration.
-        if in_flight.task != Some(meta.id()) {
-            return;
-        }
-        poll_ended(
-            self,
-            meta,
-            in_flight.start_raw,
-            end_raw,
-            in_flight.terminated,
-        );
+        poll_ended(self, meta, in_flight, end_raw);
     }
 
     fn terminate(&self, meta: &TaskMeta<'_>) {
@@ -125,17 +128,42 @@ impl TaskHooks {
     }
 }
 
-/// A task's poll begins on this thread. The single place every hooked poll starts: the watchdog's
-/// in-flight slot is to be set here.
+/// A task's poll begins on this thread. The single place every hooked poll starts: with a
+/// watchdog, it is published in the thread's slot under the task's label (one branch without).
+///
+/// A poll still in flight on this thread is one whose after-hook never ran (a panic unwound out
+/// of the scheduler between the hooks) or, rarely, a task poll of another instrumented runtime
+/// this one is nested in (`block_in_place` and `Handle::block_on`). Either way its publication
+/// ends here, restoring what was before it, rather than becoming the new poll's "previous": a
+/// stale entry restored later would look like a poll stuck since long ago. The price in the
+/// nested case is that the outer task is no longer watched once the inner poll ends (its
+/// statistics already skip that poll, see `poll_ended`).
 #[inline]
-fn poll_started(_hooks: &TaskHooks, _meta: &TaskMeta<'_>, _start_raw: u64) {}
-
-/// A task's poll ended on this thread: record it under the task's spawn location. The single place
-/// every hooked poll ends: the watchdog's in-flight slot is to be cleared here.
-#[inline]
-fn poll_ended(hooks: &TaskHooks, meta: &TaskMeta<'_>, start_raw: u64, end_raw: u64, last: bool) {
+fn poll_started(hooks: &TaskHooks, meta: &TaskMeta<'_>, start_raw: u64) -> TaskPoll {
     let shared: &Shared = &hooks.shared;
-    let poll_ns = shared.clock.delta_as_nanos(start_raw, end_raw);
+    if !TaskPoll::wanted(shared) {
+        return TaskPoll::NONE;
+    }
+    IN_FLIGHT.replace(InFlight::NONE).watchdog.exit();
+    hooks.with_stats(meta.spawned_at(), |stats| {
+        TaskPoll::enter(shared, stats, start_raw)
+    })
+}
+
+/// A task's poll ended on this thread: end its watchdog publication and record it under the task's
+/// spawn location. The single place every hooked poll ends.
+#[inline]
+fn poll_ended(hooks: &TaskHooks, meta: &TaskMeta<'_>, in_flight: InFlight, end_raw: u64) {
+    // First, so that nothing below (a panicking `on_hog` callback) can leave it published.
+    in_flight.watchdog.exit();
+    // Not ours: the hooks were installed while this task was being polled, or a poll nested
+    // in another runtime's poll on this thread. Record nothing rather than a wrong duration.
+    if in_flight.task != Some(meta.id()) {
+        return;
+    }
+    let last = in_flight.terminated;
+    let shared: &Shared = &hooks.shared;
+    let poll_ns = shared.clock.delta_as_nanos(in_flight.start_raw, end_raw);
     hooks.with_stats(meta.spawned_at(), |stats| {
         stats.record_poll(poll_ns);
         stats.add_busy(poll_ns);

@@ -6,8 +6,11 @@
 //! - `symbols`: names, folded stacks and culprits, on the watchdog thread;
 //! - `stalls`: per-label stall statistics for the report.
 //!
-//! Other code feeds the slots through [`poll_started`] and [`poll_ended`] (or the [`InPoll`]
-//! guard): the watched future does, and so can runtime hooks that see every task poll.
+//! Other code feeds the slots through [`poll_started`] and [`poll_ended`]: the watched future (and
+//! so the layer) with the [`InPoll`] guard, and tokio's task hooks (`--cfg tokio_unstable`) with a
+//! `TaskPoll` kept between the before- and after-hook. Both restore what the thread published
+//! before, so a watched poll inside a task poll is reported under its own label and the task's
+//! comes back when it returns.
 
 #[cfg(target_os = "linux")]
 mod signal;
@@ -210,6 +213,46 @@ impl Drop for InPoll {
     #[inline(always)]
     fn drop(&mut self) {
         if let Some(previous) = self.previous.take() {
+            poll_ended(previous);
+        }
+    }
+}
+
+/// A task poll published from tokio's hooks (`--cfg tokio_unstable`). The before- and
+/// after-hooks are separate calls, so this is a plain value the hooks keep in a thread-local
+/// between them, where [`InPoll`] is a guard; ending it restores what the thread published before
+/// (nothing, or a watched poll the task poll is nested in).
+#[cfg(tokio_unstable)]
+#[derive(Clone, Copy)]
+pub(crate) struct TaskPoll {
+    previous: Option<Published>,
+}
+
+#[cfg(tokio_unstable)]
+impl TaskPoll {
+    /// Nothing published.
+    pub(crate) const NONE: Self = Self { previous: None };
+
+    /// Whether task polls are published at all: the hooks' one branch when there is no watchdog
+    /// (they then do not even look up the task's label before the poll).
+    #[inline(always)]
+    pub(crate) fn wanted(shared: &Shared) -> bool {
+        shared.watchdog_id != 0
+    }
+
+    /// Publishes that the current thread started polling a task of `stats`'s label at
+    /// `start_raw`.
+    #[inline]
+    pub(crate) fn enter(shared: &Shared, stats: &LabelStats, start_raw: u64) -> Self {
+        Self {
+            previous: poll_started(shared.watchdog_id, stats, start_raw),
+        }
+    }
+
+    /// Ends the publication, restoring what the thread published before [`TaskPoll::enter`].
+    #[inline(always)]
+    pub(crate) fn exit(self) {
+        if let Some(previous) = self.previous {
             poll_ended(previous);
         }
     }

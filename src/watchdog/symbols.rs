@@ -109,13 +109,13 @@ pub(crate) fn is_runtime(name: &str, prefixes: &[String]) -> bool {
     // `pthread_mutex_lock`); a Rust path must name the crate exactly, so that `axum` does not
     // swallow the user's own `axum_app`.
     let c_function = !name.contains("::");
-    // `<u64>::unchecked_add`: an inherent method of a primitive type lives in `core`.
-    let first_segment = name
-        .split(|c: char| !(c.is_alphanumeric() || c == '_'))
-        .next()
-        .unwrap_or_default();
-    if PRIMITIVE_TYPES.contains(&first_segment) && !c_function {
-        return is_runtime("core", prefixes);
+    // `<u64>::unchecked_add`, `<[T]>::iter`, `<str>::len`: an inherent method of a primitive type
+    // (the self type has no path, or is a slice or array), which only the standard library defines.
+    if let Some((self_type, _)) = name.split_once(">::") {
+        if !self_type.contains(" as ") && (self_type.starts_with('[') || !self_type.contains("::"))
+        {
+            return true;
+        }
     }
     prefixes.iter().any(|prefix| {
         if prefix.ends_with('_') || prefix.ends_with("::") {
@@ -133,12 +133,6 @@ pub(crate) fn is_runtime(name: &str, prefixes: &[String]) -> bool {
     })
 }
 
-/// The primitive types, whose inherent methods (`<u64>::checked_add`, `<str>::len`) are core's.
-const PRIMITIVE_TYPES: &[&str] = &[
-    "u8", "u16", "u32", "u64", "u128", "usize", "i8", "i16", "i32", "i64", "i128", "isize", "f32",
-    "f64", "bool", "char", "str",
-];
-
 /// One resolved frame.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Frame {
@@ -148,9 +142,9 @@ pub(crate) struct Frame {
     pub(crate) system: bool,
 }
 
-/// The first frame (innermost first) that is not the runtime's, within the watched poll: the
-/// frames below hogwatch's `Watched::poll` (the executor, the program's `main`, a test harness)
-/// did not block anything.
+/// The first frame (innermost first) that is not the runtime's, within the poll: the frames below
+/// hogwatch's `Watched::poll`, or below tokio's task harness for a task poll (the executor, the
+/// program's `main`, a test harness) did not block anything.
 pub(crate) fn culprit(frames: &[Frame], prefixes: &[String]) -> Option<String> {
     frames
         .iter()
@@ -159,14 +153,57 @@ pub(crate) fn culprit(frames: &[Frame], prefixes: &[String]) -> Option<String> {
         .map(|frame| frame.name.clone())
 }
 
-/// Whether `name` is hogwatch's `Watched::poll`: the frames below it are the executor's.
+/// Whether `name` is where a poll hogwatch watches begins: hogwatch's `Watched::poll`, or the
+/// functions of tokio's task harness that poll a task's future (for the polls the task hooks
+/// publish). The frames below it are the executor's.
 fn is_poll_boundary(name: &str) -> bool {
-    name.trim_start_matches('<')
-        .starts_with("hogwatch::watch::Watched")
+    let name = name.trim_start_matches('<');
+    name.starts_with("hogwatch::watch::Watched") || is_task_harness(name)
 }
 
-/// The frames inside the watched poll (innermost first): those above `Watched::poll`, or all
-/// of them if it is not on the stack.
+/// The functions of tokio's task harness between the worker and a task's future, as they appear
+/// with or without inlined frames: `Core::poll` (and its closure), `harness::poll_future`,
+/// `Harness::poll` / `poll_inner`, `raw::poll`. Only the worker calls them, so none of them is
+/// ever above user code in a stack (unlike, say, `Harness::try_read_output`, which a `JoinHandle`
+/// the user awaits calls). Generic arguments are ignored, in either mangling's spelling.
+fn is_task_harness(name: &str) -> bool {
+    const HARNESS: &[&str] = &[
+        "tokio::runtime::task::core::Core::poll",
+        "tokio::runtime::task::harness::poll_future",
+        "tokio::runtime::task::harness::Harness::poll",
+        "tokio::runtime::task::harness::Harness::poll_inner",
+        "tokio::runtime::task::raw::poll",
+        "tokio::runtime::task::raw::RawTask::poll",
+    ];
+    if !name.starts_with("tokio::runtime::task::") {
+        return false;
+    }
+    let path = without_generics(name);
+    HARNESS.iter().any(|function| {
+        path.strip_prefix(function)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
+    })
+}
+
+/// `name` without its generic arguments and stray angle brackets:
+/// `tokio::runtime::task::core::Core<T,S>::poll::{{closure}}` becomes
+/// `tokio::runtime::task::core::Core::poll::{{closure}}`.
+fn without_generics(name: &str) -> String {
+    let mut depth = 0usize;
+    let mut path = String::with_capacity(name.len());
+    for c in name.chars() {
+        match c {
+            '<' => depth += 1,
+            '>' => depth = depth.saturating_sub(1),
+            _ if depth == 0 => path.push(c),
+            _ => {}
+        }
+    }
+    path
+}
+
+/// The frames inside the poll (innermost first): those above `Watched::poll` or the task harness,
+/// or all of them if neither is on the stack.
 pub(crate) fn within_poll(frames: &[String]) -> &[String] {
     let end = frames
         .iter()
@@ -298,6 +335,9 @@ mod tests {
             "clone3",
             "<u64 as core::iter::range::Step>::forward_unchecked",
             "<&T as core::fmt::Display>::fmt",
+            "<u64>::unchecked_add",
+            "<[my_app::Item]>::sort_by",
+            "<str>::len",
         ] {
             assert!(is_runtime(runtime, &prefixes), "{runtime}");
         }
@@ -310,6 +350,8 @@ mod tests {
             "my_app::handler::{{closure}}",
             "<T as my_app::Render>::render",
             "<my_app::Page as core::fmt::Display>::fmt",
+            "<my_app::Page>::render",
+            "my_app::Page<T>::render",
         ] {
             assert!(!is_runtime(user, &prefixes), "{user}");
         }
@@ -395,5 +437,56 @@ mod tests {
         .to_vec();
         assert_eq!(within_poll(&whole), &whole[..1]);
         assert_eq!(within_poll(&whole[2..]), &whole[2..]);
+    }
+
+    #[test]
+    fn a_task_poll_ends_at_the_task_harness() {
+        let frames = |names: &[&str]| -> Vec<Frame> {
+            names
+                .iter()
+                .map(|name| Frame {
+                    name: name.to_string(),
+                    system: false,
+                })
+                .collect()
+        };
+        // A task stuck in tokio and std only: nothing inside the poll is the user's, and the
+        // test function below the runtime (it called `block_on`) must not be named.
+        let stuck_in_runtime = frames(&[
+            "std::thread::sleep",
+            "tokio::sync::mpsc::chan::Rx<T,S>::recv",
+            "tokio::runtime::task::core::Core<T,S>::poll::{{closure}}",
+            "tokio::loom::std::unsafe_cell::UnsafeCell<T>::with_mut",
+            "tokio::runtime::task::core::Core<T,S>::poll",
+            "tokio::runtime::task::harness::poll_future",
+            "tokio::runtime::task::raw::poll",
+            "tokio::runtime::scheduler::current_thread::CoreGuard::block_on",
+            "runtime::hooks::the_test",
+        ]);
+        assert_eq!(culprit(&stuck_in_runtime, &defaults()), None);
+        // Release builds without debug information: `Core::poll` inlined away, v0 names.
+        let user = frames(&[
+            "core::hint::spin_loop",
+            "runtime::hooks::stuck_in_background",
+            "runtime::hooks::the_test::{{closure}}",
+            "<tokio::runtime::task::harness::Harness<runtime::Fut, alloc::sync::Arc<tokio::runtime::scheduler::multi_thread::handle::Handle>>>::poll",
+            "my_app::main",
+        ]);
+        assert_eq!(
+            culprit(&user, &defaults()).as_deref(),
+            Some("runtime::hooks::stuck_in_background")
+        );
+        let names: Vec<String> = user.iter().map(|frame| frame.name.clone()).collect();
+        assert_eq!(within_poll(&names), &names[..3]);
+        // Called by user code, above it: not the boundary.
+        assert!(!is_poll_boundary(
+            "tokio::runtime::task::harness::Harness<T,S>::try_read_output"
+        ));
+        assert!(!is_poll_boundary(
+            "tokio::runtime::task::core::Core<T,S>::poll_ready"
+        ));
+        assert!(is_poll_boundary(
+            "tokio::runtime::task::harness::Harness<T,S>::poll_inner"
+        ));
     }
 }
