@@ -139,7 +139,8 @@ fn warnings_are_rate_limited_per_label_but_the_callback_sees_every_hog() {
 
 #[test]
 fn an_async_sleep_is_not_a_hog() {
-    let detector = detector(Duration::from_millis(10));
+    // 25 ms: well above what a busy machine adds to a short poll.
+    let detector = detector(Duration::from_millis(25));
     current_thread().block_on(detector.watch("napping", async {
         tokio::time::sleep(Duration::from_millis(60)).await;
     }));
@@ -147,7 +148,7 @@ fn an_async_sleep_is_not_a_hog() {
     let entry = report.entry("napping").unwrap();
     assert_eq!(entry.slow_polls, 0);
     assert!(entry.wall_us >= 60_000, "wall {}", entry.wall_us);
-    assert!(entry.busy_us < 10_000, "busy {}", entry.busy_us);
+    assert!(entry.busy_us < 25_000, "busy {}", entry.busy_us);
     assert!(entry.polls >= 2);
 }
 
