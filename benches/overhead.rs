@@ -218,6 +218,13 @@ fn per_request(c: &mut Criterion) {
         let mut service = router();
         b.iter(|| call(&mut service));
     });
+    // What any layer costs in axum (each layered route is boxed once more), for comparison.
+    group.bench_function("router/noop_layer", |b| {
+        let mut service = router().layer(tower::util::MapRequestLayer::new(
+            |request: Request<Body>| request,
+        ));
+        b.iter(|| call(&mut service));
+    });
     group.bench_function("router/hogwatch", |b| {
         let mut service = router().layer(detector().layer());
         b.iter(|| call(&mut service));

@@ -30,7 +30,8 @@ unstable=target/unstable/release/examples/overhead_server
 export TOKIO_WORKER_THREADS=${TOKIO_WORKER_THREADS:-1}
 server_cpus=${SERVER_CPUS:-0}
 client_cpus=${CLIENT_CPUS:-1}
-pin() { if command -v taskset >/dev/null; then taskset -c "$1" "${@:2}"; else "${@:2}"; fi; }
+# exec: in the background, `pin ... &` must leave the server itself as `$!`, for `kill`.
+pin() { if command -v taskset >/dev/null; then exec taskset -c "$1" "${@:2}"; else exec "${@:2}"; fi; }
 
 modes=(bare hogwatch tokio-metrics console hogwatch-watchdog)
 routes=(/hello /passthrough)
