@@ -1,5 +1,7 @@
 //! The axum layer and the /debug/hogs endpoint, on a real server with a real HTTP client.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -349,43 +351,7 @@ async fn prometheus_output_passes_promtool() {
         assert!(metrics.contains("hogwatch_watchdog_captures_total{result=\"failed\"} 0"));
     }
 
-    let Some(promtool) = find_promtool() else {
-        assert!(
-            std::env::var_os("HOGWATCH_REQUIRE_PROMTOOL").is_none(),
-            "promtool is required here but not installed (Debian package `prometheus`)"
-        );
-        eprintln!("promtool not found: install the Debian package `prometheus` to run this check");
-        return;
-    };
-    use std::io::Write;
-    let mut child = std::process::Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(metrics.as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "promtool: {}{}\n{metrics}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-fn find_promtool() -> Option<std::path::PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|dir| std::path::Path::new(dir).join("promtool"))
-        .find(|path| path.is_file())
+    common::assert_promtool_accepts(&metrics);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

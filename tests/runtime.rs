@@ -4,6 +4,8 @@
 //! Blocking is simulated with `std::thread::sleep`, far above the thresholds, and the assertions
 //! leave wide margins: the CI machine has two cores shared with compilers.
 
+mod common;
+
 use std::time::Duration;
 
 use hogwatch::Detector;
@@ -384,36 +386,5 @@ fn runtime_sections_pass_promtool() {
         assert!(metrics.contains(needle), "{needle} missing from\n{metrics}");
     }
 
-    let Some(promtool) = std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path)
-            .map(|dir| dir.join("promtool"))
-            .find(|candidate| candidate.is_file())
-    }) else {
-        assert!(
-            std::env::var_os("HOGWATCH_REQUIRE_PROMTOOL").is_none(),
-            "promtool is required here but not installed (Debian package `prometheus`)"
-        );
-        return;
-    };
-    use std::io::Write;
-    let mut child = std::process::Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(metrics.as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "promtool: {}{}\n{metrics}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    common::assert_promtool_accepts(&metrics);
 }

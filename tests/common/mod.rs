@@ -1,0 +1,45 @@
+//! Helpers shared by the integration tests.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+/// Checks `metrics` with Prometheus' own parser, `promtool check metrics`.
+///
+/// Without `promtool` on the PATH the check is skipped with a message, unless
+/// `HOGWATCH_REQUIRE_PROMTOOL` is set (CI sets it after installing the Debian package
+/// `prometheus`), in which case its absence fails the test.
+pub fn assert_promtool_accepts(metrics: &str) {
+    let promtool = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join("promtool"))
+            .find(|candidate| candidate.is_file())
+    });
+    let Some(promtool) = promtool else {
+        assert!(
+            std::env::var_os("HOGWATCH_REQUIRE_PROMTOOL").is_none(),
+            "promtool is required here but not installed (Debian package `prometheus`)"
+        );
+        eprintln!("promtool not found: install the Debian package `prometheus` to run this check");
+        return;
+    };
+    let mut child = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool starts");
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(metrics.as_bytes())
+        .expect("promtool reads the metrics");
+    let output = child.wait_with_output().expect("promtool finishes");
+    assert!(
+        output.status.success(),
+        "promtool: {}{}\n{metrics}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
