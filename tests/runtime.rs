@@ -4,6 +4,7 @@
 //! Blocking is simulated with `std::thread::sleep`, far above the thresholds, and the assertions
 //! leave wide margins: the CI machine has two cores shared with compilers.
 
+#[cfg(all(feature = "axum", feature = "runtime-metrics"))]
 mod common;
 
 use std::time::Duration;
