@@ -23,7 +23,7 @@ use std::time::Duration;
 use hogwatch::Detector;
 use support::documents::Size;
 use support::json_app::{self, Cache};
-use support::load::{Canary, Load};
+use support::load::Load;
 use support::table::{self, duration, Table};
 
 /// The hog threshold: hogwatch's default. A poll that holds a worker for 10 ms delays every
@@ -184,14 +184,12 @@ async fn experiment(
     for (variant, route) in json_app::VARIANTS {
         let path = format!("/{variant}/{}", size.key());
         eprintln!("loading GET {path} ...");
-        let canary = Canary::start(addr, "/health", CANARY_PERIOD);
-        let load = Load::get(addr, &path)
+        let (load, health) = Load::get(addr, &path)
             .requests(requests)
             .concurrency(concurrency)
-            .run()
+            .run_beside_canary("/health", CANARY_PERIOD)
             .await;
-        let health = canary.stop().await;
-        failed += load.non_2xx + load.errors + health.non_2xx + health.errors;
+        failed += load.failures() + health.failures();
 
         let report = detector.report();
         let mut row = vec![variant.to_owned()];

@@ -21,7 +21,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use hogwatch::Detector;
-use support::load::{Canary, Load};
+use support::load::Load;
 use support::scoring_app::{self, ModelService, ScoreRequest};
 use support::table::{self, duration, Table};
 
@@ -119,14 +119,12 @@ async fn experiment(requests: u64, concurrency: usize) -> Result<ExitCode, Box<d
     for variant in scoring_app::VARIANTS {
         let path = format!("/{variant}/score");
         eprintln!("loading POST {path} ...");
-        let canary = Canary::start(addr, "/health", CANARY_PERIOD);
-        let load = Load::post(addr, &path, "application/json", body.clone())
+        let (load, health) = Load::post(addr, &path, "application/json", body.clone())
             .requests(requests)
             .concurrency(concurrency)
-            .run()
+            .run_beside_canary("/health", CANARY_PERIOD)
             .await;
-        let health = canary.stop().await;
-        failed += load.non_2xx + load.errors + health.non_2xx + health.errors;
+        failed += load.failures() + health.failures();
 
         let report = detector.report();
         let mut row = vec![variant.to_owned()];

@@ -110,6 +110,18 @@ impl Load {
         self
     }
 
+    /// Runs the load while a [`Canary`] requests `canary_path` every `period`: what the load
+    /// measured, and what the canary suffered meanwhile.
+    pub async fn run_beside_canary(
+        &self,
+        canary_path: &str,
+        period: Duration,
+    ) -> (LoadResult, LoadResult) {
+        let canary = Canary::start(self.addr, canary_path, period);
+        let load = self.run().await;
+        (load, canary.stop().await)
+    }
+
     /// Runs the load on its own thread and runtime and returns what it measured.
     pub async fn run(&self) -> LoadResult {
         let load = Arc::new(self.clone());
@@ -240,6 +252,11 @@ impl LoadResult {
     /// Longest latency.
     pub fn max(&self) -> Duration {
         Duration::from_micros(self.latency.max())
+    }
+
+    /// Requests not answered with a 2xx status: non-2xx answers and errors.
+    pub fn failures(&self) -> u64 {
+        self.non_2xx + self.errors
     }
 
     /// Every request answered with a 2xx status: no errors, no non-2xx.
