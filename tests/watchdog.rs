@@ -211,10 +211,18 @@ fn a_json_round_trip_is_blamed_on_serde_json() {
     let events = stalls.events();
     assert!(!events.is_empty());
     let report = detector.report();
+    // Each stack is one sample of where the time goes, spread over many serde_json functions:
+    // most of them, not just the commonest, must name serde_json.
     let culprits = &report.entry("json").unwrap().top_culprits;
+    let samples: u64 = culprits.iter().map(|c| c.count).sum();
+    let in_serde_json: u64 = culprits
+        .iter()
+        .filter(|c| c.culprit.contains("serde_json"))
+        .map(|c| c.count)
+        .sum();
     assert!(
-        culprits[0].culprit.contains("serde_json"),
-        "{culprits:#?}\n{events:#?}"
+        in_serde_json * 2 > samples,
+        "{in_serde_json} of {samples} samples\n{culprits:#?}\n{events:#?}"
     );
 }
 

@@ -6,7 +6,8 @@
 //! thread, claims the request (`REQUESTED` to `IN_PROGRESS`), writes raw instruction pointers into
 //! the target's preallocated atomics and publishes `DONE`; the watchdog reads them and sets `IDLE`
 //! again. One request per thread at a time: nothing is ever captured twice at once, and a thread
-//! leaves (`DEAD`) only from `IDLE`, so `pthread_kill` never targets a thread that has exited.
+//! leaves (`DEAD`) only from `IDLE` or `DONE`, never while a signal may still be on its way, so
+//! `pthread_kill` never targets a thread that has exited.
 //!
 //! What the handler does: no allocation, no lock, no panic; it saves and restores `errno`. It
 //! walks the stack with `backtrace::trace_unsynchronized`, which on Linux calls libgcc's
@@ -119,7 +120,8 @@ impl Drop for Attached {
         // Leave only from IDLE: a capture in flight is finished first (its signal is delivered
         // at the latest when sched_yield returns), so the watchdog never signals a thread that
         // has exited.
-        // (DONE is a capture the watchdog gave up waiting for: nobody reads it any more.)
+        // From DONE too: the watchdog may not have read that capture yet, and takes DEAD to
+        // mean "done, and the thread has left" (or it gave up waiting and nobody reads it).
         while [IDLE, DONE].into_iter().all(|from| {
             self.target
                 .state
@@ -237,7 +239,11 @@ pub(crate) fn capture(
     let mut spins = 0u32;
     loop {
         match target.state.load(Ordering::Acquire) {
-            DONE => break,
+            // DEAD: the handler published DONE and the thread exited before we looked (it may
+            // leave from DONE, and could not have left from IDLE while we held REQUESTED). The
+            // stack is in the target, which our Arc keeps alive, and reading DEAD synchronises
+            // with the handler's DONE through the thread's read-modify-write.
+            DONE | DEAD => break,
             // Withdraw the request; if the handler claimed it meanwhile, wait for it.
             REQUESTED
                 if started.elapsed() > timeout
@@ -248,7 +254,9 @@ pub(crate) fn capture(
             {
                 return Err(CaptureError::Timeout);
             }
-            IN_PROGRESS if started.elapsed() > timeout * 4 => return Err(CaptureError::Stuck),
+            // IN_PROGRESS: the handler itself is stuck. Any other state cannot last; never
+            // wait for it forever either.
+            _ if started.elapsed() > timeout * 4 => return Err(CaptureError::Stuck),
             _ => {}
         }
         // A short spin covers the usual case (the thread is running, the handler takes tens of
@@ -269,7 +277,10 @@ pub(crate) fn capture(
             .map(|frame| frame.load(Ordering::Relaxed))
             .collect(),
     };
-    target.state.store(IDLE, Ordering::Release);
+    // Hand the thread back, unless it has already left.
+    let _ = target
+        .state
+        .compare_exchange(DONE, IDLE, Ordering::AcqRel, Ordering::Relaxed);
     Ok(stack)
 }
 
@@ -482,6 +493,42 @@ mod tests {
             CaptureError::Busy,
             "a thread that left is never signalled"
         );
+    }
+
+    /// The race a stress run once hit: the handler publishes DONE and the thread exits (DONE to
+    /// DEAD) before the watchdog looks. The capture must return that stack, not wait forever.
+    #[test]
+    fn a_thread_that_exits_right_after_its_capture_still_delivers_it() {
+        let signal = libc::SIGRTMIN() + 7;
+        install(signal).unwrap();
+        for _ in 0..20 {
+            let (send, receive) = mpsc::channel();
+            let leaver = std::thread::spawn(move || {
+                let attached = Attached::current_thread();
+                let target = attached.target().clone();
+                send.send(target.clone()).unwrap();
+                // Leave the moment the handler has written the stack.
+                while target.state.load(Ordering::Acquire) != DONE {
+                    std::hint::spin_loop();
+                }
+                drop(attached);
+            });
+            let target = receive.recv().unwrap();
+            let (done, finished) = mpsc::channel();
+            let watcher = std::thread::spawn(move || {
+                let captured = capture(&target, signal, Duration::from_millis(200));
+                done.send((captured, target.state.load(Ordering::Acquire)))
+                    .unwrap();
+            });
+            let (captured, state) = finished
+                .recv_timeout(Duration::from_secs(10))
+                .expect("the capture returns although its thread has left");
+            let stack = captured.unwrap();
+            assert_ne!(stack.pc, 0);
+            assert_eq!(state, DEAD, "a thread that left stays left");
+            watcher.join().unwrap();
+            leaver.join().unwrap();
+        }
     }
 
     #[test]

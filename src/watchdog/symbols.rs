@@ -47,6 +47,12 @@ pub(crate) const DEFAULT_RUNTIME_PREFIXES: &[&str] = &[
     "hogwatch",
     "backtrace",
     "quanta",
+    // Serde's data model: generic glue (`impl Serialize for String`, `collect_seq`) whose time
+    // belongs to the format crate that drives it (serde_json, simd-json), which is what one fixes.
+    // A derived impl is named after its own type (`<my_app::Doc as serde::Serialize>`), so it
+    // stays the culprit.
+    "serde",
+    "serde_core",
     // The C library and the unwinder: allocator, memory and thread internals.
     "_",
     "libc",
@@ -338,11 +344,15 @@ mod tests {
             "<u64>::unchecked_add",
             "<[my_app::Item]>::sort_by",
             "<str>::len",
+            "serde_core::ser::impls::<impl serde_core::ser::Serialize for alloc::string::String>::serialize",
+            "serde::ser::Serializer::collect_seq",
         ] {
             assert!(is_runtime(runtime, &prefixes), "{runtime}");
         }
         for user in [
             "watchdog::crunch_numbers",
+            "<my_app::Doc as serde_core::ser::Serialize>::serialize",
+            "<&mut serde_json::de::Deserializer<R> as serde_core::de::Deserializer>::deserialize_any",
             "<serde_json::value::Value as serde::ser::Serialize>::serialize",
             "<&mut serde_json::ser::Serializer<W> as serde::ser::Serializer>::serialize_str",
             "tokioish::run",
