@@ -170,17 +170,30 @@ async fn panics_timeouts_and_disconnects_are_all_accounted_for() {
     assert_eq!(get_status("/caught").await.unwrap(), 500);
     assert_eq!(get_status("/slow").await.unwrap(), 503);
     assert_eq!(get_status("/timed").await.unwrap(), 408);
-    // Clients that give up at random points of a slow request.
-    let mut disconnects = Vec::new();
+    // Clients that give up at different points of a slow request. Each one waits until the
+    // server has its request: a client aborted before it even sent one (easily, on a loaded
+    // machine) is no disconnect for the server to account for.
+    let slow_requests = |detector: &Detector| {
+        detector
+            .report()
+            .entry("GET /slow")
+            .map_or(0, |entry| entry.requests)
+    };
     for i in 0..20u64 {
+        let before = slow_requests(&detector);
         let request = tokio::spawn(get_status("/slow"));
-        disconnects.push(tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(i * 3)).await;
-            request.abort();
-        }));
-    }
-    for disconnect in disconnects {
-        disconnect.await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while slow_requests(&detector) == before {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "request {i} never arrived"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(i % 5 * 3)).await;
+        // (On a slow machine the server's 50 ms timeout may come first: cancelled either way.)
+        request.abort();
+        let _ = request.await;
     }
     // The server keeps serving.
     assert_eq!(get_status("/ok").await.unwrap(), 200);
