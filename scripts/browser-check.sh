@@ -9,7 +9,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 screenshot=${1:-}
-port=${PORT:-3931}
+# 0: the server picks a free port and prints it (a fixed one could be taken on a shared machine).
+port=${PORT:-0}
 work=$(mktemp -d)
 trap 'kill "${server:-}" 2>/dev/null || true; rm -rf "$work"' EXIT
 
@@ -28,24 +29,32 @@ cargo build --release --example json_service -q
 target/release/examples/json_service serve --port "$port" --extra-label "$hostile" \
   >"$work/server.log" 2>&1 &
 server=$!
-for _ in $(seq 1 100); do
-  curl -fs "http://127.0.0.1:$port/health" >/dev/null 2>&1 && break
+base=
+for _ in $(seq 1 300); do
+  base=$(grep -o 'serving on http://[0-9.:]*' "$work/server.log" | head -1 | cut -d' ' -f3 || true)
+  [ -n "$base" ] && curl -fs --max-time 5 "$base/health" >/dev/null 2>&1 && break
   sleep 0.1
 done
+if [ -z "$base" ] || ! curl -fs --max-time 5 "$base/health" >/dev/null 2>&1; then
+  cat "$work/server.log" >&2
+  echo "browser check FAILED: the json_service server did not come up" >&2
+  exit 1
+fi
 
 echo "load: 20 x /blocking/big, 50 x /passthrough/big, 20 x /offload/small, 20 x /health" >&2
-for _ in $(seq 1 20); do curl -fs "http://127.0.0.1:$port/blocking/big" -o /dev/null & done
-for _ in $(seq 1 50); do curl -fs "http://127.0.0.1:$port/passthrough/big" -o /dev/null & done
-for _ in $(seq 1 20); do curl -fs "http://127.0.0.1:$port/offload/small" -o /dev/null & done
-for _ in $(seq 1 20); do curl -fs "http://127.0.0.1:$port/health" -o /dev/null & done
+for _ in $(seq 1 20); do curl -fs --max-time 120 "$base/blocking/big" -o /dev/null & done
+for _ in $(seq 1 50); do curl -fs --max-time 120 "$base/passthrough/big" -o /dev/null & done
+for _ in $(seq 1 20); do curl -fs --max-time 120 "$base/offload/small" -o /dev/null & done
+for _ in $(seq 1 20); do curl -fs --max-time 120 "$base/health" -o /dev/null & done
 wait $(jobs -p | grep -v "^$server$") 2>/dev/null || true
 
+# A hung browser fails the check rather than the whole CI job.
 chrome() {
-  "$browser" --headless --no-sandbox --disable-gpu --no-first-run \
+  timeout 120 "$browser" --headless --no-sandbox --disable-gpu --no-first-run \
     --disable-background-networking --disable-component-update --disable-sync --disable-quic \
     --user-data-dir="$work/profile-$1" "${@:2}" 2>>"$work/chromium.log"
 }
-page="http://127.0.0.1:$port/debug/hogs?format=html"
+page="$base/debug/hogs?format=html"
 # --virtual-time-budget lets the page's own script (the refresh control) run before the dump.
 chrome dom --virtual-time-budget=3000 --dump-dom "$page" >"$work/dom.html"
 chrome shot --window-size=1280,900 --hide-scrollbars --screenshot="$work/page.png" "$page" >/dev/null
