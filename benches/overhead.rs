@@ -199,6 +199,9 @@ fn per_request(c: &mut Criterion) {
             Ok::<_, std::convert::Infallible>(Response::new(Body::empty()))
         })
     };
+    // `.with_state(())`, as `axum::serve` does per connection: it turns the handlers into routes
+    // and applies the layers once. Without it, axum layers each handler again on every request,
+    // and the bench would time `HogLayer::layer` (and a fresh label lookup) per request.
     let router = || {
         axum::Router::new().route(
             "/instruments/{id}",
@@ -215,18 +218,20 @@ fn per_request(c: &mut Criterion) {
         b.iter(|| call(&mut service));
     });
     group.bench_function("router/bare", |b| {
-        let mut service = router();
+        let mut service = router().with_state(());
         b.iter(|| call(&mut service));
     });
     // What any layer costs in axum (each layered route is boxed once more), for comparison.
     group.bench_function("router/noop_layer", |b| {
-        let mut service = router().layer(tower::util::MapRequestLayer::new(
-            |request: Request<Body>| request,
-        ));
+        let mut service = router()
+            .layer(tower::util::MapRequestLayer::new(
+                |request: Request<Body>| request,
+            ))
+            .with_state(());
         b.iter(|| call(&mut service));
     });
     group.bench_function("router/hogwatch", |b| {
-        let mut service = router().layer(detector().layer());
+        let mut service = router().layer(detector().layer()).with_state(());
         b.iter(|| call(&mut service));
     });
     group.finish();
