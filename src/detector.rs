@@ -528,7 +528,9 @@ impl Detector {
     ///
     /// ```
     /// # fn main() -> Result<(), hogwatch::ConfigError> {
-    /// let detector = hogwatch::Detector::builder().build()?;
+    /// let detector = hogwatch::Detector::builder()
+    ///     .threshold(std::time::Duration::from_millis(100))
+    ///     .build()?;
     /// # let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
     /// rt.block_on(detector.watch("tick", async {
     ///     tokio::time::sleep(std::time::Duration::from_millis(1)).await;

@@ -13,6 +13,10 @@ use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
+/// How long `/block` blocks its worker and `/async` sleeps without blocking: far above the
+/// thresholds the tests use, so the verdicts do not depend on how busy the machine is.
+const BLOCK: Duration = Duration::from_millis(250);
+
 struct Answer {
     status: u16,
     headers: hyper::HeaderMap,
@@ -55,6 +59,19 @@ fn entry<'a>(report: &'a serde_json::Value, label: &str) -> &'a serde_json::Valu
         .unwrap_or_else(|| panic!("no entry {label} in {report}"))
 }
 
+/// Sleeps in small steps until `done` holds; panics naming `what` after 10 s, far longer than any
+/// loaded machine needs.
+async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not within 10 s: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 fn detector(threshold_ms: u64) -> Detector {
     Detector::builder()
         .threshold(Duration::from_millis(threshold_ms))
@@ -67,14 +84,14 @@ fn app(detector: &Detector) -> Router {
         .route(
             "/block",
             get(|| async {
-                std::thread::sleep(Duration::from_millis(60));
+                std::thread::sleep(BLOCK);
                 "done"
             }),
         )
         .route(
             "/async",
             get(|| async {
-                tokio::time::sleep(Duration::from_millis(60)).await;
+                tokio::time::sleep(BLOCK).await;
                 "done"
             }),
         )
@@ -88,8 +105,9 @@ fn app(detector: &Detector) -> Router {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blocking_route_is_flagged_and_an_async_one_is_not() {
-    // 25 ms: far below the 60 ms block, far above what a busy CI machine adds to a short poll.
-    let detector = detector(25);
+    // 100 ms: far below the 250 ms block and the 250 ms async sleep (its wall time), far above
+    // what a busy CI machine adds to a short poll.
+    let detector = detector(100);
     let address = serve(app(&detector)).await;
     assert_eq!(get_url(address, "/block").await.status, 200);
     assert_eq!(get_url(address, "/async").await.status, 200);
@@ -97,10 +115,11 @@ async fn a_blocking_route_is_flagged_and_an_async_one_is_not() {
     let report = report(address).await;
     let block = entry(&report, "GET /block");
     assert!(block["slow_polls"].as_u64().unwrap() >= 1);
-    assert!(block["max_poll_us"].as_u64().unwrap() >= 60_000);
+    let block_us = BLOCK.as_micros() as u64;
+    assert!(block["max_poll_us"].as_u64().unwrap() >= block_us);
     let not_blocking = entry(&report, "GET /async");
-    assert_eq!(not_blocking["slow_polls"], 0);
-    assert!(not_blocking["wall_us"].as_u64().unwrap() >= 60_000);
+    assert_eq!(not_blocking["slow_polls"], 0, "{report}");
+    assert!(not_blocking["wall_us"].as_u64().unwrap() >= block_us);
     assert_eq!(report["entries"][0]["label"], "GET /block", "worst first");
     assert!(
         report["entries"]
@@ -277,8 +296,9 @@ async fn server_timing_is_off_by_default_and_parses_when_on() {
             .parse()
             .unwrap()
     };
-    assert!(dur("hog-busy") >= 60.0, "{header}");
-    assert!(dur("hog-longest-poll") >= 60.0, "{header}");
+    let block_ms = BLOCK.as_secs_f64() * 1e3;
+    assert!(dur("hog-busy") >= block_ms, "{header}");
+    assert!(dur("hog-longest-poll") >= block_ms, "{header}");
     assert!(metrics.contains_key("hog-polls"), "{header}");
 }
 
@@ -296,22 +316,25 @@ async fn a_client_that_disconnects_is_counted_as_cancelled() {
         .layer(detector.layer());
     let address = serve(app).await;
     let client = tokio::spawn(async move { get_url(address, "/slow").await.status });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Abort only once the server has the request: a client aborted before it sent one (easily,
+    // on a loaded machine) is no disconnect for the layer to count.
+    let slow = || detector.report().entry("GET /slow").cloned();
+    wait_until("GET /slow arrived", || {
+        slow().is_some_and(|slow| slow.requests >= 1)
+    })
+    .await;
     client.abort();
     let _ = client.await;
-    let mut cancelled = 0;
-    for _ in 0..100 {
-        let report = detector.report();
-        cancelled = report.entry("GET /slow").map_or(0, |entry| entry.cancelled);
-        if cancelled == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(cancelled, 1);
-    let report = detector.report();
-    let slow = report.entry("GET /slow").unwrap();
-    assert_eq!((slow.requests, slow.completed), (1, 0));
+    wait_until("GET /slow cancelled", || {
+        slow().is_some_and(|slow| slow.cancelled >= 1)
+    })
+    .await;
+    let slow = slow().unwrap();
+    assert_eq!(
+        (slow.requests, slow.completed, slow.cancelled),
+        (1, 0, 1),
+        "{slow:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

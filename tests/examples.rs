@@ -76,8 +76,12 @@ fn assert_all_ok(what: &str, result: &LoadResult, requests: u64) {
     assert!(result.all_ok(), "{what}: non-2xx or errors: {result:?}");
 }
 
-/// Asserts the verdict on `label`: flagged (at least one slow poll) or not (none), every request
-/// answered 2xx.
+/// Asserts the verdict on `label`: flagged (at least one slow poll) or not (at most one slow poll
+/// per ten requests), every request answered 2xx.
+///
+/// A route that blocks the executor has a slow poll in (nearly) every request; one that does not
+/// can still have one now and then, when the OS takes a worker away mid-poll for longer than the
+/// threshold (both workers are busy with debug-build JSON, on a shared 2-core machine).
 fn assert_verdict(report: &Report, label: &str, flagged: bool) {
     let entry = report
         .entry(label)
@@ -89,10 +93,11 @@ fn assert_verdict(report: &Report, label: &str, flagged: bool) {
             report.to_text()
         );
     } else {
-        assert_eq!(
+        assert!(
+            entry.slow_polls * 10 <= entry.requests,
+            "{label} flagged: {} slow polls in {} requests\n{}",
             entry.slow_polls,
-            0,
-            "{label} flagged:\n{}",
+            entry.requests,
             report.to_text()
         );
     }

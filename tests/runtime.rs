@@ -2,7 +2,9 @@
 //! and the tokio-metrics section.
 //!
 //! Blocking is simulated with `std::thread::sleep`, far above the thresholds, and the assertions
-//! leave wide margins: the CI machine has two cores shared with compilers.
+//! leave wide margins: the CI machine has two cores shared with compilers. Where a test needs a
+//! background task (the probe, the sampler, a spawned task) to have run, it waits for exactly
+//! that with `wait_until`, not for a fixed time.
 
 #[cfg(all(feature = "axum", feature = "runtime-metrics"))]
 mod common;
@@ -19,6 +21,19 @@ fn current_thread() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap()
+}
+
+/// Sleeps in small steps (letting the runtime's other tasks run) until `done` holds; panics
+/// naming `what` after 10 s, far longer than any loaded machine needs.
+async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not within 10 s: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 #[cfg(tokio_unstable)]
@@ -64,7 +79,8 @@ mod hooks {
             .unwrap_or_else(|| panic!("no {expected} in\n{}", report.to_text()));
         assert_eq!(entry.kind, LabelKind::Task);
         assert_eq!(entry.polls, 4, "three blocking polls and the last one");
-        assert_eq!(entry.slow_polls, 3);
+        // The last poll is quick, unless the OS takes the thread away mid-poll (a loaded machine).
+        assert!(entry.slow_polls >= 3, "{}", report.to_text());
         assert!(entry.max_poll_us >= 55_000, "{}", report.to_text());
         assert!(entry.slow_busy_us >= 3 * 55_000, "{}", report.to_text());
         assert_eq!(entry.completed, 1);
@@ -74,7 +90,11 @@ mod hooks {
         assert_eq!(json["entries"][0]["kind"], "task");
 
         let events = events.lock().unwrap();
-        assert_eq!(events.len(), 3, "on_hog fires for every slow task poll");
+        assert_eq!(
+            events.len() as u64,
+            entry.slow_polls,
+            "on_hog fires for every slow task poll"
+        );
         assert!(events.iter().all(|event| *event.label == *expected));
     }
 
@@ -118,9 +138,16 @@ mod hooks {
         let aborted = rt.spawn(std::future::pending::<()>());
         let left_line = line!() + 1;
         let _left_running = rt.spawn(std::future::pending::<()>());
+        let polled = |line: u32| {
+            let label = format!("task {}:{line}", file!());
+            detector.report().entry(&label).is_some()
+        };
         rt.block_on(async {
             // Let both be polled once, so their labels exist.
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            wait_until("both tasks polled", || {
+                polled(aborted_line) && polled(left_line)
+            })
+            .await;
             aborted.abort();
             assert!(aborted.await.unwrap_err().is_cancelled());
         });
@@ -146,7 +173,15 @@ mod hooks {
             .unwrap();
         let rt = instrumented(&detector);
         assert!(detector.start_probes(rt.handle()));
-        rt.block_on(async { tokio::time::sleep(Duration::from_millis(50)).await });
+        let probe_polls = || {
+            detector
+                .report()
+                .entry("task <hogwatch>")
+                .map_or(0, |entry| entry.polls)
+        };
+        rt.block_on(wait_until("three polls of the probe", || {
+            probe_polls() >= 3
+        }));
         drop(rt);
         let report = detector.report();
         let probe = report
@@ -208,19 +243,19 @@ fn lag_probe_stays_low_on_an_idle_runtime() {
             .lag_probe(Duration::from_millis(10))
             .build()
             .unwrap();
-        // On 2 shared cores the OS sometimes takes the thread away for tens of milliseconds,
-        // which the probe rightly reports: look at up to three 1 s windows and ask for one quiet
-        // one (every window's median must be low regardless).
+        // On 2 shared cores the OS takes the thread away now and then, for tens of milliseconds
+        // at a time, and under heavy load wakes it a few milliseconds late most of the time;
+        // the probe rightly reports both. So look at up to twenty 0.5 s windows (10 s) and ask
+        // for one quiet one: a probe that does not run, or counts its own sleep as lag (10 ms),
+        // fails every window.
         let mut windows = Vec::new();
-        for _ in 0..3 {
-            tokio::time::sleep(Duration::from_secs(1)).await;
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
             let lag = detector
                 .report_and_reset()
                 .event_loop_lag
                 .expect("the probe runs");
-            assert!(lag.samples >= 30, "{lag:?}");
-            assert!(lag.p50_us < 5_000, "{lag:?}");
-            let quiet = lag.p99_us < 20_000;
+            let quiet = lag.samples >= 15 && lag.p50_us < 5_000 && lag.p99_us < 20_000;
             windows.push(lag);
             if quiet {
                 return;
@@ -247,8 +282,7 @@ fn lag_probe_stops_when_the_last_detector_drops() {
         // A watched future keeps the statistics alive, not the probe.
         let watched = clone.watch("still-alive", async {});
         drop(clone);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert_eq!(metrics.num_alive_tasks(), 0, "the probe ended");
+        wait_until("the probe ended", || metrics.num_alive_tasks() == 0).await;
         watched.await;
     });
 }
@@ -264,10 +298,16 @@ fn lag_probe_starts_on_first_watch_or_explicitly() {
     let json = serde_json::to_value(detector.report()).unwrap();
     assert!(json.get("event_loop_lag").is_none());
 
+    let samples = |detector: &Detector| {
+        detector
+            .report()
+            .event_loop_lag
+            .map_or(0, |lag| lag.samples)
+    };
     let rt = current_thread();
     rt.block_on(async {
         detector.watch("first", async {}).await;
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        wait_until("a lag sample", || samples(&detector) > 0).await;
     });
     let lag = detector.report_and_reset().event_loop_lag.unwrap();
     assert!(lag.samples > 0, "{lag:?}");
@@ -284,8 +324,10 @@ fn lag_probe_starts_on_first_watch_or_explicitly() {
         .build()
         .unwrap();
     assert!(other.start_probes(rt.handle()));
-    rt.block_on(async { tokio::time::sleep(Duration::from_millis(50)).await });
-    assert!(other.report().event_loop_lag.unwrap().samples > 0);
+    rt.block_on(wait_until(
+        "a lag sample of the explicitly started probe",
+        || samples(&other) > 0,
+    ));
 }
 
 #[test]
@@ -337,7 +379,7 @@ fn runtime_metrics_fill_the_runtime_section() {
         tokio::spawn(async { std::thread::sleep(Duration::from_millis(30)) })
             .await
             .unwrap();
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        wait_until("a runtime sample", || detector.report().runtime.is_some()).await;
     });
     let runtime = detector.report().runtime.expect("sampled");
     assert_eq!(runtime.workers, 2);
@@ -367,7 +409,11 @@ fn runtime_sections_pass_promtool() {
             .build()
             .unwrap();
         detector.watch("work", async {}).await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        wait_until("a runtime sample and a lag sample", || {
+            let report = detector.report();
+            report.runtime.is_some() && report.event_loop_lag.is_some_and(|lag| lag.samples > 0)
+        })
+        .await;
         let router: axum::Router = detector.router();
         let request = axum::http::Request::get("/debug/hogs/metrics")
             .body(axum::body::Body::empty())

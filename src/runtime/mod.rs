@@ -48,6 +48,12 @@ use crate::detector::Shared;
 ///         .lag_probe(Duration::from_millis(5))
 ///         .build()?; // inside a runtime: the probe starts here
 ///     tokio::time::sleep(Duration::from_millis(50)).await;
+/// #   // A loaded machine may wake this thread late, before the probe's first wake-up: wait for it.
+/// #   let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+/// #   while detector.report().event_loop_lag.map_or(0, |lag| lag.samples) == 0 {
+/// #       assert!(tokio::time::Instant::now() < deadline, "no lag sample within 10 s");
+/// #       tokio::time::sleep(Duration::from_millis(5)).await;
+/// #   }
 ///     let lag = detector.report().event_loop_lag.expect("the probe is on");
 ///     assert!(lag.samples > 0);
 ///     assert!(lag.min_us <= lag.p50_us && lag.p50_us <= lag.max_us);
