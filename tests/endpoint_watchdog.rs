@@ -5,11 +5,12 @@
 #![cfg(feature = "watchdog")]
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use axum::routing::get;
 use axum::Router;
-use hogwatch::Detector;
+use hogwatch::{Detector, HogEvent, HogKind};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
@@ -65,32 +66,53 @@ fn crunch_numbers(duration: Duration) -> u64 {
     x
 }
 
+/// Whether the watchdog reported the stall of `GET /crunch` (set by the `on_hog` callback).
+static CRUNCH_STALLED: AtomicBool = AtomicBool::new(false);
+
+/// The stalling handler: spins for at least 300 ms, and on until the watchdog reported the stall
+/// (30 s at most). This test's watchdog is the first of its binary: it loads the debug
+/// information before its first check, which a busy machine can make take longer than a fixed
+/// spin, and the stall must be caught while the handler still blocks.
+fn crunch_until_reported() -> u64 {
+    let start = Instant::now();
+    let mut acc = 0;
+    while start.elapsed() < Duration::from_millis(300)
+        || (!CRUNCH_STALLED.load(Ordering::SeqCst) && start.elapsed() < Duration::from_secs(30))
+    {
+        acc ^= crunch_numbers(Duration::from_millis(20));
+    }
+    acc
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_route_gets_its_culprit_and_a_flame_graph() {
     let detector = Detector::builder()
         .threshold(Duration::from_millis(10))
         .watchdog(Duration::from_millis(50))
+        .on_hog(|event: &HogEvent| {
+            if event.kind == HogKind::Stall && &*event.label == "GET /crunch" {
+                CRUNCH_STALLED.store(true, Ordering::SeqCst);
+            }
+        })
         .build()
         .unwrap();
     let app = Router::new()
         .route(
             "/crunch",
-            get(|| async { crunch_numbers(Duration::from_millis(300)).to_string() }),
+            get(|| async { crunch_until_reported().to_string() }),
         )
         .layer(detector.layer())
         .merge(detector.router());
     let address = serve(app).await;
     assert_eq!(get_url(address, "/crunch").await.0, 200);
+    assert!(
+        CRUNCH_STALLED.load(Ordering::SeqCst),
+        "the stall was reported while the handler blocked: {:?}",
+        detector.watchdog_stats()
+    );
 
-    // The watchdog names the culprit on its own thread, after the capture: give it time.
-    let mut crunch = crunch_entry(address).await;
-    for _ in 0..100 {
-        if crunch["stalls"].as_u64().unwrap() >= 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        crunch = crunch_entry(address).await;
-    }
+    // The watchdog records the stall before it calls `on_hog`: the report has it now.
+    let crunch = crunch_entry(address).await;
     assert!(crunch["stalls"].as_u64().unwrap() >= 1, "{crunch}");
     let culprit = crunch["top_culprits"][0]["culprit"]
         .as_str()

@@ -56,6 +56,31 @@ impl Stalls {
         }
         self.0.lock().unwrap().clone()
     }
+
+    /// How many stalls of `label` were reported so far, without waiting on the callback's lock
+    /// (none while the callback holds it): for a poll that blocks until it is reported, which
+    /// must block where the test says, not on this lock.
+    fn reported(&self, label: &str) -> usize {
+        self.0.try_lock().map_or(0, |events| {
+            events.iter().filter(|event| &*event.label == label).count()
+        })
+    }
+}
+
+/// Spins `crunch_numbers` in 20 ms pieces for at least `at_least`, and on until a stall of
+/// `label` was reported (30 s at most): a new watchdog first loads debug information, and on a
+/// busy machine (other tests of this binary run beside) it may not get to check for a while, so
+/// a fixed spin can end before it catches anything. The stall is then caught while the poll still
+/// spins, with `crunch_numbers` as the innermost frame.
+fn spin_until_reported(at_least: Duration, stalls: &Stalls, label: &str) -> u64 {
+    let start = Instant::now();
+    let mut acc = 0;
+    while start.elapsed() < at_least
+        || (stalls.reported(label) == 0 && start.elapsed() < Duration::from_secs(30))
+    {
+        acc ^= crunch_numbers(Duration::from_millis(20));
+    }
+    acc
 }
 
 /// One warning's fields, as text.
@@ -106,7 +131,7 @@ fn a_spinning_handler_is_caught_and_named_while_it_spins() {
         .build()
         .unwrap();
     let result = current_thread().block_on(detector.watch("crunch", async {
-        crunch_numbers(Duration::from_millis(300))
+        spin_until_reported(Duration::from_millis(300), &stalls, "crunch")
     }));
     black_box(result);
 
@@ -164,17 +189,28 @@ fn a_spinning_handler_is_caught_and_named_while_it_spins() {
     assert!(svg.contains("crunch_numbers"));
     assert!(report.to_text().contains("crunch_numbers"));
 
-    let warnings = warnings.lock().unwrap();
-    let warning = warnings
-        .iter()
-        .find(|fields| {
-            fields.iter().any(|(k, v)| k == "label" && v == "crunch")
-                && fields.iter().any(|(k, _)| k == "culprit")
-        })
-        .expect("a stall warning for the label");
-    assert!(warning
-        .iter()
-        .any(|(k, v)| k == "culprit" && v.ends_with("crunch_numbers")));
+    // The watchdog warns after it called `on_hog`: wait for the warning (30 s at most).
+    let start = Instant::now();
+    let warning = loop {
+        let warning = warnings.lock().unwrap().iter().find_map(|fields| {
+            let stall = fields.iter().any(|(k, v)| k == "label" && v == "crunch")
+                && fields.iter().any(|(k, _)| k == "culprit");
+            stall.then(|| fields.clone())
+        });
+        match warning {
+            Some(warning) => break warning,
+            None if start.elapsed() < Duration::from_secs(30) => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            None => panic!("no stall warning for the label"),
+        }
+    };
+    assert!(
+        warning
+            .iter()
+            .any(|(k, v)| k == "culprit" && v.ends_with("crunch_numbers")),
+        "{warning:?}"
+    );
 }
 
 #[test]
@@ -239,10 +275,12 @@ fn a_poll_stuck_on_a_mutex_is_reported_before_it_returns() {
         .watchdog(Duration::from_millis(50))
         .on_hog(move |event: &HogEvent| {
             if event.kind == HogKind::Stall && &*event.label == "stuck" {
-                if !flag.load(Ordering::SeqCst) {
+                let stuck = !flag.load(Ordering::SeqCst);
+                // The event first: the test reads it as soon as it sees the flag.
+                sink.lock().unwrap().push(event.clone());
+                if stuck {
                     seen.store(true, Ordering::SeqCst);
                 }
-                sink.lock().unwrap().push(event.clone());
             }
         })
         .build()
@@ -256,16 +294,22 @@ fn a_poll_stuck_on_a_mutex_is_reported_before_it_returns() {
             }));
         })
     };
-    // The poll is stuck on the lock for 2 s.
-    std::thread::sleep(Duration::from_secs(2));
+    // The poll is stuck on the lock until the stall is reported (30 s at most): a new watchdog
+    // first loads debug information, which can take seconds on a busy machine.
+    let start = Instant::now();
+    while !reported_while_stuck.load(Ordering::SeqCst) && start.elapsed() < Duration::from_secs(30)
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        reported_while_stuck.load(Ordering::SeqCst),
+        "the stall was reported while the poll was stuck: {:?}",
+        detector.watchdog_stats()
+    );
     assert!(!returned.load(Ordering::SeqCst), "the poll is still stuck");
     drop(held);
     worker.join().unwrap();
     assert!(returned.load(Ordering::SeqCst));
-    assert!(
-        reported_while_stuck.load(Ordering::SeqCst),
-        "the stall was reported before the poll returned"
-    );
     let events = events.lock().unwrap();
     let stack = &events[0].stack;
     assert!(
@@ -288,12 +332,27 @@ fn a_poll_that_never_returns_is_reported_again_at_doublings_only() {
         .watchdog(Duration::from_millis(20))
         .build()
         .unwrap();
+    // Blocks for at least 1.5 s, and on until the second report (30 s at most): the first can
+    // come late, while a new watchdog loads debug information, and the next only at the next
+    // doubling after it.
+    let start = Instant::now();
     current_thread().block_on(detector.watch("long", async {
-        std::thread::sleep(Duration::from_millis(1_500));
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_millis(1_500)
+            || (stalls.reported("long") < 2 && start.elapsed() < Duration::from_secs(30))
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }));
+    let blocked = start.elapsed();
     let events = stalls.events();
-    // At 20, 40, 80... 1280 ms: a few reports, not one per check (every 5 ms).
-    assert!((2..=8).contains(&events.len()), "{} reports", events.len());
+    // At 20, 40, 80... ms while it blocked: a few reports, not one per check (every 5 ms).
+    let doublings = (blocked.as_millis() / 20).ilog2() as usize + 1;
+    assert!(
+        (2..=doublings).contains(&events.len()),
+        "{} reports in {blocked:?}",
+        events.len()
+    );
     assert_eq!(detector.report().entry("long").unwrap().stalls, 1);
     let stack = &events[0].stack;
     assert!(
@@ -429,10 +488,14 @@ fn another_signal_works_and_custom_prefixes_move_the_culprit() {
         .build()
         .unwrap();
     current_thread().block_on(detector.watch("rt-signal", async {
-        crunch_numbers(Duration::from_millis(150))
+        spin_until_reported(Duration::from_millis(150), &stalls, "rt-signal")
     }));
     let events = stalls.events();
-    assert!(!events.is_empty());
+    assert!(
+        !events.is_empty(),
+        "a stall was reported: {:?}",
+        detector.watchdog_stats()
+    );
     assert!(events[0]
         .stack
         .iter()
@@ -458,7 +521,7 @@ mod tasks {
             let mut acc = 0u64;
             loop {
                 let elapsed = start.elapsed();
-                if elapsed >= Duration::from_secs(10) || (elapsed >= $at_least && $done) {
+                if elapsed >= Duration::from_secs(30) || (elapsed >= $at_least && $done) {
                     break acc;
                 }
                 for i in 0..100_000u64 {
@@ -468,26 +531,18 @@ mod tasks {
         }};
     }
 
-    /// Whether a stall of `label` was reported yet (without waiting on the callback's lock).
-    fn reported(stalls: &Stalls, label: &str) -> bool {
-        stalls
-            .0
-            .try_lock()
-            .is_ok_and(|events| events.iter().any(|event| &*event.label == label))
-    }
-
-    /// Spins for at least `at_least`, and on until a stall of `label` was reported (10 s at
+    /// Spins for at least `at_least`, and on until a stall of `label` was reported (30 s at
     /// most): the first capture can wait for the watchdog to load debug information, and the
     /// stall must be caught while the task is still stuck. The function the watchdog must name.
     #[inline(never)]
     fn stuck_in_background(at_least: Duration, stalls: &Stalls, label: &str) -> u64 {
-        spin!(at_least, reported(stalls, label))
+        spin!(at_least, stalls.reported(label) > 0)
     }
 
     /// The same, for the watched future inside a task.
     #[inline(never)]
     fn stuck_in_watched(stalls: &Stalls, label: &str) -> u64 {
-        spin!(Duration::ZERO, reported(stalls, label))
+        spin!(Duration::ZERO, stalls.reported(label) > 0)
     }
 
     fn instrumented(detector: &Detector) -> tokio::runtime::Runtime {

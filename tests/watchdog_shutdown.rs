@@ -4,20 +4,58 @@
 
 use std::time::{Duration, Instant};
 
-/// Threads of this process named `hogwatch-watchdog` (the kernel keeps 15 bytes of a name).
-fn watchdog_threads() -> usize {
+/// The `/proc` directories of this process's threads named `hogwatch-watchdog` (the kernel keeps
+/// 15 bytes of a name).
+fn watchdog_tasks() -> Vec<std::path::PathBuf> {
     std::fs::read_dir("/proc/self/task")
         .unwrap()
-        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
-        .filter(|name| name.trim_end() == "hogwatch-watchd")
-        .count()
+        .filter_map(|task| Some(task.ok()?.path()))
+        .filter(|task| {
+            std::fs::read_to_string(task.join("comm"))
+                .is_ok_and(|name| name.trim_end() == "hogwatch-watchd")
+        })
+        .collect()
 }
 
-/// Waits (up to 10 s) for the count to become `expected`: a new thread names itself once it
+fn watchdog_threads() -> usize {
+    watchdog_tasks().len()
+}
+
+/// Whether the watchdog threads all sleep (state `S` in their `stat`).
+fn watchdogs_sleep() -> bool {
+    watchdog_tasks().iter().all(|task| {
+        std::fs::read_to_string(task.join("stat")).is_ok_and(|stat| {
+            stat.rsplit_once(") ")
+                .is_some_and(|(_, fields)| fields.starts_with('S'))
+        })
+    })
+}
+
+/// Waits (up to 30 s) until the watchdog threads sleep, past their warm-up: asleep twice, 10 ms
+/// apart. (Loading the debug information, which a busy machine can make take seconds, runs or
+/// waits on the disk; the thread then parks until its next check.)
+fn wait_until_watchdogs_sleep() {
+    let start = Instant::now();
+    loop {
+        if watchdogs_sleep() {
+            std::thread::sleep(Duration::from_millis(10));
+            if watchdogs_sleep() {
+                return;
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the watchdog thread never sleeps"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Waits (up to 30 s) for the count to become `expected`: a new thread names itself once it
 /// runs.
 fn wait_for_watchdog_threads(expected: usize) -> usize {
     let start = Instant::now();
-    while watchdog_threads() != expected && start.elapsed() < Duration::from_secs(10) {
+    while watchdog_threads() != expected && start.elapsed() < Duration::from_secs(30) {
         std::thread::sleep(Duration::from_millis(5));
     }
     watchdog_threads()
@@ -26,12 +64,16 @@ fn wait_for_watchdog_threads(expected: usize) -> usize {
 #[test]
 fn dropping_the_last_detector_stops_the_watchdog_promptly() {
     assert_eq!(watchdog_threads(), 0);
-    // A long threshold: the thread checks every 15 s, so only a prompt wake-up stops it fast.
+    // A long threshold: the thread checks every 150 s, so only a prompt wake-up stops it within
+    // the 30 s allowed below (generous: a busy machine can be slow to run the woken thread).
     let detector = hogwatch::Detector::builder()
-        .watchdog(Duration::from_secs(60))
+        .watchdog(Duration::from_secs(600))
         .build()
         .unwrap();
     assert_eq!(wait_for_watchdog_threads(1), 1);
+    // Past its warm-up (which a drop waits for): parked for its check, so that only being woken
+    // stops it now.
+    wait_until_watchdogs_sleep();
     let clone = detector.clone();
     let pending = clone.watch("outlives-the-detector", std::future::pending::<()>());
     drop(detector);
@@ -40,7 +82,7 @@ fn dropping_the_last_detector_stops_the_watchdog_promptly() {
     let start = Instant::now();
     drop(clone);
     let took = start.elapsed();
-    assert!(took < Duration::from_secs(5), "drop took {took:?}");
+    assert!(took < Duration::from_secs(30), "drop took {took:?}");
     assert_eq!(wait_for_watchdog_threads(0), 0, "the thread was joined");
     drop(pending);
 
