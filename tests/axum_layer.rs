@@ -59,19 +59,6 @@ fn entry<'a>(report: &'a serde_json::Value, label: &str) -> &'a serde_json::Valu
         .unwrap_or_else(|| panic!("no entry {label} in {report}"))
 }
 
-/// Sleeps in small steps until `done` holds; panics naming `what` after 10 s, far longer than any
-/// loaded machine needs.
-async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !done() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not within 10 s: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 fn detector(threshold_ms: u64) -> Detector {
     Detector::builder()
         .threshold(Duration::from_millis(threshold_ms))
@@ -319,13 +306,13 @@ async fn a_client_that_disconnects_is_counted_as_cancelled() {
     // Abort only once the server has the request: a client aborted before it sent one (easily,
     // on a loaded machine) is no disconnect for the layer to count.
     let slow = || detector.report().entry("GET /slow").cloned();
-    wait_until("GET /slow arrived", || {
+    common::wait_until("GET /slow arrived", || {
         slow().is_some_and(|slow| slow.requests >= 1)
     })
     .await;
     client.abort();
     let _ = client.await;
-    wait_until("GET /slow cancelled", || {
+    common::wait_until("GET /slow cancelled", || {
         slow().is_some_and(|slow| slow.cancelled >= 1)
     })
     .await;

@@ -4,9 +4,8 @@
 //! Blocking is simulated with `std::thread::sleep`, far above the thresholds, and the assertions
 //! leave wide margins: the CI machine has two cores shared with compilers. Where a test needs a
 //! background task (the probe, the sampler, a spawned task) to have run, it waits for exactly
-//! that with `wait_until`, not for a fixed time.
+//! that with `common::wait_until`, not for a fixed time.
 
-#[cfg(all(feature = "axum", feature = "runtime-metrics"))]
 mod common;
 
 use std::time::Duration;
@@ -21,19 +20,6 @@ fn current_thread() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap()
-}
-
-/// Sleeps in small steps (letting the runtime's other tasks run) until `done` holds; panics
-/// naming `what` after 10 s, far longer than any loaded machine needs.
-async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !done() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not within 10 s: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 #[cfg(tokio_unstable)]
@@ -144,7 +130,7 @@ mod hooks {
         };
         rt.block_on(async {
             // Let both be polled once, so their labels exist.
-            wait_until("both tasks polled", || {
+            common::wait_until("both tasks polled", || {
                 polled(aborted_line) && polled(left_line)
             })
             .await;
@@ -179,7 +165,7 @@ mod hooks {
                 .entry("task <hogwatch>")
                 .map_or(0, |entry| entry.polls)
         };
-        rt.block_on(wait_until("three polls of the probe", || {
+        rt.block_on(common::wait_until("three polls of the probe", || {
             probe_polls() >= 3
         }));
         drop(rt);
@@ -282,7 +268,7 @@ fn lag_probe_stops_when_the_last_detector_drops() {
         // A watched future keeps the statistics alive, not the probe.
         let watched = clone.watch("still-alive", async {});
         drop(clone);
-        wait_until("the probe ended", || metrics.num_alive_tasks() == 0).await;
+        common::wait_until("the probe ended", || metrics.num_alive_tasks() == 0).await;
         watched.await;
     });
 }
@@ -307,7 +293,7 @@ fn lag_probe_starts_on_first_watch_or_explicitly() {
     let rt = current_thread();
     rt.block_on(async {
         detector.watch("first", async {}).await;
-        wait_until("a lag sample", || samples(&detector) > 0).await;
+        common::wait_until("a lag sample", || samples(&detector) > 0).await;
     });
     let lag = detector.report_and_reset().event_loop_lag.unwrap();
     assert!(lag.samples > 0, "{lag:?}");
@@ -324,7 +310,7 @@ fn lag_probe_starts_on_first_watch_or_explicitly() {
         .build()
         .unwrap();
     assert!(other.start_probes(rt.handle()));
-    rt.block_on(wait_until(
+    rt.block_on(common::wait_until(
         "a lag sample of the explicitly started probe",
         || samples(&other) > 0,
     ));
@@ -379,7 +365,7 @@ fn runtime_metrics_fill_the_runtime_section() {
         tokio::spawn(async { std::thread::sleep(Duration::from_millis(30)) })
             .await
             .unwrap();
-        wait_until("a runtime sample", || detector.report().runtime.is_some()).await;
+        common::wait_until("a runtime sample", || detector.report().runtime.is_some()).await;
     });
     let runtime = detector.report().runtime.expect("sampled");
     assert_eq!(runtime.workers, 2);
@@ -409,7 +395,7 @@ fn runtime_sections_pass_promtool() {
             .build()
             .unwrap();
         detector.watch("work", async {}).await;
-        wait_until("a runtime sample and a lag sample", || {
+        common::wait_until("a runtime sample and a lag sample", || {
             let report = detector.report();
             report.runtime.is_some() && report.event_loop_lag.is_some_and(|lag| lag.samples > 0)
         })

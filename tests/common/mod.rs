@@ -1,5 +1,8 @@
 //! Helpers shared by the integration tests.
 
+// Each test binary that includes this module uses only some of the helpers.
+#![allow(dead_code)]
+
 use std::io::Write;
 use std::process::{Command, Stdio};
 
@@ -42,4 +45,18 @@ pub fn assert_promtool_accepts(metrics: &str) {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// Sleeps in small steps (letting the runtime's other tasks run) until `done` holds; panics
+/// naming `what` after 10 s, far longer than any loaded machine needs. Tests wait for what they
+/// check rather than for a fixed time: on a loaded CI machine a task may run late.
+pub async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !done() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not within 10 s: {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
 }
