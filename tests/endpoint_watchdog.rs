@@ -4,6 +4,8 @@
 //! of the runtime frames and no frame of the test could be a culprit.)
 #![cfg(feature = "watchdog")]
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -56,16 +58,6 @@ async fn crunch_entry(address: SocketAddr) -> serde_json::Value {
         .unwrap_or_else(|| panic!("no GET /crunch in {report}"))
 }
 
-#[inline(never)]
-fn crunch_numbers(duration: Duration) -> u64 {
-    let start = std::time::Instant::now();
-    let mut x = 0u64;
-    while start.elapsed() < duration {
-        x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
-    }
-    x
-}
-
 /// Whether the watchdog reported the stall of `GET /crunch` (set by the `on_hog` callback).
 static CRUNCH_STALLED: AtomicBool = AtomicBool::new(false);
 
@@ -79,7 +71,7 @@ fn crunch_until_reported() -> u64 {
     while start.elapsed() < Duration::from_millis(300)
         || (!CRUNCH_STALLED.load(Ordering::SeqCst) && start.elapsed() < Duration::from_secs(30))
     {
-        acc ^= crunch_numbers(Duration::from_millis(20));
+        acc ^= common::crunch_numbers(Duration::from_millis(20));
     }
     acc
 }

@@ -1,25 +1,14 @@
 //! The watchdog's stalls as the HTML page shows them, from a real capture.
 #![cfg(target_os = "linux")]
 
+mod common;
+
 use std::hint::black_box;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hogwatch::{Detector, HogEvent, HogKind};
-
-/// Spins for `duration` doing arithmetic: the function the watchdog must catch.
-#[inline(never)]
-fn crunch_numbers(duration: Duration) -> u64 {
-    let start = Instant::now();
-    let mut acc = 0u64;
-    while start.elapsed() < duration {
-        for i in 0..100_000u64 {
-            acc = black_box(acc.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(i));
-        }
-    }
-    acc
-}
 
 /// Escapes like the page does for text (the label and names here have no control characters).
 fn escape(text: &str) -> String {
@@ -55,7 +44,7 @@ fn the_html_page_shows_the_stall_its_culprit_and_stack() {
         .block_on(detector.watch(label, async move {
             let start = Instant::now();
             while !seen.load(Ordering::SeqCst) && start.elapsed() < Duration::from_secs(30) {
-                black_box(crunch_numbers(Duration::from_millis(20)));
+                black_box(common::crunch_numbers(Duration::from_millis(20)));
             }
         }));
     assert!(

@@ -1,6 +1,8 @@
 //! The stall watchdog: stacks of polls caught while they block, culprits, reports.
 #![cfg(all(feature = "watchdog", target_os = "linux"))]
 
+mod common;
+
 use std::hint::black_box;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -10,19 +12,6 @@ use hogwatch::{Detector, HogEvent, HogKind};
 use tracing::field::{Field, Visit};
 use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::Layer;
-
-/// Spins for `duration` doing arithmetic: the function the watchdog must name.
-#[inline(never)]
-fn crunch_numbers(duration: Duration) -> u64 {
-    let start = Instant::now();
-    let mut acc = 0u64;
-    while start.elapsed() < duration {
-        for i in 0..100_000u64 {
-            acc = black_box(acc.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(i));
-        }
-    }
-    acc
-}
 
 fn current_thread() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -78,7 +67,7 @@ fn spin_until_reported(at_least: Duration, stalls: &Stalls, label: &str) -> u64 
     while start.elapsed() < at_least
         || (stalls.reported(label) == 0 && start.elapsed() < Duration::from_secs(30))
     {
-        acc ^= crunch_numbers(Duration::from_millis(20));
+        acc ^= common::crunch_numbers(Duration::from_millis(20));
     }
     acc
 }
@@ -483,7 +472,7 @@ fn another_signal_works_and_custom_prefixes_move_the_culprit() {
             hogwatch::Builder::DEFAULT_RUNTIME_PREFIXES
                 .iter()
                 .copied()
-                .chain(["watchdog::crunch_"]),
+                .chain(["watchdog::common::crunch_"]),
         )
         .build()
         .unwrap();

@@ -60,3 +60,17 @@ pub async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
 }
+
+/// Spins for `duration` doing arithmetic: the function the watchdog must catch and name as the
+/// culprit (never inlined, so it is a frame of its own in any build).
+#[inline(never)]
+pub fn crunch_numbers(duration: std::time::Duration) -> u64 {
+    let start = std::time::Instant::now();
+    let mut acc = 0u64;
+    while start.elapsed() < duration {
+        for i in 0..100_000u64 {
+            acc = std::hint::black_box(acc.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(i));
+        }
+    }
+    acc
+}
