@@ -180,9 +180,9 @@ fn per_request(c: &mut Criterion) {
             .body(Body::empty())
             .expect("valid request")
     }
-    fn call<S>(service: &mut S)
+    fn call<S, B>(service: &mut S)
     where
-        S: Service<Request<Body>, Response = Response<Body>>,
+        S: Service<Request<Body>, Response = Response<B>>,
         S::Error: std::fmt::Debug,
     {
         let mut cx = Context::from_waker(Waker::noop());

@@ -2,14 +2,15 @@
 
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::event::{HogEvent, HogKind, OnHog};
+use futures_core::Stream;
+
+use crate::event::{HogEvent, OnHog};
+use crate::recorder::{LabelKind, Recorder};
 use crate::report::Report;
 use crate::runtime::RuntimeState;
-use crate::stats::{LabelStats, Registry};
 use crate::watch::Watched;
 
 /// A configuration the [`Builder`] refuses, with what is wrong.
@@ -70,7 +71,9 @@ pub struct Builder {
     max_labels: usize,
     warn_interval: Duration,
     on_hog: Option<OnHog>,
-    server_timing: bool,
+    /// Set by `Builder::server_timing`, in the layer's module.
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
+    pub(crate) server_timing: bool,
     lag_probe: Option<Duration>,
     runtime_metrics: Option<Duration>,
     #[cfg(feature = "watchdog")]
@@ -153,23 +156,6 @@ impl Builder {
         F: Fn(&HogEvent) + Send + Sync + 'static,
     {
         self.on_hog = Some(Arc::new(callback));
-        self
-    }
-
-    /// Adds a `Server-Timing` header to every response of the [layer](Detector::layer) with the
-    /// request's time in polls, its longest poll and its poll count, so `curl -v` and a browser's
-    /// devtools show them per request. Off by default: it tells clients how your server spends
-    /// its time.
-    ///
-    /// ```
-    /// # fn main() -> Result<(), hogwatch::ConfigError> {
-    /// let detector = hogwatch::Detector::builder().server_timing(true).build()?;
-    /// # Ok(()) }
-    /// ```
-    #[cfg(feature = "axum")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
-    pub fn server_timing(mut self, enabled: bool) -> Self {
-        self.server_timing = enabled;
         self
     }
 
@@ -309,8 +295,8 @@ impl Builder {
         if self.threshold.is_zero() {
             return Err(ConfigError::ZeroThreshold);
         }
-        let lowest = Duration::from_micros(crate::stats::LOWEST_US);
-        let highest = Duration::from_micros(crate::stats::HIGHEST_US);
+        let lowest = Duration::from_micros(crate::recorder::LOWEST_US);
+        let highest = Duration::from_micros(crate::recorder::HIGHEST_US);
         if self.threshold < lowest || self.threshold >= highest {
             return Err(ConfigError::ThresholdOutOfRange {
                 threshold: self.threshold,
@@ -346,46 +332,38 @@ impl Builder {
                 }
             }
         };
-        let clock = quanta::Clock::new();
-        let threshold_us = duration_as_u64(self.threshold.as_micros());
-        let shared = Shared {
-            window_start: AtomicU64::new(clock.raw()),
-            clock,
-            threshold_ns: duration_as_u64(self.threshold.as_nanos()),
-            threshold_us,
-            warn_interval_ns: duration_as_u64(self.warn_interval.as_nanos()),
-            registry: Registry::new(self.max_labels, threshold_us),
+        let recorder = Arc::new(Recorder::new(crate::recorder::Config {
+            threshold: self.threshold,
+            max_labels: self.max_labels,
+            warn_interval: self.warn_interval,
             on_hog: self.on_hog,
-            server_timing: self.server_timing,
-            runtime: RuntimeState::new(self.lag_probe, self.runtime_metrics),
             #[cfg(feature = "watchdog")]
             watchdog_id: watchdog.as_ref().map_or(0, |watchdog| watchdog.id),
-            #[cfg(feature = "watchdog")]
-            watchdog: watchdog.clone(),
-        };
-        let shared = Arc::new(shared);
+            #[cfg(not(feature = "watchdog"))]
+            watchdog_id: 0,
+        }));
         #[cfg(feature = "watchdog")]
-        let watchdog = match watchdog {
+        let watchdog_thread = match &watchdog {
             Some(watchdog) => Some(
-                crate::watchdog::WatchdogThread::spawn(shared.clone(), watchdog)
+                crate::watchdog::WatchdogThread::spawn(recorder.clone(), watchdog.clone())
                     .map_err(|error| ConfigError::Watchdog(error.to_string()))?,
             ),
             None => None,
         };
         let detector = Detector {
             handle: Arc::new(Handle {
-                shared,
+                recorder,
+                runtime: Arc::new(RuntimeState::new(self.lag_probe, self.runtime_metrics)),
+                server_timing: self.server_timing,
                 #[cfg(feature = "watchdog")]
-                _watchdog: watchdog,
+                watchdog,
+                #[cfg(feature = "watchdog")]
+                _watchdog_thread: watchdog_thread,
             }),
         };
         detector.start_probes_if_in_runtime();
         Ok(detector)
     }
-}
-
-fn duration_as_u64(value: u128) -> u64 {
-    value.try_into().unwrap_or(u64::MAX)
 }
 
 /// Finds the code that blocks your executor: watches futures, times every poll, and reports.
@@ -419,91 +397,35 @@ pub struct Detector {
 impl fmt::Debug for Detector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Detector")
-            .field("threshold_us", &self.handle.shared.threshold_us)
+            .field("threshold_us", &self.handle.recorder.threshold_us)
             .finish_non_exhaustive()
     }
 }
 
-/// What the user's `Detector` clones share. Background threads (added by later subsystems) stop
-/// when this is dropped, that is when the last `Detector` goes, even if watched futures remain.
+/// What the user's `Detector` clones share. Background threads and tasks stop when this is
+/// dropped, that is when the last `Detector` goes, even if watched futures remain.
 struct Handle {
-    shared: Arc<Shared>,
+    recorder: Arc<Recorder>,
+    /// The lag probe and runtime-metrics sampler: configuration and results.
+    runtime: Arc<RuntimeState>,
+    server_timing: bool,
+    #[cfg(feature = "watchdog")]
+    watchdog: Option<Arc<crate::watchdog::Watchdog>>,
     /// Stopped and joined when the last `Detector` goes.
     #[cfg(feature = "watchdog")]
-    _watchdog: Option<crate::watchdog::WatchdogThread>,
+    _watchdog_thread: Option<crate::watchdog::WatchdogThread>,
 }
 
-/// What every watched future needs: the clock, the configuration and the statistics.
-pub(crate) struct Shared {
-    pub(crate) clock: quanta::Clock,
-    pub(crate) threshold_ns: u64,
-    pub(crate) threshold_us: u64,
-    pub(crate) warn_interval_ns: u64,
-    pub(crate) registry: Registry,
-    pub(crate) on_hog: Option<OnHog>,
-    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
-    pub(crate) server_timing: bool,
-    /// The watchdog's id in the thread slots; 0 without a watchdog (the hot path's one branch).
-    #[cfg(feature = "watchdog")]
-    pub(crate) watchdog_id: u64,
-    #[cfg(feature = "watchdog")]
-    pub(crate) watchdog: Option<Arc<crate::watchdog::Watchdog>>,
-    /// Clock reading at the start of the current report window.
-    window_start: AtomicU64,
-    /// The lag probe and runtime-metrics sampler: configuration and results.
-    pub(crate) runtime: RuntimeState,
-}
-
-impl Shared {
-    /// The slow path of a poll that took longer than the threshold: count it, tell the callback,
-    /// and warn (rate limited per label).
-    #[cold]
-    #[inline(never)]
-    pub(crate) fn on_slow_poll(&self, stats: &LabelStats, poll_ns: u64, now_raw: u64) {
-        stats.record_slow_poll(poll_ns);
-        if let Some(callback) = &self.on_hog {
-            callback(&HogEvent {
-                kind: HogKind::SlowPoll,
-                label: stats.label.clone(),
-                duration: Duration::from_nanos(poll_ns),
-                threshold: Duration::from_nanos(self.threshold_ns),
-                thread: None,
-                stack: Vec::new(),
-                culprit: None,
-            });
-        }
-        let now_ns = self.clock.delta_as_nanos(0, now_raw);
-        if let Some(suppressed) = stats
-            .warn_limiter
-            .try_acquire(now_ns, self.warn_interval_ns)
-        {
-            tracing::warn!(
-                target: "hogwatch",
-                label = %stats.label,
-                poll_us = poll_ns / 1_000,
-                threshold_us = self.threshold_us,
-                suppressed,
-                "a poll blocked the executor for {:.1} ms",
-                poll_ns as f64 / 1e6,
-            );
-        }
-    }
-
+impl Handle {
     fn report(&self, reset: bool) -> Report {
-        let now = self.clock.raw();
-        let start = if reset {
-            self.window_start.swap(now, Ordering::Relaxed)
-        } else {
-            self.window_start.load(Ordering::Relaxed)
-        };
+        let snapshot = self.recorder.snapshot(reset);
         #[allow(unused_mut)]
-        let (mut entries, folded) = self.registry.snapshot(reset);
-        #[cfg(feature = "watchdog")]
-        if let Some(watchdog) = &self.watchdog {
-            watchdog.fill(&mut entries, reset);
-        }
-        let window_us = self.clock.delta_as_nanos(start, now) / 1_000;
-        let mut report = Report::new(self.threshold_us, window_us, entries, folded);
+        let mut report = Report::new(self.recorder.threshold_us, snapshot, |_entries| {
+            #[cfg(feature = "watchdog")]
+            if let Some(watchdog) = &self.watchdog {
+                watchdog.fill(_entries, reset);
+            }
+        });
         report.event_loop_lag = self.runtime.event_loop_lag(reset);
         report.runtime = self.runtime.figures();
         #[cfg(feature = "watchdog")]
@@ -541,20 +463,65 @@ impl Detector {
     /// # Ok(()) }
     /// ```
     pub fn watch<F: Future>(&self, label: &str, future: F) -> Watched<F> {
+        self.watched(label, future)
+    }
+
+    /// Wraps `stream` so that each poll of it (`poll_next`) is timed and recorded under `label`,
+    /// like a [watched future](Self::watch): a stream that produces its items with CPU work on
+    /// the executor shows up as slow polls. It ends (counted as completed) when it yields
+    /// `None`; dropping it earlier counts as cancelled.
+    ///
+    /// ```
+    /// use futures_core::Stream;
+    /// use std::pin::pin;
+    /// use std::task::{Context, Poll, Waker};
+    /// use std::time::Duration;
+    ///
+    /// # fn main() -> Result<(), hogwatch::ConfigError> {
+    /// let detector = hogwatch::Detector::builder()
+    ///     .threshold(Duration::from_millis(5))
+    ///     .build()?;
+    /// let items = tokio_stream_like(3);
+    /// let mut watched = pin!(detector.watch_stream("rows", items));
+    /// let mut cx = Context::from_waker(Waker::noop());
+    /// while let Poll::Ready(Some(_)) = watched.as_mut().poll_next(&mut cx) {}
+    /// let entry = detector.report().entry("rows").cloned().unwrap();
+    /// assert_eq!((entry.polls, entry.slow_polls, entry.completed), (4, 3, 1));
+    /// # Ok(()) }
+    /// # // A stream of `n` items, each produced by 10 ms of blocking work.
+    /// # fn tokio_stream_like(n: u32) -> impl Stream<Item = u32> {
+    /// #     struct Rows(u32);
+    /// #     impl Stream for Rows {
+    /// #         type Item = u32;
+    /// #         fn poll_next(mut self: std::pin::Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<u32>> {
+    /// #             if self.0 == 0 { return Poll::Ready(None); }
+    /// #             std::thread::sleep(Duration::from_millis(10));
+    /// #             self.0 -= 1;
+    /// #             Poll::Ready(Some(self.0))
+    /// #         }
+    /// #     }
+    /// #     Rows(n)
+    /// # }
+    /// ```
+    pub fn watch_stream<S: Stream>(&self, label: &str, stream: S) -> Watched<S> {
+        self.watched(label, stream)
+    }
+
+    fn watched<T>(&self, label: &str, inner: T) -> Watched<T> {
         self.start_probes_if_in_runtime();
-        let stats = self.handle.shared.registry.get(label);
-        Watched::new(future, self.handle.shared.clone(), stats)
+        let label = self.handle.recorder.registry.get(label, LabelKind::Watch);
+        Watched::new(inner, self.handle.recorder.clone(), label)
     }
 
     /// A snapshot of every label's statistics since the start of the window, worst first.
     pub fn report(&self) -> Report {
-        self.handle.shared.report(false)
+        self.handle.report(false)
     }
 
     /// Like [`report`](Self::report), and starts a new window: counters are taken and zeroed
     /// atomically, so nothing recorded meanwhile is lost or counted twice.
     pub fn report_and_reset(&self) -> Report {
-        self.handle.shared.report(true)
+        self.handle.report(true)
     }
 
     /// The stall watchdog's counters since the detector was built or last reset (`None` without
@@ -569,53 +536,13 @@ impl Detector {
     #[cfg(feature = "watchdog")]
     #[cfg_attr(docsrs, doc(cfg(feature = "watchdog")))]
     pub fn watchdog_stats(&self) -> Option<crate::WatchdogStats> {
-        let watchdog = self.handle.shared.watchdog.as_ref()?;
+        let watchdog = self.handle.watchdog.as_ref()?;
         Some(watchdog.stats(false))
     }
 
     /// The hog threshold this detector was built with.
     pub fn threshold(&self) -> Duration {
-        Duration::from_nanos(self.handle.shared.threshold_ns)
-    }
-
-    /// A tower layer that watches every request of an axum router, labelled by method and route
-    /// template (`GET /instruments/{id}`); requests that match no route are `<unmatched>`.
-    ///
-    /// ```
-    /// use axum::{routing::get, Router};
-    ///
-    /// # fn main() -> Result<(), hogwatch::ConfigError> {
-    /// let detector = hogwatch::Detector::builder().build()?;
-    /// let app: Router = Router::new()
-    ///     .route("/instruments/{id}", get(|| async { "details" }))
-    ///     .layer(detector.layer());
-    /// # Ok(()) }
-    /// ```
-    #[cfg(feature = "axum")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
-    pub fn layer(&self) -> crate::layer::HogLayer {
-        self.start_probes_if_in_runtime();
-        crate::layer::HogLayer::new(self.clone())
-    }
-
-    /// The debug endpoint: `GET /debug/hogs` (JSON, `?format=text`), `GET /debug/hogs/metrics`
-    /// (Prometheus). See [the endpoint's docs](crate::endpoint) before exposing it.
-    ///
-    /// ```
-    /// use axum::Router;
-    ///
-    /// # fn main() -> Result<(), hogwatch::ConfigError> {
-    /// let detector = hogwatch::Detector::builder().build()?;
-    /// let app: Router = Router::new().merge(detector.router());
-    /// # Ok(()) }
-    /// ```
-    #[cfg(feature = "axum")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
-    pub fn router<S>(&self) -> axum::Router<S>
-    where
-        S: Clone + Send + Sync + 'static,
-    {
-        crate::endpoint::router(self.clone())
+        Duration::from_nanos(self.handle.recorder.threshold_ns)
     }
 
     /// Starts the [lag probe](Builder::lag_probe) and the
@@ -641,57 +568,26 @@ impl Detector {
     /// # Ok(()) }
     /// ```
     pub fn start_probes(&self, runtime: &tokio::runtime::Handle) -> bool {
-        crate::runtime::start(&self.handle.shared, Arc::downgrade(&self.handle), runtime)
+        crate::runtime::start(&self.handle.runtime, Arc::downgrade(&self.handle), runtime)
     }
 
     /// The per-future check: one relaxed load once the probes run (or when none is configured).
     #[inline]
-    fn start_probes_if_in_runtime(&self) {
-        if self.handle.shared.runtime.waiting_to_start() {
-            crate::runtime::start_if_in_runtime(&self.handle.shared, Arc::downgrade(&self.handle));
+    pub(crate) fn start_probes_if_in_runtime(&self) {
+        if self.handle.runtime.waiting_to_start() {
+            crate::runtime::start_if_in_runtime(&self.handle.runtime, Arc::downgrade(&self.handle));
         }
     }
 
-    /// Installs tokio's task-poll hooks on `builder`, so every poll of every task on the runtime
-    /// it builds is timed and recorded, labelled by where the task was spawned
-    /// (`task src/worker.rs:42`; see [the labels guide](crate::docs::labels)). Slow polls warn and
-    /// call [`on_hog`](Builder::on_hog) like a watched future's. Needs `--cfg tokio_unstable`;
-    /// without it the method does not exist.
-    ///
-    /// tokio keeps one callback of each kind: this replaces any `on_before_task_poll`,
-    /// `on_after_task_poll` and `on_task_terminate` set on `builder` before, and one set after
-    /// replaces hogwatch's.
-    ///
-    /// ```
-    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let detector = hogwatch::Detector::builder().build()?;
-    /// let mut builder = tokio::runtime::Builder::new_multi_thread();
-    /// let rt = detector.instrument_runtime(builder.enable_all()).build()?;
-    /// rt.block_on(async {
-    ///     tokio::spawn(async { std::thread::sleep(std::time::Duration::from_millis(20)) })
-    ///         .await
-    ///         .unwrap();
-    /// });
-    /// // A task's last poll is recorded just after its `JoinHandle` wakes: shut the runtime down
-    /// // (which waits for its workers) before reading the report in a test.
-    /// drop(rt);
-    /// let report = detector.report();
-    /// let task = report.hogs().next().expect("the spawned task hogged");
-    /// assert!(task.label.starts_with("task "), "{}", task.label);
-    /// assert_eq!(task.kind, hogwatch::LabelKind::Task);
-    /// # Ok(()) }
-    /// ```
-    #[cfg(tokio_unstable)]
-    #[cfg_attr(docsrs, doc(cfg(tokio_unstable)))]
-    pub fn instrument_runtime<'a>(
-        &self,
-        builder: &'a mut tokio::runtime::Builder,
-    ) -> &'a mut tokio::runtime::Builder {
-        crate::runtime::hooks::install(self.handle.shared.clone(), builder)
+    /// The recorder every watched poll writes into, for the features that extend the handle.
+    #[cfg_attr(not(any(feature = "axum", tokio_unstable)), allow(dead_code))]
+    pub(crate) fn recorder(&self) -> &Arc<Recorder> {
+        &self.handle.recorder
     }
 
+    /// Whether the layer adds a `Server-Timing` header.
     #[cfg_attr(not(feature = "axum"), allow(dead_code))]
-    pub(crate) fn shared(&self) -> &Arc<Shared> {
-        &self.handle.shared
+    pub(crate) fn server_timing(&self) -> bool {
+        self.handle.server_timing
     }
 }

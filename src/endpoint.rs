@@ -65,6 +65,28 @@ use axum::Router;
 use crate::detector::Detector;
 use crate::render;
 
+impl Detector {
+    /// The debug endpoint: `GET /debug/hogs` (JSON, `?format=text`), `GET /debug/hogs/metrics`
+    /// (Prometheus). See [the endpoint's docs](crate::endpoint) before exposing it.
+    ///
+    /// ```
+    /// use axum::Router;
+    ///
+    /// # fn main() -> Result<(), hogwatch::ConfigError> {
+    /// let detector = hogwatch::Detector::builder().build()?;
+    /// let app: Router = Router::new().merge(detector.router());
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "axum")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+    pub fn router<S>(&self) -> axum::Router<S>
+    where
+        S: Clone + Send + Sync + 'static,
+    {
+        router(self.clone())
+    }
+}
+
 /// The formats `GET /debug/hogs` can answer in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Format {

@@ -63,6 +63,24 @@ pub struct HogEvent {
 /// A callback that receives every hog event (not rate limited).
 pub(crate) type OnHog = Arc<dyn Fn(&HogEvent) + Send + Sync>;
 
+/// Calls the user's `on_hog` callback so that it cannot harm the code being watched: never while
+/// the thread is already unwinding (a second panic would abort), and a panic in it is caught
+/// (and logged once per process) instead of reaching the watched future or the watchdog.
+pub(crate) fn call_on_hog(callback: &OnHog, event: &HogEvent) {
+    static LOGGED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if std::thread::panicking() {
+        return;
+    }
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| callback(event)));
+    if outcome.is_err() && !LOGGED.swap(true, Ordering::Relaxed) {
+        tracing::error!(
+            target: "hogwatch",
+            label = %event.label,
+            "the on_hog callback panicked; hogwatch caught it (logged once)"
+        );
+    }
+}
+
 /// Lets one warning per interval through, and counts the ones it held back.
 #[derive(Default)]
 pub(crate) struct RateLimiter {

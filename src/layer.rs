@@ -1,8 +1,10 @@
 //! The tower middleware that watches every request of an axum router, labelled by route.
 //!
 //! `HogLayer` wraps each route's service; `HogService` looks the route's label up once per
-//! request and wraps the response future in a [`Watched`] future; `HogFuture` counts the response
-//! by status class and, when asked, adds a `Server-Timing` header.
+//! request; `HogFuture` times each poll of the response future through the recorder's poll path,
+//! counts the response by status class and, when asked, adds a `Server-Timing` header; `HogBody`
+//! times each poll of the response body (`poll_frame`: a streamed or lazily produced body does
+//! its work there) under the same route, after the future is done.
 
 use std::fmt::Write as _;
 use std::future::Future;
@@ -12,16 +14,57 @@ use std::task::{Context, Poll};
 
 use axum::extract::MatchedPath;
 use http::{HeaderValue, Method, Request, Response};
+use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
-use crate::detector::Detector;
-use crate::report::LabelKind;
-use crate::stats::LabelStats;
-use crate::watch::Watched;
+use crate::detector::{Builder, Detector};
+use crate::recorder::{Label, LabelKind, Outcome, Own, Recorder};
+use crate::watch::FutureTiming;
 
 /// The label of requests that matched no route (the router's fallback).
 pub const UNMATCHED_LABEL: &str = "<unmatched>";
+
+impl Detector {
+    /// A tower layer that watches every request of an axum router, labelled by method and route
+    /// template (`GET /instruments/{id}`); requests that match no route are `<unmatched>`.
+    ///
+    /// ```
+    /// use axum::{routing::get, Router};
+    ///
+    /// # fn main() -> Result<(), hogwatch::ConfigError> {
+    /// let detector = hogwatch::Detector::builder().build()?;
+    /// let app: Router = Router::new()
+    ///     .route("/instruments/{id}", get(|| async { "details" }))
+    ///     .layer(detector.layer());
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "axum")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+    pub fn layer(&self) -> HogLayer {
+        self.start_probes_if_in_runtime();
+        HogLayer::new(self.clone())
+    }
+}
+
+impl Builder {
+    /// Adds a `Server-Timing` header to every response of the [layer](Detector::layer) with the
+    /// request's time in polls, its longest poll and its poll count, so `curl -v` and a browser's
+    /// devtools show them per request. Off by default: it tells clients how your server spends
+    /// its time.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), hogwatch::ConfigError> {
+    /// let detector = hogwatch::Detector::builder().server_timing(true).build()?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "axum")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+    pub fn server_timing(mut self, enabled: bool) -> Self {
+        self.server_timing = enabled;
+        self
+    }
+}
 
 /// A tower [`Layer`] that times every poll of every request, per route.
 ///
@@ -77,13 +120,13 @@ struct RouteLabel {
     method: Method,
     /// Address of the `MatchedPath` text (only compared): axum hands out one `Arc<str>` per route.
     path: usize,
-    stats: Arc<LabelStats>,
+    stats: Arc<Label>,
 }
 
 impl std::fmt::Debug for RouteLabel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RouteLabel")
-            .field("label", &self.stats.label)
+            .field("label", &self.stats.name)
             .finish()
     }
 }
@@ -92,7 +135,7 @@ impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for HogService<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
 {
-    type Response = Response<ResBody>;
+    type Response = Response<HogBody<ResBody>>;
     type Error = S::Error;
     type Future = HogFuture<S::Future>;
 
@@ -101,26 +144,29 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let stats = self.route_stats(&request);
-        stats.record_request();
-        let shared = self.detector.shared().clone();
-        let server_timing = shared.server_timing;
+        let label = self.route_stats(&request);
+        label.writer().request();
         HogFuture {
-            inner: Watched::new(self.inner.call(request), shared, stats),
-            server_timing,
+            inner: self.inner.call(request),
+            watch: Some(Watch {
+                recorder: self.detector.recorder().clone(),
+                label,
+            }),
+            own: Own::default(),
+            server_timing: self.detector.server_timing(),
         }
     }
 }
 
 impl<S> HogService<S> {
     /// The statistics of the request's route, from the remembered route when it is the same.
-    fn route_stats<B>(&self, request: &Request<B>) -> Arc<LabelStats> {
+    fn route_stats<B>(&self, request: &Request<B>) -> Arc<Label> {
         let Some(path) = request.extensions().get::<MatchedPath>() else {
             return self
                 .detector
-                .shared()
+                .recorder()
                 .registry
-                .get_kind(UNMATCHED_LABEL, LabelKind::Route);
+                .get(UNMATCHED_LABEL, LabelKind::Route);
         };
         let path_address = path.as_str().as_ptr() as usize;
         if let Some(route) = self.route.get() {
@@ -139,15 +185,15 @@ impl<S> HogService<S> {
 }
 
 /// Looks up the statistics of `METHOD /route/{template}` in the registry.
-fn lookup(detector: &Detector, method: &Method, path: &MatchedPath) -> Arc<LabelStats> {
-    let registry = &detector.shared().registry;
+fn lookup(detector: &Detector, method: &Method, path: &MatchedPath) -> Arc<Label> {
+    let registry = &detector.recorder().registry;
     // Build "METHOD path" on the stack for the usual short route, so a request does not allocate
     // just to find its label.
     let mut buffer = LabelBuffer::default();
     if write!(buffer, "{method} {}", path.as_str()).is_ok() {
-        registry.get_kind(buffer.as_str(), LabelKind::Route)
+        registry.get(buffer.as_str(), LabelKind::Route)
     } else {
-        registry.get_kind(&format!("{method} {}", path.as_str()), LabelKind::Route)
+        registry.get(&format!("{method} {}", path.as_str()), LabelKind::Route)
     }
 }
 
@@ -183,12 +229,30 @@ impl std::fmt::Write for LabelBuffer {
     }
 }
 
+/// The recorder and the route's label, handed from the response future to its body.
+struct Watch {
+    recorder: Arc<Recorder>,
+    label: Arc<Label>,
+}
+
 pin_project! {
     /// The response future of [`HogService`].
     pub struct HogFuture<F> {
         #[pin]
-        inner: Watched<F>,
+        inner: F,
+        // `None` once the response is out (moved into its body).
+        watch: Option<Watch>,
+        own: Own,
         server_timing: bool,
+    }
+
+    impl<F> PinnedDrop for HogFuture<F> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(watch) = this.watch {
+                this.own.end(&watch.recorder, &watch.label, Outcome::Cancelled);
+            }
+        }
     }
 }
 
@@ -196,28 +260,91 @@ impl<F, ResBody, E> Future for HogFuture<F>
 where
     F: Future<Output = Result<Response<ResBody>, E>>,
 {
-    type Output = Result<Response<ResBody>, E>;
+    type Output = Result<Response<HogBody<ResBody>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
-        let mut result = std::task::ready!(this.inner.as_mut().poll(cx));
-        if let Ok(response) = &mut result {
-            this.inner
-                .stats()
-                .record_response(response.status().as_u16());
-            if *this.server_timing {
-                if let Ok(value) = server_timing(&this.inner) {
-                    response.headers_mut().append("server-timing", value);
+        let this = self.project();
+        // Polled after it returned `Ready`: a contract violation by the caller; poll the inner
+        // future unwatched and let it answer (most panic).
+        let Some(watch) = this.watch.as_ref() else {
+            let result = std::task::ready!(this.inner.poll(cx));
+            return Poll::Ready(result.map(|response| response.map(HogBody::unwatched)));
+        };
+        let inner = this.inner;
+        let own = &mut *this.own;
+        let result = std::task::ready!(watch.recorder.poll(&watch.label, own, || inner.poll(cx)));
+        own.end(&watch.recorder, &watch.label, Outcome::Completed);
+        // Ready: hand the recorder and the label on to the body, which is polled next.
+        let watch = this.watch.take();
+        Poll::Ready(result.map(|mut response| {
+            if let Some(watch) = &watch {
+                watch.label.writer().response(response.status().as_u16());
+                if *this.server_timing {
+                    if let Ok(value) = server_timing(FutureTiming::of(own)) {
+                        response.headers_mut().append("server-timing", value);
+                    }
                 }
             }
+            response.map(|body| HogBody {
+                inner: body,
+                watch,
+                own: Own::NOT_ENDING,
+            })
+        }))
+    }
+}
+
+pin_project! {
+    /// The response body of [`HogService`]: each `poll_frame` is timed and recorded under the
+    /// route, like a poll of the response future (polls and busy time; the request itself was
+    /// counted when the future ended).
+    pub struct HogBody<B> {
+        #[pin]
+        inner: B,
+        watch: Option<Watch>,
+        own: Own,
+    }
+}
+
+impl<B> HogBody<B> {
+    fn unwatched(inner: B) -> Self {
+        Self {
+            inner,
+            watch: None,
+            own: Own::NOT_ENDING,
         }
-        Poll::Ready(result)
+    }
+}
+
+impl<B: Body> Body for HogBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let inner = this.inner;
+        match this.watch {
+            Some(watch) => watch
+                .recorder
+                .poll(&watch.label, this.own, || inner.poll_frame(cx)),
+            None => inner.poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 
 /// `hog-busy;dur=1.234, hog-longest-poll;dur=0.812, hog-polls;desc="3"` (durations in ms).
-fn server_timing<F>(watched: &Watched<F>) -> Result<HeaderValue, http::header::InvalidHeaderValue> {
-    let timing = watched.timing();
+fn server_timing(timing: FutureTiming) -> Result<HeaderValue, http::header::InvalidHeaderValue> {
     let value = format!(
         "hog-busy;dur={:.3};desc=\"time in polls\", hog-longest-poll;dur={:.3}, hog-polls;desc=\"{}\"",
         timing.busy.as_secs_f64() * 1e3,

@@ -3,7 +3,7 @@
 //! An async server serves thousands of requests on a few worker threads. One handler that spends
 //! 30 ms parsing and re-serialising a cached JSON blob, hashing a password or calling
 //! `std::thread::sleep` stalls every other request on its worker. hogwatch times every poll of the
-//! futures it watches, keeps per-label HdrHistograms of poll durations, warns (through `tracing`)
+//! futures it watches, keeps per-label histograms of poll durations, warns (through `tracing`)
 //! when a poll runs over a threshold, and reports it all, worst first.
 //!
 //! ```
@@ -32,8 +32,9 @@
 //! and with `--cfg tokio_unstable`, `Detector::instrument_runtime` times every poll of every task,
 //! labelled by spawn location. [`docs::labels`] explains what each label means.
 //!
-//! Data flows one way: a poll is recorded into its label's atomic counters (`stats`), a
-//! [`Report`] is a snapshot of them, and renderers turn a report into text, JSON and the rest.
+//! Data flows one way: a poll is recorded into its label's per-thread counters (the recorder), a
+//! [`Report`] is built from a snapshot of them, and renderers turn a report into text, JSON,
+//! HTML and Prometheus text.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(missing_docs, unreachable_pub, unsafe_code)]
 #![warn(rust_2018_idioms)]
@@ -44,23 +45,22 @@ pub mod docs;
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub mod endpoint;
 mod event;
+#[cfg(tokio_unstable)]
+mod hooks;
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub mod layer;
+mod recorder;
 mod render;
 mod report;
 mod runtime;
-mod stats;
 mod watch;
 #[cfg(feature = "watchdog")]
-mod watchdog;
-#[cfg(not(feature = "watchdog"))]
-#[path = "watchdog/off.rs"]
 mod watchdog;
 
 pub use detector::{Builder, ConfigError, Detector};
 pub use event::{HogEvent, HogKind};
-pub use report::{CulpritCount, Entry, LabelKind, Report, Responses, StackCount, WatchdogStats};
+pub use recorder::{Bucket, LabelKind, PollHistogram, CUT_MARKER, MAX_LABEL_BYTES, OTHER_LABEL};
+pub use report::{CulpritCount, Entry, Report, Responses, StackCount, WatchdogStats};
 pub use runtime::{EventLoopLag, RuntimeFigures};
-pub use stats::OTHER_LABEL;
 pub use watch::{FutureTiming, Watched};

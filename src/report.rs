@@ -6,8 +6,10 @@
 
 use std::cmp::Reverse;
 
-use hdrhistogram::Histogram;
 use serde::Serialize;
+
+pub(crate) use crate::recorder::LabelKind;
+use crate::recorder::{LabelSnapshot, PollHistogram, Snapshot};
 
 /// A snapshot of everything a [`Detector`](crate::Detector) recorded in one window.
 ///
@@ -44,22 +46,6 @@ pub struct Report {
     pub runtime: Option<crate::runtime::RuntimeFigures>,
     /// The stall watchdog's counters, if the detector has a watchdog.
     pub watchdog: Option<WatchdogStats>,
-}
-
-/// What made a label: see [the labels guide](crate::docs::labels).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-#[non_exhaustive]
-pub enum LabelKind {
-    /// A future passed to [`Detector::watch`](crate::Detector::watch).
-    Watch,
-    /// A request through the HTTP layer, labelled `METHOD /route/{template}`.
-    Route,
-    /// Every poll of a tokio task, labelled `task FILE:LINE` by its spawn location (needs
-    /// `--cfg tokio_unstable` and `Detector::instrument_runtime`).
-    Task,
-    /// `<other>`: labels beyond `max_labels`, of any kind.
-    Other,
 }
 
 /// What the stall watchdog did in a report's window.
@@ -150,9 +136,9 @@ pub struct Entry {
     pub top_stacks: Vec<StackCount>,
     /// The most frequent culprits of those stalls, most frequent first (bounded per label).
     pub top_culprits: Vec<CulpritCount>,
-    /// The poll-duration histogram in microseconds, for renderers that draw or bucket it.
+    /// The poll-duration histogram, for renderers that draw or bucket it.
     #[serde(skip)]
-    pub histogram: Histogram<u64>,
+    pub histogram: PollHistogram,
 }
 
 /// Responses by HTTP status class.
@@ -186,55 +172,35 @@ impl Responses {
     }
 }
 
-/// The raw counters a label hands over at snapshot time.
-pub(crate) struct Counters {
-    pub(crate) busy_ns: u64,
-    pub(crate) slow_polls: u64,
-    pub(crate) slow_busy_ns: u64,
-    pub(crate) wall_ns: u64,
-    pub(crate) completed: u64,
-    pub(crate) cancelled: u64,
-    pub(crate) panicked: u64,
-    pub(crate) requests: u64,
-    pub(crate) responses: Responses,
-}
-
 impl Entry {
-    pub(crate) fn new(
-        label: String,
-        kind: LabelKind,
-        histogram: Histogram<u64>,
-        counters: Counters,
-    ) -> Self {
-        let quantile = |q: f64| {
-            if histogram.is_empty() {
-                0
-            } else {
-                histogram.value_at_quantile(q)
-            }
-        };
+    /// A label's window, with the quantiles worked out.
+    pub(crate) fn from_snapshot(snapshot: LabelSnapshot) -> Self {
+        let histogram = snapshot.histogram;
+        let [informational, success, redirection, client_error, server_error] = snapshot.responses;
         Self {
-            label,
-            kind,
+            label: snapshot.name.to_string(),
+            kind: snapshot.kind,
             polls: histogram.len(),
-            slow_polls: counters.slow_polls,
-            busy_us: counters.busy_ns / 1_000,
-            slow_busy_us: counters.slow_busy_ns / 1_000,
-            wall_us: counters.wall_ns / 1_000,
-            max_poll_us: if histogram.is_empty() {
-                0
-            } else {
-                histogram.max()
+            slow_polls: snapshot.slow_polls,
+            busy_us: snapshot.busy_ns / 1_000,
+            slow_busy_us: snapshot.slow_busy_ns / 1_000,
+            wall_us: snapshot.wall_ns / 1_000,
+            max_poll_us: histogram.max(),
+            p50_poll_us: histogram.value_at_quantile(0.5),
+            p90_poll_us: histogram.value_at_quantile(0.9),
+            p99_poll_us: histogram.value_at_quantile(0.99),
+            p999_poll_us: histogram.value_at_quantile(0.999),
+            completed: snapshot.completed,
+            cancelled: snapshot.cancelled,
+            panicked: snapshot.panicked,
+            requests: snapshot.requests,
+            responses: Responses {
+                informational,
+                success,
+                redirection,
+                client_error,
+                server_error,
             },
-            p50_poll_us: quantile(0.5),
-            p90_poll_us: quantile(0.9),
-            p99_poll_us: quantile(0.99),
-            p999_poll_us: quantile(0.999),
-            completed: counters.completed,
-            cancelled: counters.cancelled,
-            panicked: counters.panicked,
-            requests: counters.requests,
-            responses: counters.responses,
             stalls: 0,
             top_stacks: Vec::new(),
             top_culprits: Vec::new(),
@@ -254,12 +220,20 @@ impl Entry {
 }
 
 impl Report {
+    /// The report of a recorder's snapshot; `fill` adds what other subsystems know of each entry
+    /// (the watchdog's stalls) before entries that stayed empty are dropped and the rest sorted.
     pub(crate) fn new(
         threshold_us: u64,
-        window_us: u64,
-        mut entries: Vec<Entry>,
-        folded_labels: u64,
+        snapshot: Snapshot,
+        fill: impl FnOnce(&mut Vec<Entry>),
     ) -> Self {
+        let Snapshot {
+            labels,
+            folded: folded_labels,
+            window_us,
+        } = snapshot;
+        let mut entries: Vec<Entry> = labels.into_iter().map(Entry::from_snapshot).collect();
+        fill(&mut entries);
         entries.retain(|entry| !entry.is_empty());
         // Worst first: time held hostage in slow polls, then the longest poll, then busy time.
         entries.sort_by_key(|entry| {
@@ -291,21 +265,6 @@ impl Report {
         self.entries.iter().filter(|entry| entry.slow_polls > 0)
     }
 
-    /// The report as an aligned text table, worst first.
-    ///
-    /// ```
-    /// # fn main() -> Result<(), hogwatch::ConfigError> {
-    /// let detector = hogwatch::Detector::builder().build()?;
-    /// let text = detector.report().to_text();
-    /// assert!(text.contains("label"));
-    /// # Ok(()) }
-    /// ```
-    pub fn to_text(&self) -> String {
-        let mut out = String::new();
-        crate::render::text::render(self, &mut out);
-        out
-    }
-
     /// The report as one self-contained HTML page (styles, SVG histograms and the refresh script
     /// inline; it loads nothing from elsewhere), worst first. Labels are HTML-escaped.
     ///
@@ -321,23 +280,5 @@ impl Report {
         let mut out = String::new();
         crate::render::html::render(self, &mut out);
         out
-    }
-
-    /// A flame graph (SVG) of the stacks the watchdog captured during stalls, one tower per
-    /// label; a placeholder image if there were none.
-    ///
-    /// ```
-    /// # fn main() -> Result<(), hogwatch::ConfigError> {
-    /// let detector = hogwatch::Detector::builder()
-    ///     .watchdog(std::time::Duration::from_millis(50))
-    ///     .build()?;
-    /// let svg = detector.report().flamegraph_svg();
-    /// assert!(svg.contains("<svg"));
-    /// # Ok(()) }
-    /// ```
-    #[cfg(feature = "watchdog")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "watchdog")))]
-    pub fn flamegraph_svg(&self) -> String {
-        crate::render::flamegraph::render(self)
     }
 }

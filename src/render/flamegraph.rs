@@ -55,6 +55,26 @@ pub(crate) fn render(report: &Report) -> String {
     svg
 }
 
+impl Report {
+    /// A flame graph (SVG) of the stacks the watchdog captured during stalls, one tower per
+    /// label; a placeholder image if there were none.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), hogwatch::ConfigError> {
+    /// let detector = hogwatch::Detector::builder()
+    ///     .watchdog(std::time::Duration::from_millis(50))
+    ///     .build()?;
+    /// let svg = detector.report().flamegraph_svg();
+    /// assert!(svg.contains("<svg"));
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "watchdog")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "watchdog")))]
+    pub fn flamegraph_svg(&self) -> String {
+        render(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

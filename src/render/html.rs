@@ -15,8 +15,7 @@
 
 use std::fmt::Write;
 
-use hdrhistogram::Histogram;
-
+use crate::recorder::PollHistogram;
 use crate::report::{Entry, Report};
 use crate::OTHER_LABEL;
 
@@ -533,14 +532,13 @@ fn bucket_range(bucket: usize) -> (u64, u64) {
 }
 
 /// The non-empty log2 buckets of `histogram`, shortest first; their counts sum to its `len()`.
-pub(crate) fn bars(histogram: &Histogram<u64>) -> Vec<Bar> {
+pub(crate) fn bars(histogram: &PollHistogram) -> Vec<Bar> {
     let mut counts = [0u64; BUCKETS];
-    for value in histogram.iter_recorded() {
-        // HdrHistogram's sub-buckets never straddle a power of two, so every value that shares
-        // a sub-bucket lands in the same bar.
-        let us = histogram.lowest_equivalent(value.value_iterated_to());
-        let count = &mut counts[bucket_of(us)];
-        *count = count.saturating_add(value.count_at_value());
+    for bucket in histogram.buckets() {
+        // The histogram's buckets never straddle a power of two, so every poll of a bucket
+        // lands in the same bar.
+        let count = &mut counts[bucket_of(bucket.low_us)];
+        *count = count.saturating_add(bucket.count);
     }
     counts
         .iter()
@@ -560,7 +558,7 @@ fn threshold_x(threshold_us: u64) -> f64 {
 }
 
 /// The inline SVG histogram: bars on log-scaled durations (and counts), the threshold as a line.
-fn render_histogram(label: &str, histogram: &Histogram<u64>, threshold_us: u64, out: &mut String) {
+fn render_histogram(label: &str, histogram: &PollHistogram, threshold_us: u64, out: &mut String) {
     let _ = write!(
         out,
         "<svg class=\"hist\" width=\"{CHART_WIDTH}\" height=\"{CHART_HEIGHT}\" \
@@ -819,12 +817,8 @@ mod tests {
     use super::*;
     use crate::Detector;
 
-    fn histogram(values: &[u64]) -> Histogram<u64> {
-        let mut histogram = Histogram::new_with_bounds(1, 60_000_000, 3).unwrap();
-        for &value in values {
-            histogram.record(value).unwrap();
-        }
-        histogram
+    fn histogram(values: &[u64]) -> PollHistogram {
+        PollHistogram::from_values(values.iter().copied())
     }
 
     /// A report with one label per `(label, poll duration)`, with a 100 ms threshold: a
@@ -1285,7 +1279,7 @@ mod tests {
             let (low, high) = bucket_range(bar.bucket);
             let inside = values
                 .iter()
-                .filter(|&&v| bucket_of(histogram.lowest_equivalent(v)) == bar.bucket)
+                .filter(|&&v| bucket_of(v) == bar.bucket)
                 .count() as u64;
             assert_eq!(inside, bar.count, "{low}..{high}");
         }

@@ -288,15 +288,7 @@ fn counter(
 
 /// Polls of at most `le_us` microseconds (cumulative, as Prometheus buckets are).
 fn count_up_to(entry: &Entry, le_us: u64) -> u64 {
-    let histogram = &entry.histogram;
-    if histogram.is_empty() {
-        return 0;
-    }
-    histogram
-        .iter_recorded()
-        .take_while(|value| value.value_iterated_to() <= le_us)
-        .map(|value| value.count_since_last_iteration())
-        .sum()
+    entry.histogram.count_up_to(le_us)
 }
 
 /// Microseconds as a decimal number of seconds, without float noise (`0.00025`, `1`, `2.5`).

@@ -22,6 +22,23 @@ const COLUMNS: [&str; 15] = [
     "non_2xx",
 ];
 
+impl Report {
+    /// The report as an aligned text table, worst first.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), hogwatch::ConfigError> {
+    /// let detector = hogwatch::Detector::builder().build()?;
+    /// let text = detector.report().to_text();
+    /// assert!(text.contains("label"));
+    /// # Ok(()) }
+    /// ```
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        render(self, &mut out);
+        out
+    }
+}
+
 /// Writes `report` as a table into `out`: a header line, then one row per entry.
 pub(crate) fn render(report: &Report, out: &mut String) {
     let rows: Vec<[String; 15]> = report

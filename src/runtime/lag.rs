@@ -7,9 +7,14 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use super::{micros, EventLoopLag};
-use crate::detector::Shared;
-use crate::stats::empty_histogram;
+use super::{micros, EventLoopLag, RuntimeState};
+
+/// One sample per wake-up, a few hundred a second: a full HdrHistogram (1 µs .. 60 s, 3
+/// significant figures) per detector is affordable here, unlike per label.
+fn empty_histogram() -> Histogram<u64> {
+    // Constant, valid bounds (1 <= 2 * 1, 3 significant figures): this cannot fail.
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("constant bounds are valid")
+}
 
 pub(crate) struct LagProbe {
     resolution: Duration,
@@ -73,8 +78,8 @@ impl LagProbe {
 /// The probe task. Sleeps `resolution` from the moment it last woke (a late wake-up delays the
 /// next one rather than bunching them, like `MissedTickBehavior::Delay`), and ends at the first
 /// wake-up after the last `Detector` is gone.
-pub(super) async fn run<H>(shared: Arc<Shared>, alive: Weak<H>) {
-    let Some(probe) = shared.runtime.lag.as_ref() else {
+pub(super) async fn run<H>(state: Arc<RuntimeState>, alive: Weak<H>) {
+    let Some(probe) = state.lag.as_ref() else {
         return;
     };
     probe.started();

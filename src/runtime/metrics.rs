@@ -4,7 +4,6 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use super::{micros, RuntimeFigures};
-use crate::detector::Shared;
 
 pub(crate) struct Sampler {
     interval: Duration,
@@ -66,11 +65,11 @@ fn figures(metrics: &tokio_metrics::RuntimeMetrics) -> RuntimeFigures {
 
 /// The sampler task: one `RuntimeMetrics` interval per `interval`, the latest kept for reports.
 pub(super) async fn run<H>(
-    shared: Arc<Shared>,
+    state: Arc<super::RuntimeState>,
     alive: Weak<H>,
     monitor: tokio_metrics::RuntimeMonitor,
 ) {
-    let Some(sampler) = shared.runtime.metrics.as_ref() else {
+    let Some(sampler) = state.metrics.as_ref() else {
         return;
     };
     let mut intervals = monitor.intervals();

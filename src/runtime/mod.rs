@@ -1,7 +1,6 @@
-//! The runtime-wide view: what hogwatch sees beyond the futures it wraps.
+//! The runtime-wide view: what hogwatch sees beyond the futures it wraps. (tokio's task hooks,
+//! which time every poll of every task, are `crate::hooks`.)
 //!
-//! - `hooks` (with `--cfg tokio_unstable`): tokio's task-poll hooks time every poll of every
-//!   task, labelled by spawn location (see [`Detector::instrument_runtime`]).
 //! - `lag`: the event-loop lag probe, a task that asks to wake every few milliseconds and records
 //!   how late it ran ([`Builder::lag_probe`]).
 //! - `metrics` (feature `runtime-metrics`): tokio-metrics' `RuntimeMonitor`, sampled on an interval
@@ -13,13 +12,10 @@
 //! [`Detector`] clone is dropped.
 //!
 //! [`Detector`]: crate::Detector
-//! [`Detector::instrument_runtime`]: crate::Detector#method.instrument_runtime
 //! [`Detector::start_probes`]: crate::Detector::start_probes
 //! [`Builder::lag_probe`]: crate::Builder::lag_probe
 //! [`Builder::runtime_metrics`]: crate::Builder::runtime_metrics
 
-#[cfg(tokio_unstable)]
-pub(crate) mod hooks;
 mod lag;
 #[cfg(feature = "runtime-metrics")]
 mod metrics;
@@ -29,8 +25,6 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use serde::Serialize;
-
-use crate::detector::Shared;
 
 /// How late the lag probe woke up, in one report window: the delay every task on the runtime
 /// suffers, whoever causes it (the idea of Node's `monitorEventLoopDelay`).
@@ -186,35 +180,34 @@ impl RuntimeState {
 /// reference to what the `Detector` clones share) and stop at their next wake-up after it dies.
 /// Returns whether they were spawned by this call.
 pub(crate) fn start<H>(
-    shared: &Arc<Shared>,
+    state: &Arc<RuntimeState>,
     alive: Weak<H>,
     runtime: &tokio::runtime::Handle,
 ) -> bool
 where
     H: Send + Sync + 'static,
 {
-    let state = &shared.runtime;
     if state.started.swap(true, Ordering::AcqRel) {
         return false;
     }
     if state.lag.is_some() {
-        runtime.spawn(lag::run(shared.clone(), alive.clone()));
+        runtime.spawn(lag::run(state.clone(), alive.clone()));
     }
     #[cfg(feature = "runtime-metrics")]
     if state.metrics.is_some() {
         let monitor = tokio_metrics::RuntimeMonitor::new(runtime);
-        runtime.spawn(metrics::run(shared.clone(), alive, monitor));
+        runtime.spawn(metrics::run(state.clone(), alive, monitor));
     }
     true
 }
 
 /// Like [`start`], on the runtime the caller is in, if any.
-pub(crate) fn start_if_in_runtime<H>(shared: &Arc<Shared>, alive: Weak<H>) -> bool
+pub(crate) fn start_if_in_runtime<H>(state: &Arc<RuntimeState>, alive: Weak<H>) -> bool
 where
     H: Send + Sync + 'static,
 {
     match tokio::runtime::Handle::try_current() {
-        Ok(runtime) => start(shared, alive, &runtime),
+        Ok(runtime) => start(state, alive, &runtime),
         Err(_) => false,
     }
 }

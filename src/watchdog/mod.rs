@@ -6,11 +6,10 @@
 //! - `symbols`: names, folded stacks and culprits, on the watchdog thread;
 //! - `stalls`: per-label stall statistics for the report.
 //!
-//! Other code feeds the slots through [`poll_started`] and [`poll_ended`]: the watched future (and
-//! so the layer) with the [`InPoll`] guard, and tokio's task hooks (`--cfg tokio_unstable`) with a
-//! `TaskPoll` kept between the before- and after-hook. Both restore what the thread published
-//! before, so a watched poll inside a task poll is reported under its own label and the task's
-//! comes back when it returns.
+//! The recorder's poll path (`Recorder::begin` and `end`, used by watched futures, streams, the
+//! layer's bodies and tokio's task hooks) feeds the slots through [`poll_started`] and
+//! [`poll_ended`]. Each restores what the thread published before, so a watched poll inside a
+//! task poll is reported under its own label and the task's comes back when it returns.
 
 #[cfg(target_os = "linux")]
 mod signal;
@@ -24,10 +23,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::detector::Shared;
 use crate::event::{HogEvent, HogKind};
+use crate::recorder::Recorder;
 use crate::report::{Entry, WatchdogStats};
-use crate::stats::LabelStats;
 
 pub(crate) use slot::Published;
 pub(crate) use symbols::DEFAULT_RUNTIME_PREFIXES;
@@ -170,92 +168,18 @@ fn stack_mode() -> &'static str {
     }
 }
 
-/// Publishes that the current thread is inside a poll of `stats`'s label that started at
-/// `start_raw` (a reading of the detector's clock). Returns what [`poll_ended`] must restore.
+/// Publishes that the current thread is inside a poll of the label at `label` (an address,
+/// only compared) that started at `start_raw` (a reading of the detector's clock). Returns what
+/// [`poll_ended`] must restore.
 #[inline]
-pub(crate) fn poll_started(
-    watchdog_id: u64,
-    stats: &LabelStats,
-    start_raw: u64,
-) -> Option<Published> {
-    slot::poll_started(watchdog_id, std::ptr::from_ref(stats) as usize, start_raw)
+pub(crate) fn poll_started(watchdog_id: u64, label: usize, start_raw: u64) -> Option<Published> {
+    slot::poll_started(watchdog_id, label, start_raw)
 }
 
 /// Publishes that the poll announced by [`poll_started`] ended.
 #[inline]
 pub(crate) fn poll_ended(previous: Published) {
     slot::poll_ended(previous);
-}
-
-/// Publishes a poll for as long as it lives; does nothing (one predictable branch) when the
-/// detector has no watchdog.
-pub(crate) struct InPoll {
-    previous: Option<Published>,
-}
-
-impl InPoll {
-    #[inline(always)]
-    pub(crate) fn enter(shared: &Shared, stats: &LabelStats, start_raw: u64) -> Self {
-        if shared.watchdog_id == 0 {
-            return Self { previous: None };
-        }
-        Self {
-            previous: poll_started(shared.watchdog_id, stats, start_raw),
-        }
-    }
-
-    /// Ends the poll (as dropping does; named, so that the end of the poll is visible).
-    #[inline(always)]
-    pub(crate) fn exit(self) {}
-}
-
-impl Drop for InPoll {
-    #[inline(always)]
-    fn drop(&mut self) {
-        if let Some(previous) = self.previous.take() {
-            poll_ended(previous);
-        }
-    }
-}
-
-/// A task poll published from tokio's hooks (`--cfg tokio_unstable`). The before- and
-/// after-hooks are separate calls, so this is a plain value the hooks keep in a thread-local
-/// between them, where [`InPoll`] is a guard; ending it restores what the thread published before
-/// (nothing, or a watched poll the task poll is nested in).
-#[cfg(tokio_unstable)]
-#[derive(Clone, Copy)]
-pub(crate) struct TaskPoll {
-    previous: Option<Published>,
-}
-
-#[cfg(tokio_unstable)]
-impl TaskPoll {
-    /// Nothing published.
-    pub(crate) const NONE: Self = Self { previous: None };
-
-    /// Whether task polls are published at all: the hooks' one branch when there is no watchdog
-    /// (they then do not even look up the task's label before the poll).
-    #[inline(always)]
-    pub(crate) fn wanted(shared: &Shared) -> bool {
-        shared.watchdog_id != 0
-    }
-
-    /// Publishes that the current thread started polling a task of `stats`'s label at
-    /// `start_raw`.
-    #[inline]
-    pub(crate) fn enter(shared: &Shared, stats: &LabelStats, start_raw: u64) -> Self {
-        Self {
-            previous: poll_started(shared.watchdog_id, stats, start_raw),
-        }
-    }
-
-    /// Ends the publication, restoring what the thread published before [`TaskPoll::enter`].
-    #[inline(always)]
-    pub(crate) fn exit(self) {
-        if let Some(previous) = self.previous {
-            poll_ended(previous);
-        }
-    }
 }
 
 /// The watchdog thread; stops (promptly) and is joined when dropped.
@@ -266,12 +190,12 @@ pub(crate) struct WatchdogThread {
 
 impl WatchdogThread {
     /// Starts the thread that watches `shared`'s polls.
-    pub(crate) fn spawn(shared: Arc<Shared>, watchdog: Arc<Watchdog>) -> std::io::Result<Self> {
+    pub(crate) fn spawn(recorder: Arc<Recorder>, watchdog: Arc<Watchdog>) -> std::io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let handle = std::thread::Builder::new()
             .name("hogwatch-watchdog".to_string())
-            .spawn(move || Checker::new(shared, watchdog).run(&flag))?;
+            .spawn(move || Checker::new(recorder, watchdog).run(&flag))?;
         Ok(Self {
             stop,
             handle: Some(handle),
@@ -304,16 +228,16 @@ struct Stall {
 
 /// The watchdog thread's state.
 struct Checker {
-    shared: Arc<Shared>,
+    recorder: Arc<Recorder>,
     watchdog: Arc<Watchdog>,
     symbolizer: symbols::Symbolizer,
     stalled: HashMap<usize, Stall>,
 }
 
 impl Checker {
-    fn new(shared: Arc<Shared>, watchdog: Arc<Watchdog>) -> Self {
+    fn new(recorder: Arc<Recorder>, watchdog: Arc<Watchdog>) -> Self {
         Self {
-            shared,
+            recorder,
             watchdog,
             symbolizer: symbols::Symbolizer::default(),
             stalled: HashMap::new(),
@@ -358,8 +282,8 @@ impl Checker {
         if published.detector != self.watchdog.id || published.start_raw == 0 {
             return;
         }
-        let now = self.shared.clock.raw();
-        let running_ns = self.shared.clock.delta_as_nanos(published.start_raw, now);
+        let now = self.recorder.clock.raw();
+        let running_ns = self.recorder.clock.delta_as_nanos(published.start_raw, now);
         let threshold_ns = self.watchdog.threshold_ns;
         if running_ns < threshold_ns {
             return;
@@ -395,7 +319,7 @@ impl Checker {
 
     /// Captures, names and reports one stalled poll.
     fn report(&mut self, slot: &slot::Slot, published: Published, running_ns: u64, first: bool) {
-        let Some(stats) = self.shared.registry.find(published.label) else {
+        let Some(label) = self.recorder.registry.find(published.label) else {
             return;
         };
         let watchdog = self.watchdog.clone();
@@ -420,10 +344,13 @@ impl Checker {
         if first {
             watchdog.stall_count.fetch_add(1, Ordering::Relaxed);
         }
-        let now_ns = self.shared.clock.delta_as_nanos(0, self.shared.clock.raw());
+        let now_ns = self
+            .recorder
+            .clock
+            .delta_as_nanos(0, self.recorder.clock.raw());
         let suppressed = {
             let mut table = watchdog.lock();
-            let entry = table.entry(stats.label.clone()).or_default();
+            let entry = table.entry(label.name.clone()).or_default();
             if first {
                 entry.stalls = entry.stalls.saturating_add(1);
             }
@@ -436,19 +363,19 @@ impl Checker {
             }
             entry
                 .warn_limiter
-                .try_acquire(now_ns, self.shared.warn_interval_ns)
+                .try_acquire(now_ns, self.recorder.warn_interval_ns)
         };
         let event = HogEvent {
             kind: HogKind::Stall,
-            label: stats.label.clone(),
+            label: label.name.clone(),
             duration: Duration::from_nanos(running_ns),
             threshold: Duration::from_nanos(watchdog.threshold_ns),
             thread: Some(slot.thread_name.clone()),
             stack: frames,
             culprit,
         };
-        if let Some(callback) = &self.shared.on_hog {
-            callback(&event);
+        if let Some(callback) = &self.recorder.on_hog {
+            crate::event::call_on_hog(callback, &event);
         }
         if let Some(suppressed) = suppressed {
             let stack = match &stack_error {

@@ -32,10 +32,8 @@ use std::sync::{Arc, OnceLock};
 
 use tokio::runtime::TaskMeta;
 
-use crate::detector::Shared;
-use crate::report::LabelKind;
-use crate::stats::{LabelStats, Outcome};
-use crate::watchdog::TaskPoll;
+use crate::detector::Detector;
+use crate::recorder::{Label, LabelKind, Outcome, Recorder, Started};
 
 /// The label prefix of every task label.
 pub(crate) const TASK_PREFIX: &str = "task ";
@@ -46,26 +44,23 @@ pub(crate) const HOGWATCH_LABEL: &str = "task <hogwatch>";
 
 /// Slots in the location cache: distinct spawn locations a program polls, with room to spare.
 const SLOTS: usize = 2048;
-/// Slots tried before giving up on the cache (and using the registry's lock instead).
+/// Slots tried before giving up on the cache (the location is then counted under `<other>`).
 const MAX_PROBES: usize = 64;
 
 /// The poll in flight on this thread, between the before- and after-hooks.
-#[derive(Clone, Copy)]
 struct InFlight {
     task: Option<tokio::task::Id>,
-    start_raw: u64,
+    /// When it started, and its publication for the watchdog.
+    started: Started,
     /// `on_task_terminate` ran for this task during this poll: it is its last.
     terminated: bool,
-    /// What the poll published for the watchdog, to end in the after-hook.
-    watchdog: TaskPoll,
 }
 
 impl InFlight {
     const NONE: Self = Self {
         task: None,
-        start_raw: 0,
+        started: Started::NONE,
         terminated: false,
-        watchdog: TaskPoll::NONE,
     };
 }
 
@@ -73,118 +68,121 @@ thread_local! {
     static IN_FLIGHT: Cell<InFlight> = const { Cell::new(InFlight::NONE) };
 }
 
+impl Detector {
+    /// Installs tokio's task-poll hooks on `builder`, so every poll of every task on the runtime
+    /// it builds is timed and recorded, labelled by where the task was spawned
+    /// (`task src/worker.rs:42`; see [the labels guide](crate::docs::labels)). Slow polls warn and
+    /// call [`on_hog`](Builder::on_hog) like a watched future's. Needs `--cfg tokio_unstable`;
+    /// without it the method does not exist.
+    ///
+    /// tokio keeps one callback of each kind: this replaces any `on_before_task_poll`,
+    /// `on_after_task_poll` and `on_task_terminate` set on `builder` before, and one set after
+    /// replaces hogwatch's.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let detector = hogwatch::Detector::builder().build()?;
+    /// let mut builder = tokio::runtime::Builder::new_multi_thread();
+    /// let rt = detector.instrument_runtime(builder.enable_all()).build()?;
+    /// rt.block_on(async {
+    ///     tokio::spawn(async { std::thread::sleep(std::time::Duration::from_millis(20)) })
+    ///         .await
+    ///         .unwrap();
+    /// });
+    /// // A task's last poll is recorded just after its `JoinHandle` wakes: shut the runtime down
+    /// // (which waits for its workers) before reading the report in a test.
+    /// drop(rt);
+    /// let report = detector.report();
+    /// let task = report.hogs().next().expect("the spawned task hogged");
+    /// assert!(task.label.starts_with("task "), "{}", task.label);
+    /// assert_eq!(task.kind, hogwatch::LabelKind::Task);
+    /// # Ok(()) }
+    /// ```
+    #[cfg(tokio_unstable)]
+    #[cfg_attr(docsrs, doc(cfg(tokio_unstable)))]
+    pub fn instrument_runtime<'a>(
+        &self,
+        builder: &'a mut tokio::runtime::Builder,
+    ) -> &'a mut tokio::runtime::Builder {
+        install(self.recorder().clone(), builder)
+    }
+}
+
 /// What the three hooks of one instrumented runtime share.
-pub(crate) struct TaskHooks {
-    shared: Arc<Shared>,
+struct TaskHooks {
+    recorder: Arc<Recorder>,
     cache: LocationCache,
 }
 
 impl TaskHooks {
+    /// A task's poll begins on this thread: the one place every hooked poll starts.
+    ///
+    /// A poll still in flight on this thread is one whose after-hook never ran (a panic unwound
+    /// out of the scheduler between the hooks) or, rarely, a task poll of another instrumented
+    /// runtime this one is nested in (`block_in_place` and `Handle::block_on`). Either way its
+    /// publication ends here, restoring what was before it, rather than becoming the new poll's
+    /// "previous": a stale entry restored later would look like a poll stuck since long ago. The
+    /// price in the nested case is that the outer task is no longer watched once the inner poll
+    /// ends (its statistics already skip that poll, see `after_poll`).
     fn before_poll(&self, meta: &TaskMeta<'_>) {
-        let start_raw = self.shared.clock.raw();
-        let watchdog = poll_started(self, meta, start_raw);
+        IN_FLIGHT.replace(InFlight::NONE).started.abandon();
+        let label = self.label(meta.spawned_at());
         IN_FLIGHT.set(InFlight {
             task: Some(meta.id()),
-            start_raw,
+            started: self.recorder.begin(label),
             terminated: false,
-            watchdog,
         });
     }
 
+    /// A task's poll ended on this thread: the one place every hooked poll ends.
     fn after_poll(&self, meta: &TaskMeta<'_>) {
-        let end_raw = self.shared.clock.raw();
         let in_flight = IN_FLIGHT.replace(InFlight::NONE);
-        poll_ended(self, meta, in_flight, end_raw);
+        // Not ours: the hooks were installed while this task was being polled, or a poll nested
+        // in another runtime's poll on this thread. Record nothing rather than a wrong duration.
+        if in_flight.task != Some(meta.id()) {
+            in_flight.started.abandon();
+            return;
+        }
+        let label = self.label(meta.spawned_at());
+        self.recorder.end(label, in_flight.started);
+        if in_flight.terminated {
+            // tokio calls the terminate hook for a returned, panicked or aborted task alike.
+            label.writer().end(Outcome::Completed, 0);
+        }
     }
 
     fn terminate(&self, meta: &TaskMeta<'_>) {
-        let mut in_flight = IN_FLIGHT.get();
-        if in_flight.task == Some(meta.id()) {
-            in_flight.terminated = true;
-            IN_FLIGHT.set(in_flight);
+        let mut in_flight = IN_FLIGHT.replace(InFlight::NONE);
+        let ours = in_flight.task == Some(meta.id());
+        in_flight.terminated |= ours;
+        IN_FLIGHT.set(in_flight);
+        if ours {
             return;
         }
         // Ended outside its own poll: dropped at runtime shutdown. Only locations already polled
         // count: a `spawn_blocking` task also ends here, and is never polled by a worker.
-        if let Some(stats) = self.cache.find(meta.spawned_at()) {
-            stats.record_end(Outcome::Cancelled, 0, 0);
+        if let Some(label) = self.cache.find(meta.spawned_at()) {
+            label.writer().end(Outcome::Cancelled, 0);
         }
     }
 
-    /// Calls `f` with the statistics of the task label of `location`.
+    /// The label of the task spawned at `location`; `<other>` if the cache is full around it.
     #[inline]
-    fn with_stats<R>(
-        &self,
-        location: &'static Location<'static>,
-        f: impl FnOnce(&LabelStats) -> R,
-    ) -> R {
-        match self.cache.find_or_insert(location, &self.shared) {
-            Some(stats) => f(stats),
-            None => f(&self
-                .shared
-                .registry
-                .get_kind(&task_label(location), LabelKind::Task)),
-        }
+    fn label(&self, location: &'static Location<'static>) -> &Label {
+        self.cache
+            .find_or_insert(location, &self.recorder)
+            .unwrap_or_else(|| self.recorder.registry.other())
     }
-}
-
-/// A task's poll begins on this thread. The single place every hooked poll starts: with a
-/// watchdog, it is published in the thread's slot under the task's label (one branch without).
-///
-/// A poll still in flight on this thread is one whose after-hook never ran (a panic unwound out
-/// of the scheduler between the hooks) or, rarely, a task poll of another instrumented runtime
-/// this one is nested in (`block_in_place` and `Handle::block_on`). Either way its publication
-/// ends here, restoring what was before it, rather than becoming the new poll's "previous": a
-/// stale entry restored later would look like a poll stuck since long ago. The price in the
-/// nested case is that the outer task is no longer watched once the inner poll ends (its
-/// statistics already skip that poll, see `poll_ended`).
-#[inline]
-fn poll_started(hooks: &TaskHooks, meta: &TaskMeta<'_>, start_raw: u64) -> TaskPoll {
-    let shared: &Shared = &hooks.shared;
-    if !TaskPoll::wanted(shared) {
-        return TaskPoll::NONE;
-    }
-    IN_FLIGHT.replace(InFlight::NONE).watchdog.exit();
-    hooks.with_stats(meta.spawned_at(), |stats| {
-        TaskPoll::enter(shared, stats, start_raw)
-    })
-}
-
-/// A task's poll ended on this thread: end its watchdog publication and record it under the task's
-/// spawn location. The single place every hooked poll ends.
-#[inline]
-fn poll_ended(hooks: &TaskHooks, meta: &TaskMeta<'_>, in_flight: InFlight, end_raw: u64) {
-    // First, so that nothing below (a panicking `on_hog` callback) can leave it published.
-    in_flight.watchdog.exit();
-    // Not ours: the hooks were installed while this task was being polled, or a poll nested
-    // in another runtime's poll on this thread. Record nothing rather than a wrong duration.
-    if in_flight.task != Some(meta.id()) {
-        return;
-    }
-    let last = in_flight.terminated;
-    let shared: &Shared = &hooks.shared;
-    let poll_ns = shared.clock.delta_as_nanos(in_flight.start_raw, end_raw);
-    hooks.with_stats(meta.spawned_at(), |stats| {
-        stats.record_poll(poll_ns);
-        stats.add_busy(poll_ns);
-        if poll_ns > shared.threshold_ns {
-            shared.on_slow_poll(stats, poll_ns, end_raw);
-        }
-        if last {
-            // tokio calls the terminate hook for a returned, panicked or aborted task alike.
-            stats.record_end(Outcome::Completed, 0, 0);
-        }
-    });
 }
 
 /// Installs the hooks on `builder`. Replaces any `on_before_task_poll`, `on_after_task_poll` and
 /// `on_task_terminate` set before (tokio keeps one of each).
-pub(crate) fn install(
-    shared: Arc<Shared>,
+fn install(
+    recorder: Arc<Recorder>,
     builder: &mut tokio::runtime::Builder,
 ) -> &mut tokio::runtime::Builder {
     let hooks = Arc::new(TaskHooks {
-        shared,
+        recorder,
         cache: LocationCache::new(),
     });
     let before = hooks.clone();
@@ -199,7 +197,7 @@ pub(crate) fn install(
 /// is shortened to `crate-1.2.3/src/file.rs:LINE`; tokio's own tasks are all `task <tokio internal>`,
 /// and hogwatch's are `task <hogwatch>`.
 pub(crate) fn task_label(location: &Location<'_>) -> String {
-    if location.file() == super::SPAWN_FILE {
+    if location.file() == crate::runtime::SPAWN_FILE {
         return HOGWATCH_LABEL.to_string();
     }
     let file = short_file(location.file());
@@ -236,7 +234,7 @@ struct LocationCache {
 }
 
 /// A location's address and its statistics, written once.
-type Slot = OnceLock<(usize, Arc<LabelStats>)>;
+type Slot = OnceLock<(usize, Arc<Label>)>;
 
 impl LocationCache {
     fn new() -> Self {
@@ -256,7 +254,7 @@ impl LocationCache {
     }
 
     /// The statistics of `location` if a poll already filled its slot.
-    fn find(&self, location: &'static Location<'static>) -> Option<&LabelStats> {
+    fn find(&self, location: &'static Location<'static>) -> Option<&Label> {
         let key = Self::key(location);
         let home = Self::home(key);
         for probe in 0..MAX_PROBES {
@@ -270,14 +268,14 @@ impl LocationCache {
         None
     }
 
-    /// The statistics of `location`, filling a slot (one registry lookup) the first time; `None`
+    /// The label of `location`, filling a slot (one registry lookup) the first time; `None`
     /// only when every slot it may use holds another location.
     #[inline]
     fn find_or_insert(
         &self,
         location: &'static Location<'static>,
-        shared: &Shared,
-    ) -> Option<&LabelStats> {
+        recorder: &Recorder,
+    ) -> Option<&Label> {
         let key = Self::key(location);
         let home = Self::home(key);
         for probe in 0..MAX_PROBES {
@@ -285,10 +283,10 @@ impl LocationCache {
             let (slot_key, stats) = match slot.get() {
                 Some(filled) => filled,
                 None => slot.get_or_init(|| {
-                    let stats = shared
+                    let label = recorder
                         .registry
-                        .get_kind(&task_label(location), LabelKind::Task);
-                    (key, stats)
+                        .get(&task_label(location), LabelKind::Task);
+                    (key, label)
                 }),
             };
             // Another thread may have filled the slot with another location first.
@@ -326,13 +324,12 @@ mod tests {
 
     #[test]
     fn cache_finds_what_it_filled() {
-        let detector = crate::Detector::builder().build().unwrap();
-        let shared = detector.shared();
+        let recorder = crate::recorder::for_tests();
         let cache = LocationCache::new();
         let here: &'static Location<'static> = Location::caller();
         assert!(cache.find(here).is_none());
-        let stats = cache.find_or_insert(here, shared).unwrap();
-        assert_eq!(&*stats.label, task_label(here));
+        let stats = cache.find_or_insert(here, &recorder).unwrap();
+        assert_eq!(&*stats.name, task_label(here));
         assert!(std::ptr::eq(cache.find(here).unwrap(), stats));
     }
 }

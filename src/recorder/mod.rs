@@ -1,0 +1,161 @@
+//! The recorder: the state every subsystem shares (clock, threshold, label registry, per-thread
+//! storage, slow-poll policy) and the one function that accounts a poll.
+//!
+//! Data flows one way: a poll is recorded here (`poll`), into storage only its own thread
+//! writes (`label`, `thread`); a report takes a [`Snapshot`] (`Recorder::snapshot`), which
+//! `crate::report` turns into a `Report` for the renderers. This module imports nothing of the
+//! crate but `event` (what a slow poll tells the user) and, for now, the watchdog's
+//! per-thread slots it publishes polls in.
+//!
+//! - `histogram`: log-linear buckets, per-thread counters and the report's [`PollHistogram`];
+//! - `thread`: which storage slot a thread writes;
+//! - `label`: one label's per-thread storage and its windows;
+//! - `registry`: label -> statistics, bounded by `max_labels`, labels capped in length;
+//! - `poll`: the poll path shared by futures, streams, response bodies and task hooks.
+
+mod histogram;
+mod label;
+mod poll;
+mod registry;
+mod thread;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+#[cfg(all(test, tokio_unstable))]
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use histogram::{Bucket, PollHistogram};
+pub(crate) use histogram::{HIGHEST_US, LOWEST_US};
+pub use label::LabelKind;
+pub(crate) use label::{Label, LabelSnapshot, Outcome, Writer};
+#[cfg_attr(not(tokio_unstable), allow(unused_imports))]
+pub(crate) use poll::{Own, Started};
+pub(crate) use registry::Registry;
+pub use registry::{CUT_MARKER, MAX_LABEL_BYTES, OTHER_LABEL};
+
+use crate::event::{HogEvent, HogKind, OnHog};
+
+/// What the recorder is built with.
+pub(crate) struct Config {
+    pub(crate) threshold: Duration,
+    pub(crate) max_labels: usize,
+    pub(crate) warn_interval: Duration,
+    pub(crate) on_hog: Option<OnHog>,
+    /// The watchdog's id in the thread slots; 0 without a watchdog.
+    pub(crate) watchdog_id: u64,
+}
+
+/// What every watched future, the task hooks and the watchdog share.
+pub(crate) struct Recorder {
+    pub(crate) clock: quanta::Clock,
+    pub(crate) threshold_ns: u64,
+    pub(crate) threshold_us: u64,
+    pub(crate) warn_interval_ns: u64,
+    pub(crate) registry: Registry,
+    pub(crate) on_hog: Option<OnHog>,
+    /// The watchdog's id in the thread slots; 0 without a watchdog (the hot path's one branch).
+    #[cfg_attr(not(feature = "watchdog"), allow(dead_code))]
+    pub(crate) watchdog_id: u64,
+    /// Clock reading at the start of the current report window.
+    window_start: AtomicU64,
+}
+
+/// Every label's figures over one window.
+pub(crate) struct Snapshot {
+    pub(crate) labels: Vec<LabelSnapshot>,
+    pub(crate) folded: u64,
+    pub(crate) window_us: u64,
+}
+
+/// A duration in whole units that never overflows.
+pub(crate) fn saturating_u64(value: u128) -> u64 {
+    value.try_into().unwrap_or(u64::MAX)
+}
+
+impl Recorder {
+    pub(crate) fn new(config: Config) -> Self {
+        let clock = quanta::Clock::new();
+        Self {
+            window_start: AtomicU64::new(clock.raw()),
+            clock,
+            threshold_ns: saturating_u64(config.threshold.as_nanos()),
+            threshold_us: saturating_u64(config.threshold.as_micros()),
+            warn_interval_ns: saturating_u64(config.warn_interval.as_nanos()),
+            registry: Registry::new(config.max_labels),
+            on_hog: config.on_hog,
+            watchdog_id: config.watchdog_id,
+        }
+    }
+
+    /// The slow path of a poll that took longer than the threshold: count it, tell the callback,
+    /// and warn (rate limited per label).
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn on_slow_poll(
+        &self,
+        label: &Label,
+        writer: &Writer<'_>,
+        poll_ns: u64,
+        now_raw: u64,
+    ) {
+        writer.slow_poll(poll_ns);
+        if let Some(callback) = &self.on_hog {
+            crate::event::call_on_hog(
+                callback,
+                &HogEvent {
+                    kind: HogKind::SlowPoll,
+                    label: label.name.clone(),
+                    duration: Duration::from_nanos(poll_ns),
+                    threshold: Duration::from_nanos(self.threshold_ns),
+                    thread: None,
+                    stack: Vec::new(),
+                    culprit: None,
+                },
+            );
+        }
+        let now_ns = self.clock.delta_as_nanos(0, now_raw);
+        if let Some(suppressed) = label
+            .warn_limiter
+            .try_acquire(now_ns, self.warn_interval_ns)
+        {
+            tracing::warn!(
+                target: "hogwatch",
+                label = %label.name,
+                poll_us = poll_ns / 1_000,
+                threshold_us = self.threshold_us,
+                suppressed,
+                "a poll blocked the executor for {:.1} ms",
+                poll_ns as f64 / 1e6,
+            );
+        }
+    }
+
+    /// Every label's figures since the window started; with `reset`, a new one starts. Nothing
+    /// recorded meanwhile is lost or counted twice.
+    pub(crate) fn snapshot(&self, reset: bool) -> Snapshot {
+        let now = self.clock.raw();
+        let start = if reset {
+            self.window_start.swap(now, Ordering::Relaxed)
+        } else {
+            self.window_start.load(Ordering::Relaxed)
+        };
+        let (labels, folded) = self.registry.snapshot(reset);
+        Snapshot {
+            labels,
+            folded,
+            window_us: self.clock.delta_as_nanos(start, now) / 1_000,
+        }
+    }
+}
+
+/// A recorder with a 10 ms threshold, for unit tests.
+#[cfg(all(test, tokio_unstable))]
+pub(crate) fn for_tests() -> Arc<Recorder> {
+    Arc::new(Recorder::new(Config {
+        threshold: Duration::from_millis(10),
+        max_labels: 1024,
+        warn_interval: Duration::from_secs(1),
+        on_hog: None,
+        watchdog_id: 0,
+    }))
+}
