@@ -73,29 +73,72 @@ fn per_poll(c: &mut Criterion) {
     group.finish();
 }
 
+/// `threads` threads each poll `iters` times at once; the time of the slowest.
+fn on_threads(threads: usize, iters: u64, poll: Arc<dyn Fn(u64) + Send + Sync>) -> Duration {
+    let barrier = Arc::new(Barrier::new(threads));
+    let threads: Vec<_> = (0..threads)
+        .map(|_| {
+            let barrier = barrier.clone();
+            let poll = poll.clone();
+            std::thread::spawn(move || {
+                barrier.wait();
+                let start = Instant::now();
+                poll(iters);
+                start.elapsed()
+            })
+        })
+        .collect();
+    threads
+        .into_iter()
+        .map(|thread| thread.join().expect("bench thread"))
+        .max()
+        .unwrap_or_default()
+}
+
+/// 1, 2, 4 and 8 threads poll futures of one label at once: does recording scale with threads?
+/// (On a 2-core machine, 4 and 8 threads take turns: the time per poll grows with threads / cores
+/// even with no sharing at all.)
+fn threads_one_label(c: &mut Criterion) {
+    let mut group = c.benchmark_group("poll_threads_one_label");
+    for threads in [1usize, 2, 4, 8] {
+        group.bench_function(format!("hogwatch/{threads}"), |b| {
+            let detector = detector();
+            b.iter_custom(|iters| {
+                let detector = detector.clone();
+                on_threads(
+                    threads,
+                    iters,
+                    Arc::new(move |iters| {
+                        let mut future = pin!(detector.watch("bench", Pending(0)));
+                        for _ in 0..iters {
+                            poll_once(future.as_mut());
+                        }
+                    }),
+                )
+            })
+        });
+        group.bench_function(format!("bare/{threads}"), |b| {
+            b.iter_custom(|iters| {
+                on_threads(
+                    threads,
+                    iters,
+                    Arc::new(|iters| {
+                        let mut future = pin!(Pending(0));
+                        for _ in 0..iters {
+                            poll_once(future.as_mut());
+                        }
+                    }),
+                )
+            })
+        });
+    }
+    group.finish();
+}
+
 /// Two threads poll futures of the same label at once: the cost of sharing its counters.
 fn contended(c: &mut Criterion) {
     let mut group = c.benchmark_group("poll_two_threads_one_label");
-    let run = |iters: u64, poll: Arc<dyn Fn(u64) + Send + Sync>| {
-        let barrier = Arc::new(Barrier::new(2));
-        let threads: Vec<_> = (0..2)
-            .map(|_| {
-                let barrier = barrier.clone();
-                let poll = poll.clone();
-                std::thread::spawn(move || {
-                    barrier.wait();
-                    let start = Instant::now();
-                    poll(iters);
-                    start.elapsed()
-                })
-            })
-            .collect();
-        threads
-            .into_iter()
-            .map(|thread| thread.join().expect("bench thread"))
-            .max()
-            .unwrap_or_default()
-    };
+    let run = |iters: u64, poll: Arc<dyn Fn(u64) + Send + Sync>| on_threads(2, iters, poll);
     group.bench_function("bare", |b| {
         b.iter_custom(|iters| {
             run(
@@ -237,5 +280,12 @@ fn per_request(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, per_poll, contended, per_future, per_request);
+criterion_group!(
+    benches,
+    per_poll,
+    contended,
+    threads_one_label,
+    per_future,
+    per_request
+);
 criterion_main!(benches);
