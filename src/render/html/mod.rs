@@ -10,7 +10,8 @@
 //! - the data lives in `<main id="hw-main">`; the refresh script fetches
 //!   `location.pathname + "?format=html"` (with `Accept: text/html`) and swaps that element's
 //!   children, so the endpoint must answer that URL with this same page;
-//! - the page's only inline style and script are [`STYLE`] and [`SCRIPT`];
+//! - the page's only inline style and script are [`STYLE`] and [`SCRIPT`]; a server that sends a
+//!   `Content-Security-Policy` allows exactly those two by hash (`csp.rs`);
 //! - the refresh control is `hidden` until the script shows it;
 //! - each label is a `<details class="entry">` whose `data-key` attribute is the (escaped) label;
 //! - `render_stalls` draws the watchdog's stall count, culprits and stacks (innermost frame
@@ -18,6 +19,8 @@
 //!   the report has a watchdog.
 
 mod chart;
+#[cfg(feature = "axum")]
+pub(crate) mod csp;
 mod writer;
 
 use crate::report::{Entry, Report};
