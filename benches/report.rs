@@ -57,13 +57,17 @@ fn report(c: &mut Criterion) {
     let report = detector.report();
     assert_eq!(report.entries.len(), 1_024, "every label has data");
     let mut group = c.benchmark_group("report");
-    group.bench_function("labels_1024/report", |b| b.iter(|| black_box(detector.report())));
+    group.bench_function("labels_1024/report", |b| {
+        b.iter(|| black_box(detector.report()))
+    });
     // After the first reset the windows are empty but every counter is still read: the cost of
     // a scrape-and-reset loop.
     group.bench_function("labels_1024/report_and_reset", |b| {
         b.iter(|| black_box(detector.report_and_reset()))
     });
-    group.bench_function("labels_1024/to_text", |b| b.iter(|| black_box(report.to_text())));
+    group.bench_function("labels_1024/to_text", |b| {
+        b.iter(|| black_box(report.to_text()))
+    });
     group.bench_function("labels_1024/json", |b| {
         b.iter(|| black_box(serde_json::to_string(&report).expect("serialisable")))
     });

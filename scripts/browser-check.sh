@@ -5,7 +5,10 @@
 #   scripts/browser-check.sh [screenshot.png]
 #
 # Checks: the blocking route is the first row; a custom label made of HTML and script shows as
-# text and none of its script ran; the screenshot is a non-empty PNG.
+# text and none of its script ran; the page's own script did run under the endpoint's
+# Content-Security-Policy (it shows the refresh control) and the browser reported no CSP
+# violation (a style or script whose hash the policy does not list); the screenshot is a
+# non-empty PNG.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 screenshot=${1:-}
@@ -56,14 +59,23 @@ chrome() {
 }
 page="$base/debug/hogs?format=html"
 # --virtual-time-budget lets the page's own script (the refresh control) run before the dump.
-chrome dom --virtual-time-budget=3000 --dump-dom "$page" >"$work/dom.html"
+# --enable-logging: console messages, CSP violations among them, go to chromium.log.
+chrome dom --enable-logging=stderr --v=0 --virtual-time-budget=3000 --dump-dom "$page" \
+  >"$work/dom.html"
 chrome shot --window-size=1280,900 --hide-scrollbars --screenshot="$work/page.png" "$page" >/dev/null
 
-python3 - "$work/dom.html" "$work/page.png" <<'PY'
+python3 - "$work/dom.html" "$work/page.png" "$work/chromium.log" <<'PY'
 import re, sys
 dom = open(sys.argv[1], encoding="utf-8").read()
 png = open(sys.argv[2], "rb").read()
+log = open(sys.argv[3], encoding="utf-8", errors="replace").read()
 failures = []
+controls = re.search(r'<div[^>]*id="hw-controls"[^>]*>', dom)
+if not controls or "hidden" in controls.group(0):
+    failures.append(f"the page's own script did not run (refresh control: {controls and controls.group(0)})")
+violations = [line for line in log.splitlines() if "Content Security Policy" in line]
+if violations:
+    failures.append("CSP violations:\n    " + "\n    ".join(violations[:5]))
 rows = re.findall(r'<details class="entry[^"]*" data-key="([^"]*)"', dom)
 if not rows:
     failures.append("no rows in the page")
@@ -80,6 +92,7 @@ print(f"screenshot: {len(png)} bytes")
 if failures:
     print("browser check FAILED:\n  " + "\n  ".join(failures))
     sys.exit(1)
-print("browser check passed: blocking route first, label escaped, no script ran, PNG ok")
+print("browser check passed: blocking route first, label escaped, no script ran, "
+      "the page's own script ran under its CSP, PNG ok")
 PY
 if [ -n "$screenshot" ]; then cp "$work/page.png" "$screenshot"; fi

@@ -5,6 +5,13 @@
 //! counts the response by status class and, when asked, adds a `Server-Timing` header; `HogBody`
 //! times each poll of the response body (`poll_frame`: a streamed or lazily produced body does
 //! its work there) under the same route, after the future is done.
+//!
+//! A request is labelled `METHOD /route/{template}` (or [`UNMATCHED_LABEL`]). The method comes
+//! from a closed set, the nine methods of RFC 9110 and RFC 5789 (`GET`, `HEAD`, `POST`, `PUT`,
+//! `DELETE`, `CONNECT`, `OPTIONS`, `TRACE`, `PATCH`); any other method, whatever its spelling or
+//! length, is labelled [`OTHER_METHOD`]. A client choosing the method therefore picks one of at
+//! most ten labels per route: it cannot fill `max_labels` with invented methods (axum runs the
+//! layer for its 405 answers too) nor store a label as long as its request line.
 
 use std::fmt::Write as _;
 use std::future::Future;
@@ -66,6 +73,31 @@ impl Builder {
     }
 }
 
+/// The method part of the label of a request whose method is not one of the nine standard ones:
+/// `OTHER /route/{template}`.
+///
+/// ```
+/// assert_eq!(hogwatch::layer::OTHER_METHOD, "OTHER");
+/// ```
+pub const OTHER_METHOD: &str = "OTHER";
+
+/// The method part of a route label: the standard methods by name, anything else
+/// [`OTHER_METHOD`]. `Method::as_str` and short string comparisons: no allocation.
+fn method_label(method: &Method) -> &'static str {
+    match method.as_str() {
+        "GET" => "GET",
+        "HEAD" => "HEAD",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "CONNECT" => "CONNECT",
+        "OPTIONS" => "OPTIONS",
+        "TRACE" => "TRACE",
+        "PATCH" => "PATCH",
+        _ => OTHER_METHOD,
+    }
+}
+
 /// A tower [`Layer`] that times every poll of every request, per route.
 ///
 /// Made by [`Detector::layer`]. Add it with `Router::layer` (every route and the fallback) or
@@ -117,7 +149,9 @@ pub struct HogService<S> {
 
 /// The statistics of the route a `HogService` serves, and how to recognise that route.
 struct RouteLabel {
-    method: Method,
+    /// The method part of the label (see [`method_label`]), not the request's method: an
+    /// invented method is never cloned (it may be as long as the request line).
+    method: &'static str,
     /// Address of the `MatchedPath` text (only compared): axum hands out one `Arc<str>` per route.
     path: usize,
     stats: Arc<Label>,
@@ -169,14 +203,15 @@ impl<S> HogService<S> {
                 .get(UNMATCHED_LABEL, LabelKind::Route);
         };
         let path_address = path.as_str().as_ptr() as usize;
+        let method = method_label(request.method());
         if let Some(route) = self.route.get() {
-            if route.path == path_address && route.method == request.method() {
+            if route.path == path_address && route.method == method {
                 return route.stats.clone();
             }
         }
-        let stats = lookup(&self.detector, request.method(), path);
+        let stats = lookup(&self.detector, method, path);
         let _ = self.route.set(RouteLabel {
-            method: request.method().clone(),
+            method,
             path: path_address,
             stats: stats.clone(),
         });
@@ -184,8 +219,9 @@ impl<S> HogService<S> {
     }
 }
 
-/// Looks up the statistics of `METHOD /route/{template}` in the registry.
-fn lookup(detector: &Detector, method: &Method, path: &MatchedPath) -> Arc<Label> {
+/// Looks up the statistics of `METHOD /route/{template}` in the registry; `method` is already
+/// one of the closed set.
+fn lookup(detector: &Detector, method: &'static str, path: &MatchedPath) -> Arc<Label> {
     let registry = &detector.recorder().registry;
     // Build "METHOD path" on the stack for the usual short route, so a request does not allocate
     // just to find its label.
@@ -357,6 +393,21 @@ fn server_timing(timing: FutureTiming) -> Result<HeaderValue, http::header::Inva
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_standard_methods_name_a_label() {
+        for name in [
+            "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+        ] {
+            let method = Method::from_bytes(name.as_bytes()).unwrap();
+            assert_eq!(method_label(&method), name);
+        }
+        let long = "M".repeat(100_000);
+        for name in ["get", "M0X", "PROPFIND", "BREW", long.as_str()] {
+            let method = Method::from_bytes(name.as_bytes()).unwrap();
+            assert_eq!(method_label(&method), OTHER_METHOD, "{name:.20}");
+        }
+    }
 
     #[test]
     fn long_labels_do_not_fit_the_stack_buffer() {

@@ -264,21 +264,4 @@ impl Report {
     pub fn hogs(&self) -> impl Iterator<Item = &Entry> {
         self.entries.iter().filter(|entry| entry.slow_polls > 0)
     }
-
-    /// The report as one self-contained HTML page (styles, SVG histograms and the refresh script
-    /// inline; it loads nothing from elsewhere), worst first. Labels are HTML-escaped.
-    ///
-    /// ```
-    /// # fn main() -> Result<(), hogwatch::ConfigError> {
-    /// let detector = hogwatch::Detector::builder().build()?;
-    /// let html = detector.report().to_html();
-    /// assert!(html.starts_with("<!DOCTYPE html>"));
-    /// assert!(html.contains("<main id=\"hw-main\">"));
-    /// # Ok(()) }
-    /// ```
-    pub fn to_html(&self) -> String {
-        let mut out = String::new();
-        crate::render::html::render(self, &mut out);
-        out
-    }
 }

@@ -208,8 +208,14 @@ async fn text_format_and_reset() {
         .starts_with("text/plain"));
     assert!(text.body.contains("GET /items/{id}"), "{}", text.body);
 
-    let before = get_url(address, "/debug/hogs?reset=true").await;
-    assert!(before.body.contains("GET /items/{id}"));
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let reset = hyper::Request::post(format!("http://{address}/debug/hogs/reset"))
+        .body(Empty::new())
+        .unwrap();
+    let before = client.request(reset).await.unwrap();
+    assert_eq!(before.status(), 200);
+    let before = before.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&before).contains("GET /items/{id}"));
     let after = report(address).await;
     assert!(
         after["entries"]
@@ -228,7 +234,7 @@ async fn bad_query_parameters_are_a_400_naming_the_parameter() {
     for (path, named) in [
         ("/debug/hogs?frmat=text", "frmat"),
         ("/debug/hogs?format=yaml", "format"),
-        ("/debug/hogs?reset=perhaps", "reset"),
+        ("/debug/hogs?reset=true", "POST /debug/hogs/reset"),
         ("/debug/hogs?format=text&format=json", "format"),
         ("/debug/hogs?format=%FF%FE", "format"),
         ("/debug/hogs/metrics?verbose=1", "verbose"),
