@@ -68,8 +68,14 @@ fn report(c: &mut Criterion) {
     group.bench_function("labels_1024/to_text", |b| {
         b.iter(|| black_box(report.to_text()))
     });
+    group.bench_function("labels_1024/to_html", |b| b.iter(|| black_box(report.to_html())));
     group.bench_function("labels_1024/json", |b| {
         b.iter(|| black_box(serde_json::to_string(&report).expect("serialisable")))
+    });
+    // After the first reset the windows are empty but every counter is still read: the cost of
+    // a scrape-and-reset loop.
+    group.bench_function("labels_1024/report_and_reset", |b| {
+        b.iter(|| black_box(detector.report_and_reset()))
     });
     group.finish();
 }
