@@ -68,7 +68,9 @@ fn report(c: &mut Criterion) {
     group.bench_function("labels_1024/to_text", |b| {
         b.iter(|| black_box(report.to_text()))
     });
-    group.bench_function("labels_1024/to_html", |b| b.iter(|| black_box(report.to_html())));
+    group.bench_function("labels_1024/to_html", |b| {
+        b.iter(|| black_box(report.to_html()))
+    });
     group.bench_function("labels_1024/json", |b| {
         b.iter(|| black_box(serde_json::to_string(&report).expect("serialisable")))
     });

@@ -43,6 +43,15 @@ pub enum ConfigError {
     /// The watchdog threshold was zero.
     #[error("the watchdog threshold must be greater than zero")]
     ZeroWatchdog,
+    /// The watchdog threshold was below its minimum: the watchdog would look at (and signal)
+    /// nearly every poll.
+    #[error("the watchdog threshold {threshold:?} is below the minimum of {minimum:?}")]
+    WatchdogTooShort {
+        /// The threshold asked for.
+        threshold: Duration,
+        /// The shortest threshold the watchdog accepts.
+        minimum: Duration,
+    },
     /// The watchdog signal cannot be caught, or is one the runtime needs (faults, `SIGKILL`...).
     #[error("signal {0} cannot be used by the watchdog")]
     InvalidSignal(i32),
@@ -289,6 +298,7 @@ impl Builder {
     /// - [`ConfigError::ZeroProbeInterval`] if the lag probe's resolution or the runtime-metrics
     ///   interval is zero.
     /// - with a watchdog: [`ConfigError::ZeroWatchdog`] if its threshold is zero,
+    ///   [`ConfigError::WatchdogTooShort`] if it is below 1 ms,
     ///   [`ConfigError::InvalidSignal`] if its signal cannot be used, and
     ///   [`ConfigError::Watchdog`] if its signal handler or thread cannot be set up.
     pub fn build(self) -> Result<Detector, ConfigError> {
@@ -319,6 +329,12 @@ impl Builder {
         let watchdog = match self.watchdog.threshold {
             None => None,
             Some(threshold) if threshold.is_zero() => return Err(ConfigError::ZeroWatchdog),
+            Some(threshold) if threshold < crate::watchdog::MIN_THRESHOLD => {
+                return Err(ConfigError::WatchdogTooShort {
+                    threshold,
+                    minimum: crate::watchdog::MIN_THRESHOLD,
+                })
+            }
             Some(threshold) => {
                 use crate::watchdog::{SetupError, Watchdog};
                 match Watchdog::new(self.watchdog, threshold) {

@@ -63,22 +63,47 @@ pub struct HogEvent {
 /// A callback that receives every hog event (not rate limited).
 pub(crate) type OnHog = Arc<dyn Fn(&HogEvent) + Send + Sync>;
 
-/// Calls the user's `on_hog` callback so that it cannot harm the code being watched: never while
-/// the thread is already unwinding (a second panic would abort), and a panic in it is caught
-/// (and logged once per process) instead of reaching the watched future or the watchdog.
+/// `on_hog` calls that panicked, since the process started.
+static CALLBACK_PANICS: AtomicU64 = AtomicU64::new(0);
+/// `on_hog` calls skipped because the calling thread was already panicking.
+static CALLBACK_SKIPPED: AtomicU64 = AtomicU64::new(0);
+
+/// Calls the user's `on_hog` callback so that it cannot break the thread that calls it: a panic
+/// in the callback is caught, counted and logged (the first one only: a callback that always
+/// panics must not flood the log), and the callback is not called at all on a thread that is
+/// already panicking (a second panic there would abort the process); that is counted too.
 pub(crate) fn call_on_hog(callback: &OnHog, event: &HogEvent) {
-    static LOGGED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     if std::thread::panicking() {
+        CALLBACK_SKIPPED.fetch_add(1, Ordering::Relaxed);
         return;
     }
+    // The callback sees the event by reference only; whatever state of its own it leaves
+    // behind after a panic is its business, as with any callback that panics.
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| callback(event)));
-    if outcome.is_err() && !LOGGED.swap(true, Ordering::Relaxed) {
-        tracing::error!(
-            target: "hogwatch",
-            label = %event.label,
-            "the on_hog callback panicked; hogwatch caught it (logged once)"
-        );
+    if let Err(payload) = outcome {
+        if CALLBACK_PANICS.fetch_add(1, Ordering::Relaxed) == 0 {
+            let message = payload
+                .downcast_ref::<&str>()
+                .copied()
+                .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+                .unwrap_or("a non-string payload");
+            tracing::error!(
+                target: "hogwatch",
+                label = %event.label,
+                "the on_hog callback panicked ({message}); hogwatch caught it and goes on (later \
+                 panics of the callback are counted, not logged)",
+            );
+        }
     }
+}
+
+/// How many `on_hog` calls panicked, and how many were skipped on a panicking thread.
+#[cfg_attr(not(test), allow(dead_code))]
+pub(crate) fn callback_failures() -> (u64, u64) {
+    (
+        CALLBACK_PANICS.load(Ordering::Relaxed),
+        CALLBACK_SKIPPED.load(Ordering::Relaxed),
+    )
 }
 
 /// Lets one warning per interval through, and counts the ones it held back.
@@ -111,6 +136,53 @@ impl RateLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn event() -> HogEvent {
+        HogEvent {
+            kind: HogKind::Stall,
+            label: Arc::from("label"),
+            duration: Duration::from_millis(1),
+            threshold: Duration::from_millis(1),
+            thread: None,
+            stack: Vec::new(),
+            culprit: None,
+        }
+    }
+
+    #[test]
+    fn a_panicking_callback_is_caught_and_counted_and_none_runs_while_panicking() {
+        let calls = Arc::new(AtomicU64::new(0));
+        let counter = calls.clone();
+        let callback: OnHog = Arc::new(move |_: &HogEvent| {
+            counter.fetch_add(1, Ordering::Relaxed);
+            std::panic::resume_unwind(Box::new("the callback panics"));
+        });
+        let (panics, skipped) = callback_failures();
+        call_on_hog(&callback, &event());
+        call_on_hog(&callback, &event());
+        assert_eq!(calls.load(Ordering::Relaxed), 2);
+        assert_eq!(callback_failures().0 - panics, 2);
+
+        // Called from a destructor during a panic: skipped, counted, and no abort.
+        struct CallsOnDrop(OnHog);
+        impl Drop for CallsOnDrop {
+            fn drop(&mut self) {
+                call_on_hog(&self.0, &event());
+            }
+        }
+        let guard = CallsOnDrop(callback.clone());
+        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            let _guard = guard;
+            std::panic::resume_unwind(Box::new("the caller panics"));
+        }));
+        assert!(unwound.is_err());
+        assert_eq!(
+            calls.load(Ordering::Relaxed),
+            2,
+            "not called while panicking"
+        );
+        assert_eq!(callback_failures().1 - skipped, 1);
+    }
 
     #[test]
     fn one_per_interval_with_suppressed_count() {

@@ -61,19 +61,20 @@ async fn crunch_entry(address: SocketAddr) -> serde_json::Value {
 /// Whether the watchdog reported the stall of `GET /crunch` (set by the `on_hog` callback).
 static CRUNCH_STALLED: AtomicBool = AtomicBool::new(false);
 
-/// The stalling handler: spins for at least 300 ms, and on until the watchdog reported the stall
-/// (30 s at most). This test's watchdog is the first of its binary: it loads the debug
-/// information before its first check, which a busy machine can make take longer than a fixed
-/// spin, and the stall must be caught while the handler still blocks.
-fn crunch_until_reported() -> u64 {
+/// `GET /crunch`'s entry once its stack is named (10 s at most): the stack is captured while the
+/// handler blocks and named by the watchdog's naming thread, which may still be loading the
+/// debug information.
+async fn named_crunch_entry(address: SocketAddr) -> serde_json::Value {
     let start = Instant::now();
-    let mut acc = 0;
-    while start.elapsed() < Duration::from_millis(300)
-        || (!CRUNCH_STALLED.load(Ordering::SeqCst) && start.elapsed() < Duration::from_secs(30))
-    {
-        acc ^= common::crunch_numbers(Duration::from_millis(20));
+    loop {
+        let crunch = crunch_entry(address).await;
+        if crunch["top_culprits"][0]["culprit"].is_string()
+            || start.elapsed() > Duration::from_secs(10)
+        {
+            return crunch;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    acc
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -91,7 +92,7 @@ async fn a_stalled_route_gets_its_culprit_and_a_flame_graph() {
     let app = Router::new()
         .route(
             "/crunch",
-            get(|| async { crunch_until_reported().to_string() }),
+            get(|| async { common::crunch_numbers(Duration::from_millis(300)).to_string() }),
         )
         .layer(detector.layer())
         .merge(detector.router());
@@ -103,8 +104,7 @@ async fn a_stalled_route_gets_its_culprit_and_a_flame_graph() {
         detector.watchdog_stats()
     );
 
-    // The watchdog records the stall before it calls `on_hog`: the report has it now.
-    let crunch = crunch_entry(address).await;
+    let crunch = named_crunch_entry(address).await;
     assert!(crunch["stalls"].as_u64().unwrap() >= 1, "{crunch}");
     let culprit = crunch["top_culprits"][0]["culprit"]
         .as_str()

@@ -31,9 +31,8 @@ fn watchdogs_sleep() -> bool {
     })
 }
 
-/// Waits (up to 30 s) until the watchdog threads sleep, past their warm-up: asleep twice, 10 ms
-/// apart. (Loading the debug information, which a busy machine can make take seconds, runs or
-/// waits on the disk; the thread then parks until its next check.)
+/// Waits (up to 30 s) until the watchdog threads sleep: asleep twice, 10 ms apart (a new thread
+/// parks until its next check as soon as it has started).
 fn wait_until_watchdogs_sleep() {
     let start = Instant::now();
     loop {
@@ -71,8 +70,7 @@ fn dropping_the_last_detector_stops_the_watchdog_promptly() {
         .build()
         .unwrap();
     assert_eq!(wait_for_watchdog_threads(1), 1);
-    // Past its warm-up (which a drop waits for): parked for its check, so that only being woken
-    // stops it now.
+    // Parked for its check, so that only being woken stops it now.
     wait_until_watchdogs_sleep();
     let clone = detector.clone();
     let pending = clone.watch("outlives-the-detector", std::future::pending::<()>());

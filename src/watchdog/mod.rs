@@ -2,15 +2,23 @@
 //! stack and names the culprit. See the [guide](crate::docs::watchdog).
 //!
 //! - `slot`: what each thread publishes about the poll it is inside (lock-free, per thread);
+//! - `activity`: whether a stalled thread runs its own code or waits in a system call (`/proc`);
 //! - `signal`: the only `unsafe` code, interrupting a thread to record its stack;
 //! - `symbols`: names, folded stacks and culprits, on the watchdog thread;
 //! - `stalls`: per-label stall statistics for the report.
+//!
+//! A stall is counted and reported when the watchdog sees it; its stack is captured right away
+//! (unless the thread waits in a system call, which a signal would interrupt), and named by a
+//! thread of its own (`Namer`), which loads the program's debug information when it starts:
+//! neither the first check, nor any later one, nor dropping the detector waits for that.
 //!
 //! The recorder's poll path (`Recorder::begin` and `end`, used by watched futures, streams, the
 //! layer's bodies and tokio's task hooks) feeds the slots through [`poll_started`] and
 //! [`poll_ended`]. Each restores what the thread published before, so a watched poll inside a
 //! task poll is reported under its own label and the task's comes back when it returns.
 
+#[cfg(target_os = "linux")]
+mod activity;
 #[cfg(target_os = "linux")]
 mod signal;
 mod slot;
@@ -58,7 +66,13 @@ pub(crate) struct Watchdog {
     requested: AtomicU64,
     completed: AtomicU64,
     failed: AtomicU64,
+    /// The process that built it: in a `fork()` child its thread does not exist.
+    pid: u32,
 }
+
+/// The shortest watchdog threshold: below it the watchdog would look at, and signal, nearly
+/// every poll.
+pub(crate) const MIN_THRESHOLD: Duration = Duration::from_millis(1);
 
 /// Whether `signal` can be given to `Builder::watchdog_signal` on this platform.
 pub(crate) fn usable_signal(signal: i32) -> bool {
@@ -105,6 +119,7 @@ impl Watchdog {
             requested: AtomicU64::new(0),
             completed: AtomicU64::new(0),
             failed: AtomicU64::new(0),
+            pid: std::process::id(),
         })
     }
 
@@ -130,7 +145,9 @@ impl Watchdog {
 
     /// Adds each label's stalls, stacks and culprits to its report entry.
     pub(crate) fn fill(&self, entries: &mut [Entry], reset: bool) {
-        let mut table = self.lock();
+        let Some(mut table) = self.lock_for_report() else {
+            return;
+        };
         for entry in entries.iter_mut() {
             if let Some(stalls) = table.get(entry.label.as_str()) {
                 entry.stalls = stalls.stalls;
@@ -148,6 +165,22 @@ impl Watchdog {
         self.stalls
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The table for a report. In a `fork()` child the watchdog thread may have held the lock
+    /// when the process was copied, and it is not there to release it: then the report goes
+    /// without the stall figures rather than waiting for ever.
+    fn lock_for_report(
+        &self,
+    ) -> Option<std::sync::MutexGuard<'_, HashMap<Arc<str>, stalls::LabelStalls>>> {
+        if std::process::id() == self.pid {
+            return Some(self.lock());
+        }
+        match self.stalls.try_lock() {
+            Ok(table) => Some(table),
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
     }
 }
 
@@ -186,19 +219,36 @@ pub(crate) fn poll_ended(previous: Published) {
 pub(crate) struct WatchdogThread {
     stop: Arc<AtomicBool>,
     handle: Option<JoinHandle<()>>,
+    /// The process the thread runs in: a `fork()` child has a copy of this handle, not the thread.
+    pid: u32,
 }
 
 impl WatchdogThread {
-    /// Starts the thread that watches `shared`'s polls.
+    /// Starts the thread that watches `recorder`'s polls (and, on Linux, the thread that names
+    /// the stacks it captures).
     pub(crate) fn spawn(recorder: Arc<Recorder>, watchdog: Arc<Watchdog>) -> std::io::Result<Self> {
+        #[cfg(target_os = "linux")]
+        let namer = Namer::spawn(watchdog.clone());
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
+        let checker = Checker {
+            recorder,
+            watchdog,
+            stalled: HashMap::new(),
+            #[cfg(target_os = "linux")]
+            activity: activity::Reader::default(),
+            #[cfg(target_os = "linux")]
+            namer,
+            #[cfg(target_os = "linux")]
+            reinstalled: signal::reinstalled(),
+        };
         let handle = std::thread::Builder::new()
             .name("hogwatch-watchdog".to_string())
-            .spawn(move || Checker::new(recorder, watchdog).run(&flag))?;
+            .spawn(move || checker.run(&flag))?;
         Ok(Self {
             stop,
             handle: Some(handle),
+            pid: std::process::id(),
         })
     }
 }
@@ -207,6 +257,12 @@ impl Drop for WatchdogThread {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
         if let Some(handle) = self.handle.take() {
+            if std::process::id() != self.pid {
+                // A `fork()` child: the thread stayed in the parent. Joining would wait for ever,
+                // and even detaching touches the parent's thread record: leave it alone.
+                std::mem::forget(handle);
+                return;
+            }
             handle.thread().unpark();
             // The last detector may be dropped by a callback on the watchdog thread itself:
             // it then sees the flag and ends after the callback returns.
@@ -226,32 +282,152 @@ struct Stall {
     seen_in: u64,
 }
 
+/// A captured stack to name, record under its label and warn about.
+#[cfg(target_os = "linux")]
+struct Job {
+    raw: signal::RawStack,
+    /// The stall's event, without stack yet.
+    event: HogEvent,
+    /// `Some(suppressed)` if the stall's warning is due.
+    warn: Option<u64>,
+    /// Where the named stack goes if the watchdog thread still waits for it.
+    reply: std::sync::mpsc::Sender<(Vec<String>, Option<String>)>,
+}
+
+/// The thread that names captured stacks (`hogwatch-symbols`): reading debug information takes
+/// about a second the first time in a debug build, and naming new addresses can take tens of
+/// milliseconds after that, which the watchdog thread must not spend away from its checks. It
+/// loads the program's debug information as soon as it starts (before any stall, usually), and
+/// ends when the watchdog thread does; nothing waits for it.
+#[cfg(target_os = "linux")]
+struct Namer {
+    jobs: Option<std::sync::mpsc::SyncSender<Job>>,
+}
+
+/// Stacks waiting to be named, at most; later ones are dropped (their stalls are still counted
+/// and reported).
+#[cfg(target_os = "linux")]
+const MAX_WAITING: usize = 64;
+
+#[cfg(target_os = "linux")]
+impl Namer {
+    fn spawn(watchdog: Arc<Watchdog>) -> Self {
+        let (jobs, receive) = std::sync::mpsc::sync_channel::<Job>(MAX_WAITING);
+        let spawned = std::thread::Builder::new()
+            .name("hogwatch-symbols".to_string())
+            .spawn(move || {
+                let mut symbolizer = symbols::Symbolizer::default();
+                symbolizer.warm_up();
+                while let Ok(job) = receive.recv() {
+                    let Job {
+                        raw,
+                        mut event,
+                        warn,
+                        reply,
+                    } = job;
+                    let (stack, culprit) = name(&mut symbolizer, &watchdog, &event.label, &raw);
+                    let _ = reply.send((stack.clone(), culprit.clone()));
+                    if let Some(suppressed) = warn {
+                        event.stack = stack;
+                        event.culprit = culprit;
+                        warn_stall(&watchdog, &event, suppressed, &event.stack.join("\n  "));
+                    }
+                }
+            });
+        Self {
+            // Without the thread, stacks are captured but never named.
+            jobs: spawned.ok().map(|_| jobs),
+        }
+    }
+
+    /// Hands `job` to the naming thread; `false` if that thread is busy or gone.
+    fn send(&self, job: Job) -> bool {
+        self.jobs
+            .as_ref()
+            .is_some_and(|jobs| jobs.try_send(job).is_ok())
+    }
+}
+
+/// Names `raw` and records its stack and culprit under `label`; returns them.
+#[cfg(target_os = "linux")]
+fn name(
+    symbolizer: &mut symbols::Symbolizer,
+    watchdog: &Watchdog,
+    label: &Arc<str>,
+    raw: &signal::RawStack,
+) -> (Vec<String>, Option<String>) {
+    let frames = symbolizer.frames(&raw.ips, raw.pc);
+    let culprit = symbols::culprit(&frames, &watchdog.prefixes);
+    let mut stack: Vec<String> = frames.into_iter().map(|frame| frame.name).collect();
+    stack.truncate(signal::MAX_FRAMES);
+    let folded = symbols::fold(symbols::within_poll(&stack));
+    let mut table = watchdog.lock();
+    let entry = table.entry(label.clone()).or_default();
+    if !stack.is_empty() {
+        entry.stacks.record(&folded, stalls::TRACKED);
+    }
+    if let Some(culprit) = &culprit {
+        entry.culprits.record(culprit, stalls::TRACKED);
+    }
+    (stack, culprit)
+}
+
+/// One `tracing` warning about a stall; `stack` is the stack as text, or why there is none.
+fn warn_stall(watchdog: &Watchdog, event: &HogEvent, suppressed: u64, stack: &str) {
+    let running_ns = u64::try_from(event.duration.as_nanos()).unwrap_or(u64::MAX);
+    let thread = event.thread.as_deref().unwrap_or("?");
+    tracing::warn!(
+        target: "hogwatch",
+        label = %event.label,
+        running_ms = running_ns / 1_000_000,
+        threshold_us = watchdog.threshold_us,
+        thread = %thread,
+        culprit = event.culprit.as_deref().unwrap_or("unknown"),
+        suppressed,
+        "a poll has been blocking the executor for {:.1} ms, in {}; stack:\n  {}",
+        running_ns as f64 / 1e6,
+        event.culprit.as_deref().unwrap_or("unknown code"),
+        stack,
+    );
+}
+
 /// The watchdog thread's state.
 struct Checker {
     recorder: Arc<Recorder>,
     watchdog: Arc<Watchdog>,
-    symbolizer: symbols::Symbolizer,
     stalled: HashMap<usize, Stall>,
+    #[cfg(target_os = "linux")]
+    activity: activity::Reader,
+    #[cfg(target_os = "linux")]
+    namer: Namer,
+    /// `signal::reinstalled()` when last looked at, to warn when it changes.
+    #[cfg(target_os = "linux")]
+    reinstalled: u64,
+}
+
+/// What became of one sample of a stall.
+enum Sample {
+    /// The stack was captured.
+    #[cfg(target_os = "linux")]
+    Stack(signal::RawStack),
+    /// No stack, for this reason.
+    None(String),
 }
 
 impl Checker {
-    fn new(recorder: Arc<Recorder>, watchdog: Arc<Watchdog>) -> Self {
-        Self {
-            recorder,
-            watchdog,
-            symbolizer: symbols::Symbolizer::default(),
-            stalled: HashMap::new(),
-        }
-    }
-
     /// How often the slots are looked at: every quarter of the threshold (100 µs at the least).
     fn interval(&self) -> Duration {
         Duration::from_nanos(self.watchdog.threshold_ns / 4).max(Duration::from_micros(100))
     }
 
+    /// How long the watchdog thread waits for a stack to be named before it reports the stall
+    /// without it (the stack is still named, recorded and warned about when it is ready): a
+    /// fraction of the interval between checks, 20 ms at most.
+    fn naming_budget(&self) -> Duration {
+        (self.interval() / 2).min(Duration::from_millis(20))
+    }
+
     fn run(mut self, stop: &AtomicBool) {
-        #[cfg(target_os = "linux")]
-        self.symbolizer.warm_up();
         let interval = self.interval();
         let mut slots = Vec::new();
         let mut generation = 0u64;
@@ -317,107 +493,160 @@ impl Checker {
         self.report(slot, published, running_ns, first);
     }
 
-    /// Captures, names and reports one stalled poll.
+    /// Counts and reports one stalled poll, with its stack if it can be had (and named) now.
     fn report(&mut self, slot: &slot::Slot, published: Published, running_ns: u64, first: bool) {
         let Some(label) = self.recorder.registry.find(published.label) else {
             return;
         };
         let watchdog = self.watchdog.clone();
-        watchdog.requested.fetch_add(1, Ordering::Relaxed);
-        let raw = self.capture(slot);
-        match &raw {
-            Ok(_) => watchdog.completed.fetch_add(1, Ordering::Relaxed),
-            Err(_) => watchdog.failed.fetch_add(1, Ordering::Relaxed),
-        };
+        // Counted when seen: whatever becomes of its stack, the poll did stall.
+        if first {
+            watchdog.stall_count.fetch_add(1, Ordering::Relaxed);
+            let mut table = watchdog.lock();
+            let entry = table.entry(label.name.clone()).or_default();
+            entry.stalls = entry.stalls.saturating_add(1);
+        }
+        let (sample, cause) = self.sample(slot);
         // The poll may have ended before the signal arrived: the stack is then someone else's.
         // (Still the same poll now means the handler ran inside it, or inside a poll nested in
         // it, since a thread only comes back to a poll's start reading by returning to it.)
-        if slot.read() != Some(published) {
-            return;
-        }
-        let (frames, stack_error) = match raw {
-            Ok(raw) => (self.symbolize(&raw), None),
-            Err(error) => (Vec::new(), Some(error)),
+        let sample = match sample {
+            #[cfg(target_os = "linux")]
+            Sample::Stack(_) if slot.read() != Some(published) => {
+                Sample::None("the poll returned before its stack was captured".to_string())
+            }
+            sample => sample,
         };
-        let culprit = symbols::culprit(&frames, &watchdog.prefixes);
-        let frames: Vec<String> = frames.into_iter().map(|frame| frame.name).collect();
-        if first {
-            watchdog.stall_count.fetch_add(1, Ordering::Relaxed);
-        }
         let now_ns = self
             .recorder
             .clock
             .delta_as_nanos(0, self.recorder.clock.raw());
-        let suppressed = {
+        let warn = {
             let mut table = watchdog.lock();
             let entry = table.entry(label.name.clone()).or_default();
-            if first {
-                entry.stalls = entry.stalls.saturating_add(1);
-            }
-            if !frames.is_empty() {
-                let inside = symbols::within_poll(&frames);
-                entry.stacks.record(&symbols::fold(inside), stalls::TRACKED);
-            }
-            if let Some(culprit) = &culprit {
-                entry.culprits.record(culprit, stalls::TRACKED);
+            if let Some(cause) = cause {
+                entry.causes.record(cause);
             }
             entry
                 .warn_limiter
                 .try_acquire(now_ns, self.recorder.warn_interval_ns)
         };
-        let event = HogEvent {
+        #[allow(unused_mut)]
+        let mut event = HogEvent {
             kind: HogKind::Stall,
             label: label.name.clone(),
             duration: Duration::from_nanos(running_ns),
             threshold: Duration::from_nanos(watchdog.threshold_ns),
             thread: Some(slot.thread_name.clone()),
-            stack: frames,
-            culprit,
+            stack: Vec::new(),
+            culprit: None,
+        };
+        // The reason there is no stack to warn with, if the warning is ours to send.
+        let no_stack = match sample {
+            #[cfg(target_os = "linux")]
+            Sample::Stack(raw) => {
+                let (reply, named) = std::sync::mpsc::channel();
+                let job = Job {
+                    raw,
+                    event: event.clone(),
+                    warn,
+                    reply,
+                };
+                // The naming thread records the stack and sends the warning; the event gets the
+                // names if they come quickly (no debug information to load, no new address to
+                // look up).
+                if self.namer.send(job) {
+                    if let Ok((stack, culprit)) = named.recv_timeout(self.naming_budget()) {
+                        event.stack = stack;
+                        event.culprit = culprit;
+                    }
+                    None
+                } else {
+                    Some("not named: too many stacks waiting for their names".into())
+                }
+            }
+            Sample::None(reason) => Some(reason),
         };
         if let Some(callback) = &self.recorder.on_hog {
             crate::event::call_on_hog(callback, &event);
         }
-        if let Some(suppressed) = suppressed {
-            let stack = match &stack_error {
-                Some(error) => error.clone(),
-                None => event.stack.join("\n  "),
-            };
+        if let (Some(reason), Some(suppressed)) = (no_stack, warn) {
+            warn_stall(&watchdog, &event, suppressed, &reason);
+        }
+    }
+
+    /// What the stalled thread is doing, and its stack if it is running its own code.
+    #[cfg(target_os = "linux")]
+    fn sample(&mut self, slot: &slot::Slot) -> (Sample, Option<stalls::Cause>) {
+        let cause = match self.activity.read(slot.target.tid()) {
+            activity::Activity::Syscall(nr) => {
+                let name = activity::syscall_name(nr).unwrap_or("?");
+                let reason = format!(
+                    "blocked in the system call {name} ({nr}); not interrupted for a stack"
+                );
+                return (Sample::None(reason), Some(stalls::Cause::Syscall(nr)));
+            }
+            activity::Activity::Unknown => {
+                let reason = "going to sleep or waking up; not interrupted for a stack";
+                return (Sample::None(reason.to_string()), None);
+            }
+            activity::Activity::User => Some(stalls::Cause::Cpu),
+            // No `/proc`: signal as if it ran its own code (see the guide).
+            activity::Activity::Unreadable => None,
+        };
+        let watchdog = self.watchdog.clone();
+        watchdog.requested.fetch_add(1, Ordering::Relaxed);
+        let timeout = Duration::from_millis(250);
+        let captured = signal::capture(&slot.target, watchdog.signal, timeout);
+        self.warn_if_reinstalled();
+        match captured {
+            Ok(raw) => {
+                watchdog.completed.fetch_add(1, Ordering::Relaxed);
+                (Sample::Stack(raw), cause)
+            }
+            Err(error) => {
+                watchdog.failed.fetch_add(1, Ordering::Relaxed);
+                if error == signal::CaptureError::Displaced {
+                    self.warn_displaced();
+                }
+                (Sample::None(error.to_string()), cause)
+            }
+        }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn sample(&mut self, _slot: &slot::Slot) -> (Sample, Option<stalls::Cause>) {
+        (Sample::None(NO_STACK.to_string()), None)
+    }
+
+    /// Says once per process that another handler took the watchdog's signal.
+    #[cfg(target_os = "linux")]
+    fn warn_displaced(&self) {
+        static WARNED: AtomicBool = AtomicBool::new(false);
+        if !WARNED.swap(true, Ordering::Relaxed) {
             tracing::warn!(
                 target: "hogwatch",
-                label = %event.label,
-                running_ms = running_ns / 1_000_000,
-                threshold_us = watchdog.threshold_us,
-                thread = %slot.thread_name,
-                culprit = event.culprit.as_deref().unwrap_or("unknown"),
-                suppressed,
-                "a poll has been blocking the executor for {:.1} ms, in {}; stack:\n  {}",
-                running_ns as f64 / 1e6,
-                event.culprit.as_deref().unwrap_or("unknown code"),
-                stack,
+                signal = self.watchdog.signal,
+                "another handler has replaced the watchdog's on signal {} (a profiler?): stalls \
+                 are reported without stacks while it stays; see `Builder::watchdog_signal`",
+                self.watchdog.signal,
             );
         }
     }
 
+    /// Says (once per re-installation seen) that the signal's handler had been reset.
     #[cfg(target_os = "linux")]
-    fn capture(&mut self, slot: &slot::Slot) -> Result<signal::RawStack, String> {
-        let timeout = Duration::from_millis(250);
-        signal::capture(&slot.target, self.watchdog.signal, timeout)
-            .map_err(|error| error.to_string())
-    }
-
-    #[cfg(target_os = "linux")]
-    fn symbolize(&mut self, raw: &signal::RawStack) -> Vec<symbols::Frame> {
-        self.symbolizer.frames(&raw.ips, raw.pc)
-    }
-
-    #[cfg(not(target_os = "linux"))]
-    fn capture(&mut self, _slot: &slot::Slot) -> Result<std::convert::Infallible, String> {
-        Err(NO_STACK.to_string())
-    }
-
-    #[cfg(not(target_os = "linux"))]
-    fn symbolize(&mut self, raw: &std::convert::Infallible) -> Vec<symbols::Frame> {
-        let _ = &self.symbolizer;
-        match *raw {}
+    fn warn_if_reinstalled(&mut self) {
+        let now = signal::reinstalled();
+        if now != self.reinstalled {
+            self.reinstalled = now;
+            tracing::warn!(
+                target: "hogwatch",
+                signal = self.watchdog.signal,
+                "the watchdog's signal {} had been reset to its default action (a profiler \
+                 stopping?); hogwatch installed its handler again",
+                self.watchdog.signal,
+            );
+        }
     }
 }

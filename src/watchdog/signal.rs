@@ -9,6 +9,14 @@
 //! leaves (`DEAD`) only from `IDLE` or `DONE`, never while a signal may still be on its way, so
 //! `pthread_kill` never targets a thread that has exited.
 //!
+//! Before each signal the watchdog checks that the signal's disposition is still this handler
+//! (a profiler may have restored the default, which for `SIGPROF` ends the process): a default or
+//! ignored disposition gets the handler back, another program's handler means no signal at all.
+//!
+//! After `fork()` the child has only the forking thread: fork handlers release the slot list's
+//! lock in the child and give the forking thread back its capture state, so the child neither
+//! deadlocks nor waits for a signal that was discarded.
+//!
 //! What the handler does: no allocation, no lock, no panic; it saves and restores `errno`. It
 //! walks the stack with `backtrace::trace_unsynchronized`, which on Linux calls libgcc's
 //! `_Unwind_Backtrace`; with glibc 2.35 or later libgcc finds unwind tables through
@@ -18,8 +26,10 @@
 #![allow(unsafe_code)]
 
 use std::ffi::{c_int, c_void};
-use std::sync::atomic::{compiler_fence, AtomicBool, AtomicPtr, AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{
+    compiler_fence, AtomicBool, AtomicI32, AtomicPtr, AtomicU32, AtomicUsize, Ordering,
+};
+use std::sync::{Arc, Mutex, Once, OnceLock};
 use std::time::{Duration, Instant};
 
 /// The most frames one capture records (innermost first).
@@ -40,7 +50,12 @@ pub(crate) const DEFAULT_SIGNAL: c_int = libc::SIGPROF;
 /// One thread that can be asked for its stack, with the memory the handler writes into.
 pub(crate) struct Target {
     thread: libc::pthread_t,
+    /// The kernel's id of the thread (for `/proc/self/task/TID`); renewed in a fork's child.
+    tid: AtomicI32,
     state: AtomicU32,
+    /// Set while this thread runs the handler: a second handler nested in it (another signal)
+    /// must not claim a request, whose stack the first one would then overwrite.
+    in_handler: AtomicBool,
     /// The interrupted instruction pointer, from the signal context (0: unknown).
     pc: AtomicUsize,
     depth: AtomicUsize,
@@ -61,11 +76,15 @@ pub(crate) struct RawStack {
 pub(crate) enum CaptureError {
     /// Another capture of this thread is in flight, or the thread is leaving.
     Busy,
+    /// The signal's handler is another program's now (a profiler installed its own): no signal
+    /// was sent, since it would reach that handler instead.
+    Displaced,
     /// `pthread_kill` failed (with this error number).
     Send(c_int),
     /// The signal was not handled in time (blocked by the thread's signal mask, or replaced).
     Timeout,
-    /// The handler started but did not finish in time: the thread is never signalled again.
+    /// The handler started but did not finish in time; the thread is given back, so a later
+    /// capture may try again.
     Stuck,
 }
 
@@ -73,6 +92,9 @@ impl std::fmt::Display for CaptureError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             CaptureError::Busy => f.write_str("another capture of this thread is in flight"),
+            CaptureError::Displaced => f.write_str(
+                "the signal's handler was replaced by another one (a profiler?); no signal sent",
+            ),
             CaptureError::Send(errno) => write!(f, "pthread_kill failed with errno {errno}"),
             CaptureError::Timeout => f.write_str("the signal was not handled in time"),
             CaptureError::Stuck => f.write_str("the signal handler did not finish"),
@@ -100,7 +122,9 @@ impl Attached {
         let target = Arc::new(Target {
             // SAFETY: pthread_self has no preconditions and always succeeds.
             thread: unsafe { libc::pthread_self() },
+            tid: AtomicI32::new(current_tid()),
             state: AtomicU32::new(IDLE),
+            in_handler: AtomicBool::new(false),
             pc: AtomicUsize::new(0),
             depth: AtomicUsize::new(0),
             frames: std::array::from_fn(|_| AtomicUsize::new(0)),
@@ -135,6 +159,19 @@ impl Drop for Attached {
         // before the pointer is cleared.
         compiler_fence(Ordering::SeqCst);
     }
+}
+
+impl Target {
+    /// The thread's kernel id, for `/proc/self/task/TID`.
+    pub(crate) fn tid(&self) -> i32 {
+        self.tid.load(Ordering::Relaxed)
+    }
+}
+
+/// The calling thread's kernel id.
+fn current_tid() -> i32 {
+    // SAFETY: gettid has no preconditions and always succeeds.
+    unsafe { libc::gettid() }
 }
 
 /// Whether `signal` can be used to interrupt threads: one meant for profiling or for the
@@ -187,19 +224,20 @@ pub(crate) fn install(signal: c_int) -> std::io::Result<()> {
     if *installed & (1 << index) != 0 {
         return Ok(());
     }
-    // SAFETY: an all-zero sigaction is a valid value of this plain C struct.
-    let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
-    action.sa_sigaction =
-        handler as extern "C" fn(c_int, *mut libc::siginfo_t, *mut c_void) as usize;
-    action.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
-    // SAFETY: sa_mask is a valid sigset_t inside `action`, which we own.
-    unsafe { libc::sigemptyset(&mut action.sa_mask) };
-    // SAFETY: as above, zeroed is a valid sigaction to receive the previous one.
-    let mut previous: libc::sigaction = unsafe { std::mem::zeroed() };
+    static AT_FORK: Once = Once::new();
+    AT_FORK.call_once(|| {
+        // SAFETY: the three handlers are extern "C" fns without arguments that stay valid for
+        // the life of the process; see each one for what it may do at that point of a fork.
+        // Registration fails only without memory, and then the child is merely less safe.
+        let _ = unsafe {
+            libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child))
+        };
+    });
+    let mut previous = zeroed_action();
     // SAFETY: `signal` is catchable (checked by `usable`), both pointers are valid for the call,
     // and `handler` is an extern "C" fn of the SA_SIGINFO shape, async-signal-safe as described
     // in the module docs.
-    if unsafe { libc::sigaction(signal, &action, &mut previous) } != 0 {
+    if unsafe { libc::sigaction(signal, &our_action(), &mut previous) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
     let chained = previous.sa_sigaction;
@@ -211,18 +249,90 @@ pub(crate) fn install(signal: c_int) -> std::io::Result<()> {
     Ok(())
 }
 
+fn zeroed_action() -> libc::sigaction {
+    // SAFETY: an all-zero sigaction is a valid value of this plain C struct.
+    unsafe { std::mem::zeroed() }
+}
+
+/// The address of [`handler`], as `sigaction` reports it.
+fn handler_address() -> usize {
+    handler as extern "C" fn(c_int, *mut libc::siginfo_t, *mut c_void) as usize
+}
+
+/// hogwatch's disposition: [`handler`] with `SA_SIGINFO`, `SA_RESTART` (system calls it
+/// interrupts restart where the kernel allows) and `SA_ONSTACK` (on a thread with an alternate
+/// signal stack, as Rust's threads have for stack overflows, the handler runs there: a capture
+/// near the end of a small stack does not overflow it).
+fn our_action() -> libc::sigaction {
+    let mut action = zeroed_action();
+    action.sa_sigaction = handler_address();
+    action.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART | libc::SA_ONSTACK;
+    // SAFETY: sa_mask is a valid sigset_t inside `action`, which we own.
+    unsafe { libc::sigemptyset(&mut action.sa_mask) };
+    action
+}
+
+/// How many times [`capture`] found the signal's disposition reset to the default (or ignored)
+/// and installed the handler again.
+static REINSTALLED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many times the handler was installed again since the process started (see [`capture`]).
+pub(crate) fn reinstalled() -> u64 {
+    REINSTALLED.load(Ordering::Relaxed)
+}
+
+/// Checks that `signal` still reaches [`handler`], re-installing it over a default or ignored
+/// disposition (what a profiler leaves when it stops). Another handler is left alone.
+fn ensure_ours(signal: c_int) -> Result<(), CaptureError> {
+    let mut current = zeroed_action();
+    // SAFETY: a null new action only reads the current one into `current`, which we own.
+    if unsafe { libc::sigaction(signal, std::ptr::null(), &mut current) } != 0 {
+        return Err(CaptureError::Displaced);
+    }
+    if current.sa_sigaction == handler_address() {
+        return Ok(());
+    }
+    if current.sa_sigaction != libc::SIG_DFL && current.sa_sigaction != libc::SIG_IGN {
+        return Err(CaptureError::Displaced);
+    }
+    // Whatever we chained to before has given up the signal: there is no one to pass it on to.
+    if let Some(index) = usize::try_from(signal)
+        .ok()
+        .filter(|index| *index < SIGNALS)
+    {
+        PREVIOUS[index].store(0, Ordering::Release);
+    }
+    let mut replaced = zeroed_action();
+    // SAFETY: as in `install`; `signal` was accepted by `install` before, so it is catchable.
+    if unsafe { libc::sigaction(signal, &our_action(), &mut replaced) } != 0 {
+        return Err(CaptureError::Displaced);
+    }
+    REINSTALLED.fetch_add(1, Ordering::Relaxed);
+    // Someone else's handler may have come in between our two calls: put it back.
+    if replaced.sa_sigaction != libc::SIG_DFL && replaced.sa_sigaction != libc::SIG_IGN {
+        // SAFETY: `replaced` is the disposition the kernel just handed us, valid as it was.
+        unsafe { libc::sigaction(signal, &replaced, std::ptr::null_mut()) };
+        return Err(CaptureError::Displaced);
+    }
+    Ok(())
+}
+
 /// Asks `target`'s thread for its stack with `signal` and waits up to `timeout` for it.
 ///
 /// The handler for `signal` must have been installed with [`install`].
 ///
 /// # Errors
 ///
-/// See [`CaptureError`]; after `Stuck` the thread is never signalled again.
+/// See [`CaptureError`].
 pub(crate) fn capture(
     target: &Target,
     signal: c_int,
     timeout: Duration,
 ) -> Result<RawStack, CaptureError> {
+    // Without our handler, the signal would take its default action (for `SIGPROF`: end the
+    // process) or reach another program's handler. What is left of the race (a disposition
+    // changed between this check and the signal) is described in the guide.
+    ensure_ours(signal)?;
     target
         .state
         .compare_exchange(IDLE, REQUESTED, Ordering::AcqRel, Ordering::Acquire)
@@ -254,9 +364,20 @@ pub(crate) fn capture(
             {
                 return Err(CaptureError::Timeout);
             }
-            // IN_PROGRESS: the handler itself is stuck. Any other state cannot last; never
-            // wait for it forever either.
-            _ if started.elapsed() > timeout * 4 => return Err(CaptureError::Stuck),
+            // IN_PROGRESS: the handler itself is stuck (or its thread is not being run). Give
+            // the thread back so that later captures may try again: the handler, if it ever
+            // finishes, then finds its request withdrawn and publishes nothing; a later signal
+            // of the same number waits for it to return (it is blocked while its handler runs),
+            // and one of another number nested in it claims nothing (`in_handler`).
+            _ if started.elapsed() > timeout * 4 => {
+                let _ = target.state.compare_exchange(
+                    IN_PROGRESS,
+                    IDLE,
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                );
+                return Err(CaptureError::Stuck);
+            }
             _ => {}
         }
         // A short spin covers the usual case (the thread is running, the handler takes tens of
@@ -295,22 +416,69 @@ extern "C" fn handler(signal: c_int, info: *mut libc::siginfo_t, context: *mut c
     // SAFETY: a non-null CURRENT points to the Target an `Attached` of this thread keeps alive;
     // `Attached::drop` clears it before releasing the Arc, on this same thread.
     let target = unsafe { target.as_ref() };
-    match target {
-        Some(target)
-            if target
+    let claimed = target.is_some_and(|target| {
+        // Set while this handler runs; already set means this handler is nested in one of ours
+        // on this thread (another signal), which owns the flag and the target's buffer.
+        let nested = target.in_handler.swap(true, Ordering::Relaxed);
+        let claimed = !nested
+            && target
                 .state
                 .compare_exchange(REQUESTED, IN_PROGRESS, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok() =>
-        {
+                .is_ok();
+        if claimed {
+            #[cfg(test)]
+            tests::in_handler(signal);
             record(target, context);
-            target.state.store(DONE, Ordering::Release);
+            // The watchdog may have given up on this capture (`Stuck`) and handed the thread
+            // back: then nothing is published.
+            let _ = target.state.compare_exchange(
+                IN_PROGRESS,
+                DONE,
+                Ordering::Release,
+                Ordering::Relaxed,
+            );
         }
+        if !nested {
+            target.in_handler.store(false, Ordering::Relaxed);
+        }
+        claimed
+    });
+    if !claimed {
         // Not ours (another profiler's signal, or a request already withdrawn): pass it on.
         // SAFETY: the arguments are the ones the kernel gave this handler.
-        _ => unsafe { chain(signal, info, context) },
+        unsafe { chain(signal, info, context) };
     }
     // SAFETY: as above.
     unsafe { *libc::__errno_location() = saved_errno };
+}
+
+/// Runs in the forking thread before a fork: takes the slot list's lock, so that no other thread
+/// holds it while the process is copied (the child would wait for it for ever).
+extern "C" fn fork_prepare() {
+    super::slot::fork_prepare();
+}
+
+/// Runs in the parent after a fork: lets the slot list go.
+extern "C" fn fork_parent() {
+    super::slot::fork_done();
+}
+
+/// Runs in the child after a fork, where only the forking thread exists: lets the slot list go,
+/// and gives the forking thread its new kernel id and its capture state back (a signal pending
+/// at the fork is not inherited, so a request in flight would never be answered).
+extern "C" fn fork_child() {
+    super::slot::fork_done();
+    let _ = CURRENT.try_with(|current| {
+        // SAFETY: as in the handler: a non-null CURRENT points to this thread's live Target.
+        if let Some(target) = unsafe { current.load(Ordering::Acquire).as_ref() } {
+            target.tid.store(current_tid(), Ordering::Relaxed);
+            let _ =
+                target
+                    .state
+                    .compare_exchange(REQUESTED, IDLE, Ordering::AcqRel, Ordering::Relaxed);
+            target.in_handler.store(false, Ordering::Relaxed);
+        }
+    });
 }
 
 /// Writes the interrupted thread's stack into `target`; runs inside the handler.
@@ -438,6 +606,25 @@ mod tests {
     use std::sync::atomic::AtomicBool;
     use std::sync::mpsc;
 
+    /// A handler of this signal that claims a request waits until this is cleared (0): a stuck
+    /// handler, on demand.
+    static HOLD_SIGNAL: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+    /// Whether the last handler that claimed a request ran on an alternate signal stack.
+    static ON_ALT_STACK: AtomicBool = AtomicBool::new(false);
+
+    /// What the tests observe inside the handler, after it claimed a request.
+    pub(super) fn in_handler(signal: c_int) {
+        while HOLD_SIGNAL.load(Ordering::Acquire) == signal {
+            std::hint::spin_loop();
+        }
+        // SAFETY: an all-zero stack_t is a valid value of this plain C struct.
+        let mut stack: libc::stack_t = unsafe { std::mem::zeroed() };
+        // SAFETY: a null new stack only reads the current one (async-signal-safe) into ours.
+        if unsafe { libc::sigaltstack(std::ptr::null(), &mut stack) } == 0 {
+            ON_ALT_STACK.store(stack.ss_flags & libc::SS_ONSTACK != 0, Ordering::Release);
+        }
+    }
+
     /// Spins on a thread of its own, attached, until told to stop.
     fn spinning_thread(stop: Arc<AtomicBool>) -> (Arc<Target>, std::thread::JoinHandle<()>) {
         let (send, receive) = mpsc::channel();
@@ -559,6 +746,75 @@ mod tests {
             }
         }
         panic!("only {raced} of 1000 threads left before their capture was read");
+    }
+
+    #[test]
+    fn a_stuck_capture_gives_the_thread_back_and_handlers_run_on_the_alternate_stack() {
+        let signal = libc::SIGRTMIN() + 8;
+        install(signal).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (target, handle) = spinning_thread(stop.clone());
+        HOLD_SIGNAL.store(signal, Ordering::Release);
+        let stuck = capture(&target, signal, Duration::from_millis(200));
+        HOLD_SIGNAL.store(0, Ordering::Release);
+        assert_eq!(stuck.unwrap_err(), CaptureError::Stuck);
+        let again = capture(&target, signal, Duration::from_secs(5));
+        assert!(again.is_ok(), "the thread was given back: {again:?}");
+        assert!(
+            ON_ALT_STACK.load(Ordering::Acquire),
+            "a Rust thread's alternate signal stack is used (SA_ONSTACK)"
+        );
+        stop.store(true, Ordering::Relaxed);
+        handle.join().unwrap();
+    }
+
+    /// Counts the signals a "profiler" installed over ours receives.
+    static FOREIGN_CALLS: AtomicUsize = AtomicUsize::new(0);
+
+    extern "C" fn foreign(_signal: c_int) {
+        FOREIGN_CALLS.fetch_add(1, Ordering::Relaxed);
+    }
+
+    #[test]
+    fn another_handler_is_never_signalled_and_the_default_action_gets_ours_back() {
+        let signal = libc::SIGRTMIN() + 9;
+        install(signal).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (target, handle) = spinning_thread(stop.clone());
+        let timeout = Duration::from_secs(5);
+        assert!(capture(&target, signal, timeout).is_ok());
+
+        // A profiler installs its own handler: no signal may reach it from us.
+        let mut profiler = zeroed_action();
+        profiler.sa_sigaction = foreign as extern "C" fn(c_int) as usize;
+        // SAFETY: `foreign` is a valid one-argument handler; both pointers are valid.
+        assert_eq!(
+            unsafe { libc::sigaction(signal, &profiler, std::ptr::null_mut()) },
+            0
+        );
+        assert_eq!(
+            capture(&target, signal, timeout).unwrap_err(),
+            CaptureError::Displaced
+        );
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(FOREIGN_CALLS.load(Ordering::Relaxed), 0, "never sent");
+
+        // It stops and restores the default action, which for a real-time signal ends the
+        // process: the next capture puts our handler back first.
+        let reinstalled_before = reinstalled();
+        // SAFETY: setting a catchable signal to its default action.
+        unsafe { libc::signal(signal, libc::SIG_DFL) };
+        assert!(capture(&target, signal, timeout).is_ok());
+        assert!(reinstalled() > reinstalled_before);
+        let mut current = zeroed_action();
+        // SAFETY: reads the disposition into our local.
+        unsafe { libc::sigaction(signal, std::ptr::null(), &mut current) };
+        assert_eq!(current.sa_sigaction, handler_address());
+        assert_ne!(current.sa_flags & libc::SA_ONSTACK, 0);
+        assert_eq!(FOREIGN_CALLS.load(Ordering::Relaxed), 0);
+
+        stop.store(true, Ordering::Relaxed);
+        handle.join().unwrap();
     }
 
     #[test]

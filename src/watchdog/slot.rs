@@ -8,8 +8,8 @@
 //! registered the first time it runs a watched poll of a detector with a watchdog, and leaves the
 //! registry when the thread exits.
 
-use std::sync::atomic::{fence, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// What a thread publishes: the poll it is inside, or nothing (all zero).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -122,11 +122,70 @@ impl Drop for Local {
     }
 }
 
-fn lock() -> std::sync::MutexGuard<'static, Vec<Arc<Slot>>> {
+/// Taken before [`SLOTS`] and released after it, by every user of the list and by the fork
+/// handlers around a `fork()`: while the forking thread holds it, no other thread is inside the
+/// list's lock, so the child never inherits that lock held by a thread it does not have. (A
+/// `std` mutex cannot be released by the fork handlers; this flag can.)
+static GATE: AtomicBool = AtomicBool::new(false);
+
+fn enter_gate() {
+    while GATE
+        .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+        .is_err()
+    {
+        std::thread::yield_now();
+    }
+}
+
+/// The slot list, locked. Fields drop in order: the mutex first, then the gate, so a fork that
+/// waited for the gate finds the mutex free.
+struct Locked {
+    guard: MutexGuard<'static, Vec<Arc<Slot>>>,
+    _gate: Gate,
+}
+
+/// Holds [`GATE`]; releases it when dropped.
+struct Gate;
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        GATE.store(false, Ordering::Release);
+    }
+}
+
+impl std::ops::Deref for Locked {
+    type Target = Vec<Arc<Slot>>;
+    fn deref(&self) -> &Self::Target {
+        &self.guard
+    }
+}
+
+impl std::ops::DerefMut for Locked {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.guard
+    }
+}
+
+fn lock() -> Locked {
+    enter_gate();
+    let gate = Gate;
     // A poisoned lock only means a thread panicked while holding it; the list is still whole.
-    SLOTS
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    Locked {
+        guard: SLOTS
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        _gate: gate,
+    }
+}
+
+/// Before a fork (in the forking thread): waits until no thread uses the list, and keeps it so.
+pub(crate) fn fork_prepare() {
+    enter_gate();
+}
+
+/// After a fork, in parent and child: the list is free again.
+pub(crate) fn fork_done() {
+    GATE.store(false, Ordering::Release);
 }
 
 thread_local! {

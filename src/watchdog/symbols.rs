@@ -218,10 +218,31 @@ pub(crate) fn within_poll(frames: &[String]) -> &[String] {
     &frames[..end]
 }
 
-/// A stack folded root first, `a;b;c`, as flame graph tools read it.
+/// The root frame of a folded stack whose outermost frames were left out.
+pub(crate) const TRUNCATED: &str = "[truncated]";
+
+/// A stack (innermost frame first) folded root first, `a;b;c`, as flame graph tools read it;
+/// at most [`MAX_DEPTH`](super::stalls::MAX_DEPTH) frames and
+/// [`MAX_STACK_BYTES`](super::stalls::MAX_STACK_BYTES) bytes, keeping the innermost frames (the
+/// culprit's end) and starting with [`TRUNCATED`] if any were left out.
 pub(crate) fn fold(frames: &[String]) -> String {
-    let mut folded = String::new();
-    for frame in frames.iter().rev() {
+    use super::stalls::{MAX_DEPTH, MAX_STACK_BYTES};
+    let budget = MAX_STACK_BYTES - TRUNCATED.len() - 1;
+    let mut kept = 0;
+    let mut bytes = 0;
+    for frame in frames.iter().take(MAX_DEPTH) {
+        let more = frame.len() + usize::from(kept > 0);
+        if bytes + more > budget {
+            break;
+        }
+        bytes += more;
+        kept += 1;
+    }
+    let mut folded = String::with_capacity(bytes + TRUNCATED.len() + 1);
+    if kept < frames.len() {
+        folded.push_str(TRUNCATED);
+    }
+    for frame in frames[..kept].iter().rev() {
         if !folded.is_empty() {
             folded.push(';');
         }
@@ -277,8 +298,8 @@ impl Symbolizer {
     }
 
     /// Loads the debug information of the object hogwatch is linked into (usually the whole
-    /// program) now, on the watchdog thread, rather than at the first stall, which would then be
-    /// reported late.
+    /// program) into `backtrace`'s global cache now, on a thread of its own, rather than at the
+    /// first stall, whose stack would then be named late.
     pub(crate) fn warm_up(&mut self) {
         let here = Self::warm_up as fn(&mut Self) as usize;
         self.resolve(here);
@@ -291,8 +312,9 @@ impl Symbolizer {
         let mut names = Vec::new();
         backtrace::resolve(ip as *mut std::ffi::c_void, |symbol| {
             if let Some(name) = symbol.name() {
-                // `{:#}` leaves out the hash suffix of legacy-mangled names.
-                names.push(format!("{name:#}"));
+                // `{:#}` leaves out the hash suffix of legacy-mangled names. Cut to a bounded
+                // length: a stall keeps its names for the whole report window.
+                names.push(super::stalls::cap_name(format!("{name:#}")));
             }
         });
         if names.is_empty() {
@@ -438,6 +460,16 @@ mod tests {
             "tokio::runtime::task::harness::poll;my_app::handler::{{closure}};my_app::crunch"
         );
         assert_eq!(fold(&["f<[u8; 4]>".to_string()]), "f<[u8, 4]>");
+        // Bounded: the innermost frames are kept.
+        let deep: Vec<String> = (0..1_000).map(|i| format!("frame{i}")).collect();
+        let folded = fold(&deep);
+        assert!(folded.starts_with("[truncated];frame63;"), "{folded}");
+        assert!(folded.ends_with(";frame1;frame0"), "{folded}");
+        let wide: Vec<String> = (0..40).map(|i| format!("{i}{}", "x".repeat(250))).collect();
+        let folded = fold(&wide);
+        assert!(folded.len() <= crate::watchdog::stalls::MAX_STACK_BYTES);
+        assert!(folded.starts_with("[truncated];"), "{folded}");
+        assert!(folded.ends_with(&wide[0]), "{folded}");
         let whole: Vec<String> = [
             "my_app::crunch",
             "<hogwatch::watch::Watched<F> as core::future::future::Future>::poll",

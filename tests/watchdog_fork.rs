@@ -1,0 +1,118 @@
+//! A `fork()` child of a process with a watchdog can watch polls, report and drop its detector
+//! without hanging or deadlocking; it can also start a watchdog of its own. (Its own test binary:
+//! it forks the process.)
+#![cfg(all(feature = "watchdog", target_os = "linux"))]
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hogwatch::Detector;
+
+fn current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+}
+
+/// What the child does; returns normally only if every check holds.
+fn child(detector: Detector) {
+    // The inherited detector: its watchdog thread stayed in the parent.
+    let value = current_thread().block_on(detector.watch("child", async {
+        common::crunch_numbers(Duration::from_millis(300))
+    }));
+    std::hint::black_box(value);
+    let report = detector.report();
+    assert_eq!(report.entry("child").unwrap().completed, 1);
+    drop(detector);
+
+    // A detector of the child's own, with a watchdog that runs in the child.
+    let own = Detector::builder()
+        .watchdog(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    current_thread().block_on(own.watch("own", async {
+        common::crunch_numbers(Duration::from_millis(300))
+    }));
+    assert_eq!(own.report().entry("own").unwrap().stalls, 1);
+    drop(own);
+}
+
+/// Waits for `pid` up to `timeout`; kills it if it has not ended by then.
+fn wait(pid: libc::pid_t, timeout: Duration) -> Result<libc::c_int, String> {
+    let start = Instant::now();
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid only writes the status into our local.
+        let done = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if done == pid {
+            return Ok(status);
+        }
+        assert_eq!(done, 0, "waitpid failed");
+        if start.elapsed() > timeout {
+            // SAFETY: signalling and reaping our own child.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, &mut status, 0);
+            }
+            return Err(format!("the child did not end within {timeout:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_forked_child_watches_reports_and_drops_without_hanging() {
+    let detector = Detector::builder()
+        .threshold(Duration::from_millis(1))
+        .watchdog(Duration::from_millis(5))
+        .build()
+        .unwrap();
+    // This thread's slot exists before the fork (the child inherits it).
+    current_thread().block_on(detector.watch("parent", async {
+        common::crunch_numbers(Duration::from_millis(20))
+    }));
+    // The parent's watchdog is busy while the process forks: another thread stalls all along
+    // (30 ms polls), so the watchdog checks, captures, names and takes its locks. The future
+    // holds no `Detector`: the one handle below is the last, and the child drops it.
+    let stop = Arc::new(AtomicBool::new(false));
+    let busy = {
+        let stop = stop.clone();
+        detector.watch("busy", async move {
+            while !stop.load(Ordering::Relaxed) {
+                common::crunch_numbers(Duration::from_millis(30));
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    let staller = std::thread::spawn(move || current_thread().block_on(busy));
+    let mut held = Some(detector);
+    for round in 0..5 {
+        // SAFETY: the child runs only the code below and ends with `_exit`, never returning
+        // into the test harness (whose other threads it does not have).
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            // The child's only handle of the detector: dropping it drops the watchdog handle,
+            // whose thread is in the parent.
+            let detector = held.take().unwrap();
+            let outcome =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || child(detector)));
+            // SAFETY: ends the child at once, without running the parent's atexit handlers.
+            unsafe { libc::_exit(if outcome.is_ok() { 0 } else { 1 }) };
+        }
+        let status = wait(pid, Duration::from_secs(20)).unwrap_or_else(|error| {
+            panic!("round {round}: {error}");
+        });
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "round {round}: the child ended with status {status:#x}"
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    staller.join().unwrap();
+    let detector = held.take().unwrap();
+    assert!(detector.report().entry("busy").unwrap().stalls > 0);
+}
