@@ -286,6 +286,93 @@ criterion_group!(
     contended,
     threads_one_label,
     per_future,
-    per_request
+    per_request,
+    per_request_peers
 );
 criterion_main!(benches);
+
+/// The per-route layers users pick today, in the same `request/router/*` group as hogwatch's and
+/// on the same one-route router and request as `per_request`: axum-prometheus (a request counter,
+/// a pending gauge and a duration histogram per `MatchedPath`, into metrics-exporter-prometheus)
+/// and tower-http's `TraceLayer` with a span naming the `MatchedPath`, as axum's examples set it
+/// up, under a `fmt` subscriber at INFO that writes to a sink (so the span is built and its
+/// fields formatted, and no I/O is timed).
+fn per_request_peers(c: &mut Criterion) {
+    use axum::body::Body;
+    use axum::extract::MatchedPath;
+    use axum::http::{Request, Response};
+    use tower::{Service, ServiceExt};
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::Layer;
+
+    fn request() -> Request<Body> {
+        Request::get("/instruments/42")
+            .body(Body::empty())
+            .expect("valid request")
+    }
+    fn call<S>(service: &mut S)
+    where
+        S: Service<Request<Body>, Response = Response<Body>>,
+        S::Error: std::fmt::Debug,
+    {
+        let mut cx = Context::from_waker(Waker::noop());
+        let ready = pin!(service.ready());
+        let Poll::Ready(Ok(service)) = ready.poll(&mut cx) else {
+            panic!("the service is always ready")
+        };
+        let future = pin!(service.call(request()));
+        assert!(future.poll(&mut cx).is_ready());
+    }
+    let router = || {
+        axum::Router::new().route(
+            "/instruments/{id}",
+            axum::routing::get(|| async { "details" }),
+        )
+    };
+
+    // axum-prometheus installs its recorder globally (once per process) and spawns its upkeep
+    // task (draining the histogram's samples every 5 s) on the runtime it is created in, as in
+    // an app; this runtime's worker runs that task while the bench polls on the main thread.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_time()
+        .build()
+        .expect("a runtime");
+    let (prometheus_layer, handle) = {
+        let _entered = runtime.enter();
+        axum_prometheus::PrometheusMetricLayer::pair()
+    };
+
+    let mut group = c.benchmark_group("request");
+    group.bench_function("router/axum_prometheus", |b| {
+        let mut service = router().layer(prometheus_layer.clone()).with_state(());
+        b.iter(|| call(&mut service));
+    });
+    group.bench_function("router/trace_layer", |b| {
+        let subscriber = tracing_subscriber::registry().with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::sink)
+                .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
+        );
+        let _default = tracing::subscriber::set_default(subscriber);
+        let trace = tower_http::trace::TraceLayer::new_for_http().make_span_with(
+            |request: &Request<Body>| {
+                let matched_path = request
+                    .extensions()
+                    .get::<MatchedPath>()
+                    .map(MatchedPath::as_str);
+                tracing::info_span!("http_request", method = ?request.method(), matched_path)
+            },
+        );
+        let mut service = router().layer(trace).with_state(());
+        b.iter(|| call(&mut service));
+    });
+    group.finish();
+    // The layer did record: the compared work is real (this runs only where the bench did).
+    let rendered = handle.render();
+    assert!(
+        rendered.contains("/instruments/{id}") || !rendered.contains("axum_http_requests"),
+        "axum-prometheus recorded no request of the route:\n{rendered}"
+    );
+    drop(runtime);
+}

@@ -216,10 +216,14 @@ impl Builder {
     }
 
     /// Starts a watchdog thread that looks at every watched poll still running after
-    /// `threshold` and reports it while it blocks: a [`HogKind::Stall`] event with the blocked
-    /// thread's stack and the culprit, to `tracing` and to [`on_hog`](Self::on_hog) (called on
-    /// the watchdog thread). A poll that keeps blocking is reported again at 2, 4, 8... times
-    /// the threshold. See the [guide](crate::docs::watchdog) for how stacks are captured.
+    /// `threshold` and reports it while it blocks: a [`HogKind::Stall`](crate::HogKind::Stall)
+    /// event to [`on_hog`](Self::on_hog) (called on the watchdog thread) as soon as the stall is
+    /// seen, and a `tracing` warning. The blocked thread's stack (unless it waits in a system
+    /// call, which a signal would interrupt) is captured then and named on a thread of its own:
+    /// the event carries the stack and the culprit when the names are ready in time (the first
+    /// stall of a process usually comes without), the warning and the report always do. A poll
+    /// that keeps blocking is reported again at 2, 4, 8... times the threshold. See the
+    /// [guide](crate::docs::watchdog) for how stacks are captured.
     ///
     /// ```
     /// use std::time::Duration;

@@ -392,9 +392,11 @@ fn serve_metrics(detector: &Detector, query: Option<&str>) -> Response {
     if let Err(bad) = no_parameters(query) {
         return bad.into_response();
     }
-    let mut out = String::new();
-    render::prometheus::render(&detector.report(), &mut out);
-    respond("text/plain; version=0.0.4; charset=utf-8", LOCKED, out)
+    respond(
+        "text/plain; version=0.0.4; charset=utf-8",
+        LOCKED,
+        detector.report().to_prometheus(),
+    )
 }
 
 /// A `200` with `body`; `policy` is its `Content-Security-Policy` (`lock_down` adds the rest).

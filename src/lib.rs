@@ -39,6 +39,8 @@
 #![deny(missing_docs, unreachable_pub, unsafe_code)]
 #![warn(rust_2018_idioms)]
 
+#[cfg(feature = "metrics")]
+mod bridge;
 mod detector;
 pub mod docs;
 #[cfg(feature = "axum")]
@@ -58,6 +60,9 @@ mod watch;
 #[cfg(feature = "watchdog")]
 mod watchdog;
 
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub use bridge::metrics::MetricsReporter;
 pub use detector::{Builder, ConfigError, Detector};
 pub use event::{HogEvent, HogKind};
 pub use recorder::{Bucket, LabelKind, PollHistogram, CUT_MARKER, MAX_LABEL_BYTES, OTHER_LABEL};

@@ -62,7 +62,8 @@ pub struct WatchdogStats {
     pub stack_mode: &'static str,
     /// Polls seen running past the threshold (each counted once, however long it stalls).
     pub stalls: u64,
-    /// Stack captures asked for (one per stall report).
+    /// Stack captures asked for (one per stall report whose thread runs user code; a thread
+    /// waiting in a system call is not signalled).
     pub captures_requested: u64,
     /// Captures that returned a stack.
     pub captures_completed: u64,

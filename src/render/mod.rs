@@ -3,6 +3,5 @@
 #[cfg(feature = "watchdog")]
 pub(crate) mod flamegraph;
 pub(crate) mod html;
-#[cfg(feature = "axum")]
 pub(crate) mod prometheus;
 pub(crate) mod text;

@@ -2,10 +2,40 @@
 //!
 //! Durations are in seconds and counters end in `_total`, following Prometheus' naming
 //! conventions. Every series carries the hogwatch label as `label="..."`.
+//!
+//! Nothing here needs axum: [`Report::to_prometheus`] serves any HTTP stack (or a push
+//! gateway, or a file for node_exporter's textfile collector), and the `/debug/hogs/metrics`
+//! endpoint is one caller of it.
 
 use std::fmt::Write;
 
 use crate::report::{Entry, Report};
+
+impl Report {
+    /// The report in the Prometheus text exposition format (0.0.4), as `/debug/hogs/metrics`
+    /// serves it: per-label poll-duration histograms (seconds), poll, slow-poll, stall, request
+    /// and response counters, the threshold, and the watchdog's and lag probe's series when the
+    /// detector has them. Label values are escaped. Needs no feature: serve it from any HTTP
+    /// stack.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), hogwatch::ConfigError> {
+    /// let detector = hogwatch::Detector::builder().build()?;
+    /// # let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    /// # rt.block_on(async {
+    /// detector.watch("parse-blob", async {}).await;
+    /// # });
+    /// let metrics = detector.report().to_prometheus();
+    /// assert!(metrics.contains("# TYPE hogwatch_poll_duration_seconds histogram\n"));
+    /// assert!(metrics.contains("hogwatch_polls_total{label=\"parse-blob\"} 1\n"));
+    /// # Ok(()) }
+    /// ```
+    pub fn to_prometheus(&self) -> String {
+        let mut out = String::new();
+        render(self, &mut out);
+        out
+    }
+}
 
 /// Upper bounds of the poll-duration histogram buckets, in microseconds: 10 µs .. 10 s.
 const BUCKETS_US: [u64; 19] = [
@@ -358,6 +388,39 @@ mod tests {
         assert!(out.contains("# TYPE hogwatch_watchdog_captures_total counter\n"));
         assert!(out.contains("hogwatch_watchdog_captures_total{result=\"completed\"} 2\n"));
         assert!(out.contains("hogwatch_watchdog_captures_total{result=\"failed\"} 1\n"));
+    }
+
+    /// Issue 15: the Prometheus text needs no axum. This test runs in the
+    /// `--no-default-features` build too, where it did not compile before.
+    #[test]
+    fn a_report_renders_prometheus_without_any_feature() {
+        let detector = crate::Detector::builder()
+            .threshold(std::time::Duration::from_millis(10))
+            .build()
+            .unwrap();
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(detector.watch("blob", async {
+                std::thread::sleep(std::time::Duration::from_millis(60));
+            }));
+        let out = detector.report().to_prometheus();
+        assert!(out.contains("hogwatch_threshold_seconds 0.01\n"), "{out}");
+        assert!(
+            out.contains("hogwatch_slow_polls_total{label=\"blob\"} 1\n"),
+            "{out}"
+        );
+        // A poll of at least 60 ms is in no bucket up to 50 ms, and in the 10 s one (a loaded
+        // machine may stretch the sleep, so no tighter upper bucket).
+        assert!(
+            out.contains("hogwatch_poll_duration_seconds_bucket{label=\"blob\",le=\"0.05\"} 0\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("hogwatch_poll_duration_seconds_bucket{label=\"blob\",le=\"10\"} 1\n"),
+            "{out}"
+        );
+        assert!(out.ends_with('\n'), "{out}");
     }
 
     #[test]
