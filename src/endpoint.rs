@@ -226,21 +226,21 @@ where
             "/debug/hogs",
             get(move |query: RawQuery, headers: HeaderMap| {
                 let detector = detector.clone();
-                async move { serve_report(&detector, query.0.as_deref(), &headers) }
+                off_executor(move || serve_report(&detector, query.0.as_deref(), &headers))
             }),
         )
         .route(
             "/debug/hogs/reset",
             post(move |query: RawQuery, headers: HeaderMap| {
                 let detector = for_reset.clone();
-                async move { serve_reset(&detector, query.0.as_deref(), &headers) }
+                off_executor(move || serve_reset(&detector, query.0.as_deref(), &headers))
             }),
         )
         .route(
             "/debug/hogs/metrics",
             get(move |query: RawQuery| {
                 let detector = for_metrics.clone();
-                async move { serve_metrics(&detector, query.0.as_deref()) }
+                off_executor(move || serve_metrics(&detector, query.0.as_deref()))
             }),
         );
     #[cfg(feature = "watchdog")]
@@ -248,12 +248,28 @@ where
         "/debug/hogs/flamegraph.svg",
         get(move |query: RawQuery| {
             let detector = for_flamegraph.clone();
-            async move { serve_flamegraph(&detector, query.0.as_deref()) }
+            off_executor(move || serve_flamegraph(&detector, query.0.as_deref()))
         }),
     );
     // `route_layer`: every answer of the debug routes (their 400s and 405s included), never the
     // fallback, which after `merge` may answer the application's own unmatched requests.
     router.route_layer(axum::middleware::map_response(lock_down))
+}
+
+/// Takes the report and renders it on tokio's blocking pool, and awaits the answer. At
+/// `max_labels` a report and its page are milliseconds of CPU (about 1 ms and 5 ms at 1,024
+/// labels in a release build, `cargo bench --bench report`): on an executor worker that would
+/// be the very hog hogwatch reports, on every page refresh and every scrape.
+async fn off_executor(work: impl FnOnce() -> Response + Send + 'static) -> Response {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(response) => response,
+        // The runtime is shutting down, or the renderer panicked (a bug): say so in one line.
+        Err(error) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("hogwatch: the report could not be rendered: {error}\n"),
+        )
+            .into_response(),
+    }
 }
 
 /// The policy of every response that is not the HTML page or the flame graph: nothing may load
