@@ -4,19 +4,21 @@
 //! Data flows one way: a poll is recorded here (`poll`), into storage only its own thread
 //! writes (`label`, `thread`); a report takes a [`Snapshot`] (`Recorder::snapshot`), which
 //! `crate::report` turns into a `Report` for the renderers. This module imports nothing of the
-//! crate but `event` (what a slow poll tells the user) and, for now, the watchdog's
-//! per-thread slots it publishes polls in.
+//! crate but `event` (what a slow poll tells the user).
 //!
 //! - `histogram`: log-linear buckets, per-thread counters and the report's [`PollHistogram`];
 //! - `thread`: which storage slot a thread writes;
 //! - `label`: one label's per-thread storage and its windows;
 //! - `registry`: label -> statistics, bounded by `max_labels`, labels capped in length;
-//! - `poll`: the poll path shared by futures, streams, response bodies and task hooks.
+//! - `poll`: the poll path shared by futures, streams, response bodies and task hooks;
+//! - `slot` (feature `watchdog`): each thread's poll in flight, published for the watchdog.
 
 mod histogram;
 mod label;
 mod poll;
 mod registry;
+#[cfg(feature = "watchdog")]
+pub(crate) mod slot;
 mod thread;
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -11,7 +11,7 @@ use super::{Label, Outcome, Recorder};
 pub(crate) struct Started {
     start_raw: u64,
     #[cfg(feature = "watchdog")]
-    previous: Option<crate::watchdog::Published>,
+    previous: Option<super::slot::Published>,
 }
 
 impl Started {
@@ -28,7 +28,7 @@ impl Started {
     fn unpublish(&mut self) {
         #[cfg(feature = "watchdog")]
         if let Some(previous) = self.previous.take() {
-            crate::watchdog::poll_ended(previous);
+            super::slot::poll_ended(previous);
         }
     }
 
@@ -89,7 +89,7 @@ impl Recorder {
         let previous = if self.watchdog_id == 0 {
             None
         } else {
-            crate::watchdog::poll_started(
+            super::slot::poll_started(
                 self.watchdog_id,
                 std::ptr::from_ref(label) as usize,
                 start_raw,

@@ -1,7 +1,6 @@
 //! The stall watchdog: catches a poll while it is still blocking, records the blocked thread's
 //! stack and names the culprit. See the [guide](crate::docs::watchdog).
 //!
-//! - `slot`: what each thread publishes about the poll it is inside (lock-free, per thread);
 //! - `activity`: whether a stalled thread runs its own code or waits in a system call (`/proc`);
 //! - `signal`: the only `unsafe` code, interrupting a thread to record its stack;
 //! - `symbols`: names, folded stacks and culprits, on the watchdog thread;
@@ -13,15 +12,16 @@
 //! neither the first check, nor any later one, nor dropping the detector waits for that.
 //!
 //! The recorder's poll path (`Recorder::begin` and `end`, used by watched futures, streams, the
-//! layer's bodies and tokio's task hooks) feeds the slots through [`poll_started`] and
-//! [`poll_ended`]. Each restores what the thread published before, so a watched poll inside a
-//! task poll is reported under its own label and the task's comes back when it returns.
+//! layer's bodies and tokio's task hooks) publishes each poll in its thread's slot
+//! (`crate::recorder::slot`), restoring what the thread published before, so a watched poll
+//! inside a task poll is reported under its own label and the task's comes back when it
+//! returns. The watchdog reads the slots; it attaches its signal target to each thread as it
+//! registers (`slot::attach_with`).
 
 #[cfg(target_os = "linux")]
 mod activity;
 #[cfg(target_os = "linux")]
 mod signal;
-mod slot;
 mod stalls;
 mod symbols;
 
@@ -32,10 +32,10 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::event::{HogEvent, HogKind};
+use crate::recorder::slot::{self, Published};
 use crate::recorder::Recorder;
 use crate::report::{Entry, WatchdogStats};
 
-pub(crate) use slot::Published;
 pub(crate) use symbols::DEFAULT_RUNTIME_PREFIXES;
 
 /// The watchdog's configuration, as the builder collected it (`threshold: None`: no watchdog).
@@ -103,6 +103,12 @@ impl Watchdog {
         }
         #[cfg(target_os = "linux")]
         signal::install(signal).map_err(SetupError::Install)?;
+        // Each thread that registers a slot gets its signal target, made on the thread.
+        #[cfg(target_os = "linux")]
+        slot::attach_with(|| {
+            let attached = signal::Attached::current_thread();
+            (attached.target().clone(), Box::new(attached))
+        });
         Ok(Self {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             threshold_ns: threshold.as_nanos().try_into().unwrap_or(u64::MAX),
@@ -199,20 +205,6 @@ fn stack_mode() -> &'static str {
     {
         "unsupported"
     }
-}
-
-/// Publishes that the current thread is inside a poll of the label at `label` (an address,
-/// only compared) that started at `start_raw` (a reading of the detector's clock). Returns what
-/// [`poll_ended`] must restore.
-#[inline]
-pub(crate) fn poll_started(watchdog_id: u64, label: usize, start_raw: u64) -> Option<Published> {
-    slot::poll_started(watchdog_id, label, start_raw)
-}
-
-/// Publishes that the poll announced by [`poll_started`] ended.
-#[inline]
-pub(crate) fn poll_ended(previous: Published) {
-    slot::poll_ended(previous);
 }
 
 /// The watchdog thread; stops (promptly) and is joined when dropped.
@@ -578,7 +570,16 @@ impl Checker {
     /// What the stalled thread is doing, and its stack if it is running its own code.
     #[cfg(target_os = "linux")]
     fn sample(&mut self, slot: &slot::Slot) -> (Sample, Option<stalls::Cause>) {
-        let cause = match self.activity.read(slot.target.tid()) {
+        let Some(target) = slot
+            .attachment
+            .as_deref()
+            .and_then(|attachment| attachment.downcast_ref::<signal::Target>())
+        else {
+            // Registered before any watchdog existed (cannot happen: only a detector with a
+            // watchdog publishes polls); nothing to signal.
+            return (Sample::None("no signal target".to_string()), None);
+        };
+        let cause = match self.activity.read(target.tid()) {
             activity::Activity::Syscall(nr) => {
                 let name = activity::syscall_name(nr).unwrap_or("?");
                 let reason = format!(
@@ -597,7 +598,7 @@ impl Checker {
         let watchdog = self.watchdog.clone();
         watchdog.requested.fetch_add(1, Ordering::Relaxed);
         let timeout = Duration::from_millis(250);
-        let captured = signal::capture(&slot.target, watchdog.signal, timeout);
+        let captured = signal::capture(target, watchdog.signal, timeout);
         self.warn_if_reinstalled();
         match captured {
             Ok(raw) => {

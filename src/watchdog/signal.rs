@@ -455,19 +455,19 @@ extern "C" fn handler(signal: c_int, info: *mut libc::siginfo_t, context: *mut c
 /// Runs in the forking thread before a fork: takes the slot list's lock, so that no other thread
 /// holds it while the process is copied (the child would wait for it for ever).
 extern "C" fn fork_prepare() {
-    super::slot::fork_prepare();
+    crate::recorder::slot::fork_prepare();
 }
 
 /// Runs in the parent after a fork: lets the slot list go.
 extern "C" fn fork_parent() {
-    super::slot::fork_done();
+    crate::recorder::slot::fork_done();
 }
 
 /// Runs in the child after a fork, where only the forking thread exists: lets the slot list go,
 /// and gives the forking thread its new kernel id and its capture state back (a signal pending
 /// at the fork is not inherited, so a request in flight would never be answered).
 extern "C" fn fork_child() {
-    super::slot::fork_done();
+    crate::recorder::slot::fork_done();
     let _ = CURRENT.try_with(|current| {
         // SAFETY: as in the handler: a non-null CURRENT points to this thread's live Target.
         if let Some(target) = unsafe { current.load(Ordering::Acquire).as_ref() } {

@@ -7,16 +7,36 @@
 //! watchdog reads it and retries if the sequence moved. A thread's slot is allocated and
 //! registered the first time it runs a watched poll of a detector with a watchdog, and leaves the
 //! registry when the thread exits.
+//!
+//! The slots belong to the recorder, which publishes every poll here; the watchdog only reads
+//! them. What the watchdog needs of each thread to interrupt it (its signal target) is made, on
+//! the thread itself when it registers, by the hook the watchdog installs with
+//! [`attach_with`], and kept here as an opaque [`Attachment`]: the recorder does not import the
+//! watchdog.
 
+use std::any::Any;
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+/// What another subsystem keeps for each registered thread: a value it reads from the slot
+/// (`Slot::attachment`), and a guard dropped on the thread as it exits, after its slot left the
+/// list.
+pub(crate) type Attachment = (Arc<dyn Any + Send + Sync>, Box<dyn Any>);
+
+/// Makes a thread's attachment, on that thread, when it registers.
+static ATTACH: OnceLock<fn() -> Attachment> = OnceLock::new();
+
+/// Sets the hook that makes each thread's attachment (the first call wins: the watchdog's).
+pub(crate) fn attach_with(attach: fn() -> Attachment) {
+    let _ = ATTACH.set(attach);
+}
 
 /// What a thread publishes: the poll it is inside, or nothing (all zero).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Published {
     /// The watchdog id of the detector the poll belongs to (0: not in a watched poll).
     pub(crate) detector: u64,
-    /// The address of the label's `LabelStats`, an identity only: never dereferenced.
+    /// The address of the poll's `Label`, an identity only: never dereferenced.
     pub(crate) label: usize,
     /// Raw `quanta` clock reading at the start of the poll.
     pub(crate) start_raw: u64,
@@ -30,9 +50,8 @@ pub(crate) struct Slot {
     start_raw: AtomicU64,
     /// The thread's name (or its id if it has none).
     pub(crate) thread_name: Arc<str>,
-    /// How to interrupt the thread for its stack.
-    #[cfg(target_os = "linux")]
-    pub(crate) target: Arc<super::signal::Target>,
+    /// What the watchdog attached to the thread (how to interrupt it for its stack).
+    pub(crate) attachment: Option<Arc<dyn Any + Send + Sync>>,
 }
 
 impl Slot {
@@ -84,8 +103,8 @@ static SLOTS: Mutex<Vec<Arc<Slot>>> = Mutex::new(Vec::new());
 /// The current thread's registration, dropped when the thread exits.
 struct Local {
     slot: Arc<Slot>,
-    #[cfg(target_os = "linux")]
-    _attached: super::signal::Attached,
+    /// Dropped after the slot left the list (fields drop after `Drop::drop`).
+    _guard: Option<Box<dyn Any>>,
 }
 
 impl Local {
@@ -95,22 +114,25 @@ impl Local {
             Some(name) => Arc::from(name),
             None => Arc::from(format!("{:?}", current.id())),
         };
-        #[cfg(target_os = "linux")]
-        let attached = super::signal::Attached::current_thread();
+        let (attachment, guard) = match ATTACH.get() {
+            Some(attach) => {
+                let (attachment, guard) = attach();
+                (Some(attachment), Some(guard))
+            }
+            None => (None, None),
+        };
         let slot = Arc::new(Slot {
             seq: AtomicU64::new(0),
             detector: AtomicU64::new(0),
             label: AtomicUsize::new(0),
             start_raw: AtomicU64::new(0),
             thread_name,
-            #[cfg(target_os = "linux")]
-            target: attached.target().clone(),
+            attachment,
         });
         lock().push(slot.clone());
         Self {
             slot,
-            #[cfg(target_os = "linux")]
-            _attached: attached,
+            _guard: guard,
         }
     }
 }
@@ -118,7 +140,8 @@ impl Local {
 impl Drop for Local {
     fn drop(&mut self) {
         lock().retain(|slot| !Arc::ptr_eq(slot, &self.slot));
-        // `_attached` drops next: it waits for a capture in flight before the thread goes.
+        // `_guard` drops next: the watchdog's waits for a capture in flight before the thread
+        // goes.
     }
 }
 
