@@ -156,12 +156,22 @@ struct Unwind<'a> {
 }
 
 impl Drop for Unwind<'_> {
+    /// Inlined so that the normal path (nothing to do: `poll` took `started`) is one branch.
+    #[inline(always)]
     fn drop(&mut self) {
         if let Some(started) = self.started.take() {
-            let poll_ns = self.recorder.end(self.label, started);
-            self.own.polls += 1;
-            self.own.busy_ns = self.own.busy_ns.saturating_add(poll_ns);
-            self.own.end(self.recorder, self.label, Outcome::Panicked);
+            self.unwinding(started);
         }
+    }
+}
+
+impl Unwind<'_> {
+    #[cold]
+    #[inline(never)]
+    fn unwinding(&mut self, started: Started) {
+        let poll_ns = self.recorder.end(self.label, started);
+        self.own.polls += 1;
+        self.own.busy_ns = self.own.busy_ns.saturating_add(poll_ns);
+        self.own.end(self.recorder, self.label, Outcome::Panicked);
     }
 }
