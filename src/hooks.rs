@@ -237,8 +237,12 @@ type Slot = OnceLock<(usize, Arc<Label>)>;
 
 impl LocationCache {
     fn new() -> Self {
+        Self::with_slots(SLOTS)
+    }
+
+    fn with_slots(slots: usize) -> Self {
         Self {
-            slots: (0..SLOTS).map(|_| OnceLock::new()).collect(),
+            slots: (0..slots.max(1)).map(|_| OnceLock::new()).collect(),
         }
     }
 
@@ -246,18 +250,18 @@ impl LocationCache {
         std::ptr::from_ref(location) as usize
     }
 
-    fn home(key: usize) -> usize {
+    fn home(&self, key: usize) -> usize {
         // Fibonacci hashing of the address (whose low bits are alignment).
         let hash = (key as u64 >> 3).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        (hash >> 32) as usize % SLOTS
+        (hash >> 32) as usize % self.slots.len()
     }
 
     /// The statistics of `location` if a poll already filled its slot.
     fn find(&self, location: &'static Location<'static>) -> Option<&Label> {
         let key = Self::key(location);
-        let home = Self::home(key);
-        for probe in 0..MAX_PROBES {
-            match self.slots[(home + probe) % SLOTS].get() {
+        let home = self.home(key);
+        for probe in 0..MAX_PROBES.min(self.slots.len()) {
+            match self.slots[(home + probe) % self.slots.len()].get() {
                 Some((slot_key, stats)) if *slot_key == key => return Some(stats),
                 Some(_) => {}
                 // Slots fill in probe order and are never emptied: the key is not further on.
@@ -276,9 +280,9 @@ impl LocationCache {
         recorder: &Recorder,
     ) -> Option<&Label> {
         let key = Self::key(location);
-        let home = Self::home(key);
-        for probe in 0..MAX_PROBES {
-            let slot = &self.slots[(home + probe) % SLOTS];
+        let home = self.home(key);
+        for probe in 0..MAX_PROBES.min(self.slots.len()) {
+            let slot = &self.slots[(home + probe) % self.slots.len()];
             let (slot_key, stats) = match slot.get() {
                 Some(filled) => filled,
                 None => slot.get_or_init(|| {
@@ -319,6 +323,29 @@ mod tests {
             "tokio-util-0.7.16/src/task/spawn_pinned.rs"
         ));
         assert!(!is_tokio_source("src/tokio-1.rs"));
+    }
+
+    /// A spawn location that finds the cache full is counted under `<other>`: it never gets a
+    /// registry entry of its own, so no poll of it allocates its label or takes the lock.
+    #[test]
+    fn a_location_past_a_full_cache_is_counted_under_other() {
+        let recorder = crate::recorder::for_tests();
+        let hooks = TaskHooks {
+            recorder: recorder.clone(),
+            cache: LocationCache::with_slots(1),
+        };
+        let first: &'static Location<'static> = Location::caller();
+        let second: &'static Location<'static> = Location::caller();
+        assert_eq!(&*hooks.label(first).name, task_label(first));
+        let folded = hooks.label(second);
+        assert!(std::ptr::eq(folded, &**recorder.registry.other()));
+        let (snapshots, _) = recorder.registry.snapshot(false);
+        assert!(
+            snapshots
+                .iter()
+                .all(|label| &*label.name != task_label(second)),
+            "the second location got a label of its own"
+        );
     }
 
     #[test]
