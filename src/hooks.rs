@@ -343,7 +343,7 @@ mod tests {
         assert!(
             snapshots
                 .iter()
-                .all(|label| &*label.name != task_label(second)),
+                .all(|label| *label.name != task_label(second)),
             "the second location got a label of its own"
         );
     }
