@@ -39,6 +39,9 @@
 #![deny(missing_docs, unreachable_pub, unsafe_code)]
 #![warn(rust_2018_idioms)]
 
+#[cfg(feature = "cli")]
+#[cfg_attr(docsrs, doc(cfg(feature = "cli")))]
+pub mod console;
 mod detector;
 pub mod docs;
 #[cfg(feature = "axum")]
