@@ -425,10 +425,15 @@ fn library_reports_the_app_going_away_with_the_report_so_far() {
                 }
             }
         });
-        tokio::select! {
-            result = run => result,
-            () = stop_when_seen => unreachable!(),
-        }
+        let run = async {
+            tokio::select! {
+                result = run => result,
+                () = stop_when_seen => unreachable!(),
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), run)
+            .await
+            .expect("no slow poll seen in 30 s, or the app's going away never noticed")
     });
     match result {
         Err(ConsoleError::Disconnected { report, .. }) => {
