@@ -41,6 +41,9 @@
 
 #[cfg(feature = "metrics")]
 mod bridge;
+#[cfg(feature = "cli")]
+#[cfg_attr(docsrs, doc(cfg(feature = "cli")))]
+pub mod console;
 mod detector;
 pub mod docs;
 #[cfg(feature = "axum")]

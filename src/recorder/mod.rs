@@ -26,8 +26,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+#[cfg_attr(not(feature = "cli"), allow(unused_imports))]
+pub(crate) use histogram::{clamp_us, index_of, BUCKETS, HIGHEST_US, LOWEST_US};
 pub use histogram::{Bucket, PollHistogram};
-pub(crate) use histogram::{HIGHEST_US, LOWEST_US};
 pub use label::LabelKind;
 pub(crate) use label::{Label, LabelSnapshot, Outcome, Writer};
 #[cfg_attr(not(tokio_unstable), allow(unused_imports))]
