@@ -527,9 +527,10 @@ fn a_poll_stuck_on_a_mutex_is_reported_before_it_returns() {
 #[test]
 fn a_poll_that_never_returns_is_reported_again_at_doublings_only() {
     let stalls = Stalls::default();
-    let threshold = Duration::from_millis(50);
+    // 100 ms: a doubling is missed only if the watchdog thread waits 100 ms for a CPU.
+    let threshold = Duration::from_millis(100);
     let detector = stalls.builder().watchdog(threshold).build().unwrap();
-    // Blocks for 1.5 s: past 50, 100, 200, 400 and 800 ms, and far from 1,600 ms.
+    // Blocks for 1.5 s: past 100, 200, 400 and 800 ms, and far from 1,600 ms.
     let (started, blocked) = current_thread().block_on(detector.watch("long", async {
         let start = Instant::now();
         while start.elapsed() < Duration::from_millis(1_500) {
@@ -544,9 +545,9 @@ fn a_poll_that_never_returns_is_reported_again_at_doublings_only() {
     stalls.assert_reported_promptly("long", started);
     let events = stalls.events();
     // Reported at each doubling of the threshold it ran past, not at each check (every
-    // 12.5 ms): exactly 5 reports, each at (or just after) its doubling.
+    // 25 ms): exactly 4 reports, each at (or just after) its doubling.
     let durations: Vec<_> = events.iter().map(|event| event.duration).collect();
-    assert_eq!(events.len(), 5, "reports at {durations:?} in {blocked:?}");
+    assert_eq!(events.len(), 4, "reports at {durations:?} in {blocked:?}");
     for (doubling, duration) in durations.iter().enumerate() {
         let due = threshold * (1 << doubling);
         assert!(
@@ -560,115 +561,6 @@ fn a_poll_that_never_returns_is_reported_again_at_doublings_only() {
     assert!(
         events.iter().any(|event| event.stack.is_empty()),
         "{events:#?}"
-    );
-}
-
-/// Allocates and frees in a loop for `duration`.
-fn churn(duration: Duration) -> usize {
-    let start = Instant::now();
-    let mut kept = Vec::new();
-    let mut total = 0;
-    let mut i = 0usize;
-    while start.elapsed() < duration {
-        let v: Vec<u8> = vec![(i % 251) as u8; 16 + (i * 7919) % 4096];
-        total += v.len();
-        kept.push(v);
-        if kept.len() > 64 {
-            kept.swap_remove(i % 64);
-        }
-        let boxed = Box::new([i; 8]);
-        black_box(&boxed);
-        i = i.wrapping_add(1);
-    }
-    black_box(kept.len());
-    total
-}
-
-#[test]
-fn stress_ten_thousand_captures_of_threads_that_allocate() {
-    let detector = Detector::builder()
-        .threshold(Duration::from_millis(1))
-        .watchdog(Duration::from_millis(1))
-        .warn_interval(Duration::from_secs(3600))
-        .build()
-        .unwrap();
-    let target = 10_000;
-    let stop = Arc::new(AtomicBool::new(false));
-    let workers: Vec<_> = (0..2)
-        .map(|_| {
-            let (detector, stop) = (detector.clone(), stop.clone());
-            std::thread::spawn(move || {
-                let runtime = current_thread();
-                while !stop.load(Ordering::Relaxed) {
-                    runtime.block_on(
-                        detector.watch("churn", async { churn(Duration::from_millis(3)) }),
-                    );
-                }
-            })
-        })
-        .collect();
-    let started = Instant::now();
-    loop {
-        let stats = detector.watchdog_stats().unwrap();
-        if stats.captures_requested >= target {
-            break;
-        }
-        if std::env::var_os("HOGWATCH_STRESS_PROGRESS").is_some() {
-            eprintln!("{:?} {stats:?}", started.elapsed());
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(600),
-            "only {} captures in 10 minutes",
-            stats.captures_requested
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    stop.store(true, Ordering::Relaxed);
-    for worker in workers {
-        worker.join().unwrap();
-    }
-    // The watchdog may be finishing one capture: wait until the books balance.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let stats = loop {
-        let stats = detector.watchdog_stats().unwrap();
-        if stats.captures_requested == stats.captures_completed + stats.captures_failed
-            || Instant::now() > deadline
-        {
-            break stats;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    assert!(stats.captures_requested >= target, "{stats:?}");
-    assert_eq!(
-        stats.captures_requested,
-        stats.captures_completed + stats.captures_failed,
-        "{stats:?}"
-    );
-    // A capture times out when the signalled thread does not answer within 250 ms, which a
-    // machine busy with other builds can cause now and then: allow a handful in 10,000. A stuck
-    // handler or a capture overlapping another is a bug: none.
-    assert_eq!(stats.captures_stuck, 0, "{stats:?}");
-    assert_eq!(stats.captures_busy, 0, "{stats:?}");
-    assert_eq!(
-        (stats.captures_displaced, stats.captures_unsent),
-        (0, 0),
-        "{stats:?}"
-    );
-    assert!(
-        stats.captures_timeout * 1000 <= stats.captures_requested,
-        "{stats:?}"
-    );
-    // Every stack kept is the churning poll's own (one that ended before the handler ran is
-    // dropped), and the allocator's frames are never the culprit.
-    let entry = named_entry(&detector, "churn");
-    assert!(entry.stalls > 0);
-    for stack in &entry.top_stacks {
-        assert!(stack.stack.contains("churn"), "{:?}", entry.top_stacks);
-    }
-    assert!(
-        entry.top_culprits[0].culprit.ends_with("churn"),
-        "{:?}",
-        entry.top_culprits
     );
 }
 
