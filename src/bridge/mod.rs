@@ -4,3 +4,5 @@
 
 #[cfg(feature = "metrics")]
 pub(crate) mod metrics;
+#[cfg(feature = "opentelemetry")]
+pub(crate) mod opentelemetry;
