@@ -35,6 +35,7 @@ use std::time::Duration;
 use ::opentelemetry::metrics::{AsyncInstrument, Histogram, Meter, ObservableCounter};
 use ::opentelemetry::KeyValue;
 
+use super::added_polls;
 use crate::detector::Detector;
 use crate::recorder::PollHistogram;
 use crate::report::Entry;
@@ -53,12 +54,9 @@ const RESPONSES: &str = "hogwatch.responses";
 /// The poll-duration histogram, in seconds.
 const POLL_DURATION: &str = "hogwatch.poll.duration";
 
-/// Upper bounds of the histogram's buckets, in microseconds (10 µs .. 10 s): the same as
-/// `/debug/hogs/metrics`' (`render::prometheus`), to which the threshold is added.
-const BOUNDS_US: [u64; 19] = [
-    10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000,
-    500_000, 1_000_000, 2_500_000, 5_000_000, 10_000_000,
-];
+/// Upper bounds of the histogram's buckets, in microseconds (10 µs .. 10 s): those of
+/// `/debug/hogs/metrics`, to which the threshold is added.
+const BOUNDS_US: [u64; 19] = crate::render::prometheus::BUCKETS_US;
 
 /// Histogram samples a publish records by default, beyond which polls wait for the next one.
 const DEFAULT_SAMPLE_BUDGET: usize = 100_000;
@@ -477,23 +475,6 @@ fn counters(entry: &Entry) -> [u64; COUNTERS] {
         responses.client_error,
         responses.server_error,
     ]
-}
-
-/// For each bucket of `now` that gained polls since `before` (same window): the bucket's value
-/// and how many polls it gained.
-fn added_polls<'a>(
-    now: &'a PollHistogram,
-    before: &'a PollHistogram,
-) -> impl Iterator<Item = (u64, u64)> + 'a {
-    let mut before = before.buckets().peekable();
-    now.buckets().filter_map(move |bucket| {
-        while before.next_if(|old| old.low_us < bucket.low_us).is_some() {}
-        let had = before
-            .next_if(|old| old.low_us == bucket.low_us)
-            .map_or(0, |old| old.count);
-        let added = bucket.count.saturating_sub(had);
-        (added > 0).then(|| (bucket.value_us(), added))
-    })
 }
 
 #[cfg(test)]
