@@ -339,7 +339,7 @@ mod tests {
         assert_eq!(&*hooks.label(first).name, task_label(first));
         let folded = hooks.label(second);
         assert!(std::ptr::eq(folded, &**recorder.registry.other()));
-        let (snapshots, _) = recorder.registry.snapshot(false);
+        let (snapshots, _) = recorder.registry.snapshot(false, recorder.ticks);
         assert!(
             snapshots
                 .iter()
