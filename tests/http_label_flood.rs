@@ -20,22 +20,15 @@ use hyper_util::rt::TokioExecutor;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 
+mod common;
+use common::resident_bytes;
+
 /// The label cap the recorder enforces (256 bytes, marker included).
 const MAX_LABEL_BYTES: usize = hogwatch::MAX_LABEL_BYTES;
 /// Nine standard methods and `OTHER`, with room to spare.
 const MAX_LABELS_PER_ROUTE: usize = 16;
 /// No request may take longer than this: a hung server fails the case.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-
-fn resident_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|pages| pages.parse().ok())
-        .unwrap_or(0);
-    pages * 4096
-}
 
 fn app(detector: &Detector) -> Router {
     Router::new()

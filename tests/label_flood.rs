@@ -3,15 +3,8 @@
 
 use hogwatch::Detector;
 
-fn resident_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|pages| pages.parse().ok())
-        .unwrap_or(0);
-    pages * 4096
-}
+mod common;
+use common::resident_bytes;
 
 #[test]
 fn a_flood_of_distinct_custom_labels_stays_bounded() {

@@ -3,35 +3,15 @@
 //! keeps one storage per thread and label: see `src/recorder/label.rs` for the formula.)
 
 use std::future::Future;
-use std::pin::{pin, Pin};
-use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
+use std::pin::pin;
+use std::task::{Context, Waker};
+use std::time::Duration;
 
 use hogwatch::Detector;
 
-fn resident_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|pages| pages.parse().ok())
-        .unwrap_or(0);
-    pages * 4096
-}
-
-/// A future that spins for its microseconds on its one poll.
-struct Spin(u64);
-
-impl Future for Spin {
-    type Output = ();
-    fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
-        let until = Instant::now() + Duration::from_micros(self.0);
-        while Instant::now() < until {
-            std::hint::spin_loop();
-        }
-        Poll::Ready(())
-    }
-}
+mod common;
+use common::resident_bytes;
+use common::Spin;
 
 #[test]
 fn a_thousand_labels_polled_from_eight_threads_stay_within_16_mib() {

@@ -5,12 +5,15 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::future::Future;
-use std::pin::{pin, Pin};
+use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
 
 use hogwatch::Detector;
+
+mod common;
+use common::Spin;
 
 /// Counts the bytes the thread that turned `COUNTING` on allocates (the other test of this
 /// binary runs beside it).
@@ -57,20 +60,6 @@ unsafe impl GlobalAlloc for Counting {
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
-
-/// A future that spins for its microseconds on its one poll.
-struct Spin(u64);
-
-impl Future for Spin {
-    type Output = ();
-    fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
-        let until = Instant::now() + Duration::from_micros(self.0);
-        while Instant::now() < until {
-            std::hint::spin_loop();
-        }
-        Poll::Ready(())
-    }
-}
 
 /// A detector whose 1,024 labels (its `max_labels`) all have polls from two threads, spread
 /// from under 1 µs to 300 µs.

@@ -74,3 +74,28 @@ pub fn crunch_numbers(duration: std::time::Duration) -> u64 {
     }
     acc
 }
+
+/// The process's resident memory, in bytes (0 where `/proc/self/statm` cannot be read).
+pub fn resident_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|pages| pages.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+/// A future that spins for its microseconds on its one poll: a poll of a chosen length.
+pub struct Spin(pub u64);
+
+impl std::future::Future for Spin {
+    type Output = ();
+    fn poll(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        let until = std::time::Instant::now() + std::time::Duration::from_micros(self.0);
+        while std::time::Instant::now() < until {
+            std::hint::spin_loop();
+        }
+        std::task::Poll::Ready(())
+    }
+}
