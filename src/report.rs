@@ -78,24 +78,24 @@ pub struct WatchdogStats {
     pub samples_skipped: u64,
 }
 
-/// A stall stack, folded root first (`a;b;c`), and how many captures found it.
+/// A stall stack, folded root first (`a;b;c`), and how many samples found it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct StackCount {
     /// Frames from the outermost (the first inside the watched poll) to the innermost, joined
     /// by `;`.
     pub stack: String,
-    /// Captures with exactly this stack.
+    /// Samples with exactly this stack.
     pub count: u64,
 }
 
-/// A culprit (the first frame outside the runtime) and how many captures named it.
+/// A culprit (the first frame outside the runtime) and how many samples named it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct CulpritCount {
     /// The function, e.g. `serde_json::ser::to_string` or `my_app::crunch_numbers`.
     pub culprit: String,
-    /// Captures that named it.
+    /// Samples that named it.
     pub count: u64,
 }
 
