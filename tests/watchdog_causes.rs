@@ -398,3 +398,73 @@ fn the_async_versions_have_no_slow_poll_and_no_stall() {
         assert_eq!(entry.samples, 0, "{entry:#?}");
     }
 }
+
+/// The threads of this process whose name (`comm`, cut to 15 bytes) is `name`, with their CPU
+/// time in nanoseconds.
+fn threads_named(name: &str) -> Vec<(String, u64)> {
+    let mut found = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let path = task.path();
+        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        if comm.trim_end() == name {
+            let schedstat = std::fs::read_to_string(path.join("schedstat")).unwrap_or_default();
+            let cpu_ns = schedstat
+                .split_whitespace()
+                .next()
+                .and_then(|ns| ns.parse().ok())
+                .unwrap_or(0);
+            found.push((task.file_name().to_string_lossy().into_owned(), cpu_ns));
+        }
+    }
+    found
+}
+
+/// The CPU time of the one thread named `name` that is not in `before`.
+fn new_thread_cpu_ns(name: &str, before: &[(String, u64)]) -> u64 {
+    let new: Vec<(String, u64)> = threads_named(name)
+        .into_iter()
+        .filter(|(tid, _)| before.iter().all(|(old, _)| old != tid))
+        .collect();
+    assert_eq!(new.len(), 1, "{name}: {new:?}");
+    new[0].1
+}
+
+/// What sampling costs the watchdog's threads: their CPU time over a 2 s CPU stall, per sample
+/// (including the checks of the slots in between, and the naming of each stack). Printed for
+/// `BENCHMARKS.md` (`cargo test --release --test watchdog_causes sampling -- --nocapture`); the
+/// bound only catches a watchdog gone wrong.
+#[test]
+fn sampling_costs_the_watchdog_threads_little_cpu_per_sample() {
+    let _serial = serial();
+    let (watchdogs, namers) = (
+        threads_named("hogwatch-watchd"),
+        threads_named("hogwatch-symbol"),
+    );
+    let detector = detector();
+    // Let the naming thread load the debug information first: that is paid once per process.
+    std::thread::sleep(Duration::from_millis(1_500));
+    let watchdog_before = new_thread_cpu_ns("hogwatch-watchd", &watchdogs);
+    let namer_before = new_thread_cpu_ns("hogwatch-symbol", &namers);
+    let result = current_thread().block_on(detector.watch("cost", async {
+        common::crunch_numbers(Duration::from_secs(2))
+    }));
+    black_box(result);
+    std::thread::sleep(Duration::from_millis(500));
+    let watchdog_ns = new_thread_cpu_ns("hogwatch-watchd", &watchdogs) - watchdog_before;
+    let namer_ns = new_thread_cpu_ns("hogwatch-symbol", &namers) - namer_before;
+    let stats = detector.watchdog_stats().unwrap();
+    let samples = stats.samples.max(1);
+    println!(
+        "{} samples over a 2 s stall ({} skipped): watchdog thread {:.1} µs of CPU per sample, \
+         naming thread {:.1} µs per sample",
+        stats.samples,
+        stats.samples_skipped,
+        watchdog_ns as f64 / 1e3 / samples as f64,
+        namer_ns as f64 / 1e3 / samples as f64,
+    );
+    assert!(stats.samples >= 10, "{stats:?}");
+    assert!(
+        watchdog_ns / samples < 2_000_000,
+        "{watchdog_ns} ns for {samples} samples"
+    );
+}

@@ -9,11 +9,16 @@
 //! points into executable code, just after a call instruction. That is how crash reporters
 //! walk a stack they have no unwind information for ("stack scanning").
 //!
-//! A scan may list a return address that a frame left behind in a slot it no longer uses (a
-//! stale frame) among the real ones; it never misses a real one within the bytes it reads. For
-//! the culprit (the first frame outside the runtime, innermost first) and for the function
-//! table, that is close enough: the innermost frames, below the user's call into the C library,
-//! are the ones a stale address rarely precedes. Everything here runs on the watchdog thread.
+//! A frame can leave a return address behind in a slot it no longer uses: a stale frame, which
+//! a scan would list among the real ones. So each return address after a direct call (`call
+//! rel32`, `BL`) is checked against the frame inside it: the call's target must be the start
+//! of the function that frame is in, that is at or before the inner frame's address and within
+//! [`MAX_FUNCTION_BYTES`] of it (in the same mapping; a call into another object goes through
+//! a stub and cannot be checked). An address that fails is left out, but is kept as a possible
+//! callee for the next ones (the function it called may have jumped on to another by a tail
+//! call, and the chain must not break there). An indirect call cannot be checked and is kept.
+//! What is left is close to the real chain: a stale address can still slip in after an
+//! indirect call. Everything here runs on the watchdog thread.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -34,6 +39,21 @@ const MAPS_TTL: Duration = Duration::from_secs(1);
 /// Above this many remembered addresses the cache of call sites starts over (bounded memory).
 const MAX_CACHED: usize = 65_536;
 
+/// The longest function a direct call is believed to land in (from its start to the address of
+/// the frame inside it). Large async state machines reach tens of kilobytes.
+const MAX_FUNCTION_BYTES: usize = 256 * 1024;
+
+/// What precedes an address in code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Call {
+    /// Not a call instruction: not a return address.
+    None,
+    /// A direct call to this address.
+    Direct(usize),
+    /// A call through a register or memory: its target is unknown.
+    Indirect,
+}
+
 /// Reads blocked threads' stacks, reusing its buffers.
 #[derive(Default)]
 pub(crate) struct Scanner {
@@ -41,8 +61,8 @@ pub(crate) struct Scanner {
     /// Mapped ranges `(start, end, executable)`, sorted by start.
     maps: Vec<(usize, usize, bool)>,
     maps_read: Option<Instant>,
-    /// Whether an address follows a call instruction.
-    call_sites: HashMap<usize, bool>,
+    /// The call instruction each address follows, if any.
+    call_sites: HashMap<usize, Call>,
     buffer: Vec<u8>,
 }
 
@@ -74,12 +94,26 @@ impl Scanner {
                 usize::from_ne_bytes(array)
             })
             .collect();
+        // The addresses a next frame may have called into: the last frame kept, and the
+        // candidates left out since.
+        let mut callees = vec![registers.pc];
         for address in words {
             if ips.len() >= MAX_FRAMES {
                 break;
             }
-            if self.is_return_address(address) {
+            let fits = match self.call_before(address) {
+                Call::None => continue,
+                Call::Indirect => true,
+                Call::Direct(target) => callees
+                    .iter()
+                    .any(|callee| self.calls_into(target, *callee)),
+            };
+            if fits {
                 ips.push(address);
+                callees.clear();
+            }
+            if callees.len() < 16 {
+                callees.push(address);
             }
         }
         Some(RawStack {
@@ -126,28 +160,43 @@ impl Scanner {
         (address < mapping.1).then_some(mapping)
     }
 
-    /// Whether `address` points into code, just after a call instruction.
-    fn is_return_address(&mut self, address: usize) -> bool {
+    /// Whether a direct call to `target` may have led to `callee`: the call cannot be checked
+    /// if they lie in different mappings (a call through a stub into another object), and
+    /// otherwise `callee` must be in the function that starts at `target`.
+    fn calls_into(&self, target: usize, callee: usize) -> bool {
+        match (self.mapping(target), self.mapping(callee)) {
+            (Some(a), Some(b)) if a == b => {
+                target <= callee && callee - target <= MAX_FUNCTION_BYTES
+            }
+            _ => true,
+        }
+    }
+
+    /// The call instruction just before `address`, if it points into code.
+    fn call_before(&mut self, address: usize) -> Call {
         if !self
             .mapping(address)
             .is_some_and(|(start, _, executable)| executable && address >= start + 8)
         {
-            return false;
+            return Call::None;
         }
         if let Some(known) = self.call_sites.get(&address) {
             return *known;
         }
         let mut before = [0u8; 8];
-        let follows_call = self
+        let call = match self
             .mem
             .as_ref()
-            .is_some_and(|mem| mem.read_exact_at(&mut before, (address - 8) as u64).is_ok())
-            && follows_call(&before);
+            .map(|mem| mem.read_exact_at(&mut before, (address - 8) as u64))
+        {
+            Some(Ok(())) => call_kind(&before, address),
+            _ => Call::None,
+        };
         if self.call_sites.len() >= MAX_CACHED {
             self.call_sites.clear();
         }
-        self.call_sites.insert(address, follows_call);
-        follows_call
+        self.call_sites.insert(address, call);
+        call
     }
 }
 
@@ -163,13 +212,24 @@ fn read_fully(mem: &File, buffer: &mut [u8], offset: usize) -> usize {
     read
 }
 
-/// Whether the 8 bytes before an address end with a call instruction.
+/// The call instruction the 8 bytes before `address` end with, if any.
+#[cfg(target_arch = "x86_64")]
+fn call_kind(before: &[u8; 8], address: usize) -> Call {
+    // `call rel32`: E8 and four bytes, relative to the next instruction.
+    if before[3] == 0xE8 {
+        let offset = i32::from_le_bytes([before[4], before[5], before[6], before[7]]);
+        return Call::Direct(address.wrapping_add_signed(offset as isize));
+    }
+    if follows_call(before) {
+        Call::Indirect
+    } else {
+        Call::None
+    }
+}
+
+/// Whether the 8 bytes before an address end with an indirect call instruction.
 #[cfg(target_arch = "x86_64")]
 fn follows_call(before: &[u8; 8]) -> bool {
-    // `call rel32`: E8 and four bytes.
-    if before[3] == 0xE8 {
-        return true;
-    }
     // `call r/m` (FF /2): FF, a ModRM byte whose reg field is 2, then 0 to 5 bytes of SIB and
     // displacement; at most 7 bytes in all (a REX prefix before FF changes nothing here).
     (1..=6).any(|at| {
@@ -189,18 +249,25 @@ fn follows_call(before: &[u8; 8]) -> bool {
     })
 }
 
-/// Whether the 8 bytes before an address end with a call instruction.
+/// The call instruction the 8 bytes before `address` end with, if any.
 #[cfg(target_arch = "aarch64")]
-fn follows_call(before: &[u8; 8]) -> bool {
+fn call_kind(before: &[u8; 8], address: usize) -> Call {
     let instruction = u32::from_le_bytes([before[4], before[5], before[6], before[7]]);
-    // BL imm26, or BLR Xn.
-    instruction & 0xFC00_0000 == 0x9400_0000 || instruction & 0xFFFF_FC1F == 0xD63F_0000
+    if instruction & 0xFC00_0000 == 0x9400_0000 {
+        // BL imm26: a signed offset in instructions from the BL itself.
+        let offset = (((instruction & 0x03FF_FFFF) << 6) as i32 >> 6) as isize * 4;
+        Call::Direct(address.wrapping_sub(4).wrapping_add_signed(offset))
+    } else if instruction & 0xFFFF_FC1F == 0xD63F_0000 {
+        Call::Indirect
+    } else {
+        Call::None
+    }
 }
 
-/// Whether the 8 bytes before an address end with a call instruction (unknown here: never).
+/// The call instruction before an address (unknown on this architecture: none).
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-fn follows_call(_before: &[u8; 8]) -> bool {
-    false
+fn call_kind(_before: &[u8; 8], _address: usize) -> Call {
+    Call::None
 }
 
 #[cfg(test)]
@@ -210,8 +277,16 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn call_instructions_are_recognised() {
-        // call rel32
-        assert!(follows_call(&[0, 0, 0, 0xE8, 1, 2, 3, 4]));
+        // call rel32, to 0x1000 + 0x10 - 0x20
+        assert_eq!(
+            call_kind(&[0, 0, 0, 0xE8, 0xE0, 0xFF, 0xFF, 0xFF], 0x1010),
+            Call::Direct(0x1010 - 0x20)
+        );
+        assert_eq!(
+            call_kind(&[0, 0, 0, 0, 0, 0, 0xFF, 0xD0], 0x1010),
+            Call::Indirect
+        );
+        assert_eq!(call_kind(&[0x90; 8], 0x1010), Call::None);
         // call *%rax (FF D0)
         assert!(follows_call(&[0, 0, 0, 0, 0, 0, 0xFF, 0xD0]));
         // call *0x10(%rbx) (FF 53 10)
