@@ -121,8 +121,11 @@ fn spin_a_while() -> u64 {
 }
 
 #[inline(never)]
-fn sleep_a_while() {
+fn sleep_a_while() -> u64 {
     std::thread::sleep(Duration::from_millis(600));
+    // Something after the call, so that a release build calls `sleep` rather than jumping to it
+    // (a tail call leaves no frame of this function on the stack, for any unwinder).
+    black_box(1)
 }
 
 #[inline(never)]
@@ -191,13 +194,13 @@ fn on_thread(program: &str, args: &[&str], tid: &str) {
     assert!(status.success(), "{program} {args:?} {tid}");
 }
 
-/// A fixed amount of arithmetic (a few milliseconds of CPU), however long it takes to get it
-/// (3 s at most).
+/// `rounds` of 10,000 multiply-adds, however long it takes to get the CPU for them (3 s at
+/// most).
 #[inline(never)]
-fn fixed_work() -> u64 {
+fn fixed_work(rounds: u64) -> u64 {
     let start = std::time::Instant::now();
     let mut acc = 0u64;
-    for _ in 0..200 {
+    for _ in 0..rounds {
         for i in 0..10_000u64 {
             acc = black_box(acc.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(i));
         }
@@ -206,6 +209,15 @@ fn fixed_work() -> u64 {
         }
     }
     acc
+}
+
+/// How many rounds of `fixed_work` take about `cpu` on this machine and build (measured in
+/// wall time, which is at least the CPU time: on a busy machine the work is smaller).
+fn rounds_for(cpu: Duration) -> u64 {
+    let start = std::time::Instant::now();
+    black_box(fixed_work(100));
+    let per_round = start.elapsed() / 100;
+    (cpu.as_nanos() / per_round.as_nanos().max(1)).clamp(1, 1_000_000) as u64
 }
 
 #[test]
@@ -225,10 +237,12 @@ fn the_victim_of_an_oversubscribed_cpu_is_preempted() {
             })
         })
         .collect();
+    // 20 ms of CPU: at about 1 % of a CPU, a stall of a second or more.
+    let rounds = rounds_for(Duration::from_millis(20));
     let entry = stalled("victim", || {
         on_thread("taskset", &["-pc", "0"], &tid());
         on_thread("renice", &["-n", "19", "-p"], &tid());
-        fixed_work()
+        fixed_work(rounds)
     });
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for competitor in competitors {

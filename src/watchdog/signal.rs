@@ -675,7 +675,8 @@ mod tests {
         let mean_ns = HANDLER_NS.load(Ordering::Relaxed) / runs.max(1);
         let max_ns = HANDLER_MAX_NS.load(Ordering::Relaxed);
         println!(
-            "handler: {runs} captures, recording the stack took {:.1} µs on average, {:.1} µs at              most; a capture's round trip (signal sent to stack read) {:.1} µs on average",
+            "handler: {runs} captures, recording the stack took {:.1} µs on average, {:.1} µs at most; \
+             a capture's round trip (signal sent to stack read) {:.1} µs on average",
             mean_ns as f64 / 1e3,
             max_ns as f64 / 1e3,
             round_trips.as_secs_f64() * 1e6 / captures as f64,
