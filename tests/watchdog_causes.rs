@@ -443,42 +443,54 @@ fn new_thread_cpu_ns(name: &str, before: &[(String, u64)]) -> u64 {
     new[0].1
 }
 
-/// What sampling costs the watchdog's threads: their CPU time over a 2 s CPU stall, per sample
-/// (including the checks of the slots in between, and the naming of each stack). Printed for
-/// `BENCHMARKS.md` (`cargo test --release --test watchdog_causes sampling -- --nocapture`); the
-/// bound only catches a watchdog gone wrong.
+/// What sampling costs the watchdog's threads: their CPU time over a 2 s stall, per sample
+/// (including the checks of the slots in between, and the naming of each stack), for a thread
+/// spinning (signalled) and for one sleeping (its stack scanned). Printed for `BENCHMARKS.md`
+/// (`cargo test --release --test watchdog_causes sampling -- --nocapture`); the bound only
+/// catches a watchdog gone wrong.
 #[test]
 fn sampling_costs_the_watchdog_threads_little_cpu_per_sample() {
     let _serial = serial();
-    let (watchdogs, namers) = (
-        threads_named("hogwatch-watchd"),
-        threads_named("hogwatch-symbol"),
-    );
-    let detector = detector();
-    // Let the naming thread load the debug information first: that is paid once per process.
-    std::thread::sleep(Duration::from_millis(1_500));
-    let watchdog_before = new_thread_cpu_ns("hogwatch-watchd", &watchdogs);
-    let namer_before = new_thread_cpu_ns("hogwatch-symbol", &namers);
-    let result = current_thread().block_on(detector.watch("cost", async {
-        common::crunch_numbers(Duration::from_secs(2))
-    }));
-    black_box(result);
-    std::thread::sleep(Duration::from_millis(500));
-    let watchdog_ns = new_thread_cpu_ns("hogwatch-watchd", &watchdogs) - watchdog_before;
-    let namer_ns = new_thread_cpu_ns("hogwatch-symbol", &namers) - namer_before;
-    let stats = detector.watchdog_stats().unwrap();
-    let samples = stats.samples.max(1);
-    println!(
-        "{} samples over a 2 s stall ({} skipped): watchdog thread {:.1} µs of CPU per sample, \
-         naming thread {:.1} µs per sample",
-        stats.samples,
-        stats.samples_skipped,
-        watchdog_ns as f64 / 1e3 / samples as f64,
-        namer_ns as f64 / 1e3 / samples as f64,
-    );
-    assert!(stats.samples >= 10, "{stats:?}");
-    assert!(
-        watchdog_ns / samples < 2_000_000,
-        "{watchdog_ns} ns for {samples} samples"
-    );
+    for (kind, spin) in [("cpu", true), ("sleep", false)] {
+        let (watchdogs, namers) = (
+            threads_named("hogwatch-watchd"),
+            threads_named("hogwatch-symbol"),
+        );
+        let detector = detector();
+        // Let the naming thread load the debug information first: that is paid once per
+        // process.
+        std::thread::sleep(Duration::from_millis(1_500));
+        let watchdog_before = new_thread_cpu_ns("hogwatch-watchd", &watchdogs);
+        let namer_before = new_thread_cpu_ns("hogwatch-symbol", &namers);
+        let result = current_thread().block_on(detector.watch("cost", async move {
+            if spin {
+                common::crunch_numbers(Duration::from_secs(2))
+            } else {
+                std::thread::sleep(Duration::from_secs(2));
+                0
+            }
+        }));
+        black_box(result);
+        std::thread::sleep(Duration::from_millis(500));
+        let watchdog_ns = new_thread_cpu_ns("hogwatch-watchd", &watchdogs) - watchdog_before;
+        let namer_ns = new_thread_cpu_ns("hogwatch-symbol", &namers) - namer_before;
+        let stats = detector.watchdog_stats().unwrap();
+        let samples = stats.samples.max(1);
+        println!(
+            "{kind}: {} samples over a 2 s stall ({} skipped, {} signals): watchdog thread \
+             {:.1} µs of CPU per sample, naming thread {:.1} µs per sample",
+            stats.samples,
+            stats.samples_skipped,
+            stats.captures_requested,
+            watchdog_ns as f64 / 1e3 / samples as f64,
+            namer_ns as f64 / 1e3 / samples as f64,
+        );
+        assert!(stats.samples >= 10, "{stats:?}");
+        assert_eq!(stats.captures_requested == 0, !spin, "{stats:?}");
+        assert!(
+            watchdog_ns / samples < 2_000_000,
+            "{watchdog_ns} ns for {samples} samples"
+        );
+        drop(detector);
+    }
 }
