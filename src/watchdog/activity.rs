@@ -170,6 +170,11 @@ pub(crate) fn syscall_name(nr: libc::c_long) -> Option<&'static str> {
         (libc::SYS_mmap, "mmap"),
         (libc::SYS_munmap, "munmap"),
         (libc::SYS_madvise, "madvise"),
+        (libc::SYS_mprotect, "mprotect"),
+        (libc::SYS_mremap, "mremap"),
+        (libc::SYS_brk, "brk"),
+        (libc::SYS_sendfile, "sendfile"),
+        (libc::SYS_splice, "splice"),
     ];
     ARCH.iter()
         .chain(COMMON)
