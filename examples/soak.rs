@@ -1,7 +1,11 @@
 //! Soak: a real axum server with hogwatch, driven at full speed across blocking, async and
-//! passthrough routes for a fixed time. Afterwards the report's request counts must equal the
-//! client's completed requests exactly, per route, and resident memory after warm-up must grow by
-//! less than 5 %. Exits non-zero if either fails.
+//! passthrough routes for a fixed time, in two phases of half the time each: the recorder alone,
+//! then with the stall watchdog on and a route that stalls every request among them. After each
+//! phase the report's request counts must equal the client's completed requests exactly, per
+//! route, every request must have been answered with a 2xx, and resident memory after warm-up
+//! must grow by less than 5 %; in the second phase every request of the stalling route must be
+//! counted as exactly one stall, and no stack capture may be stuck or overlap another. Exits
+//! non-zero if any check fails.
 //!
 //! ```sh
 //! cargo run --release --example soak -- --seconds 60     # CI's short run
@@ -23,7 +27,35 @@ use support::documents::{document, Size};
 use support::load::Load;
 use support::table::Table;
 
-const ROUTES: [&str; 3] = ["/blocking", "/async", "/passthrough"];
+/// A route to load: path, concurrency, and requests per batch (the load stops at the end of
+/// the batch running at the deadline).
+type Route = (&'static str, usize, u64);
+
+/// The routes every phase loads.
+const ROUTES: [Route; 3] = [
+    ("/blocking", 8, 2_000),
+    ("/async", 8, 2_000),
+    ("/passthrough", 8, 2_000),
+];
+
+/// The route that stalls every request in the watchdog phase, and for how long: far above the
+/// watchdog's threshold.
+const STALL_ROUTE: Route = ("/stall", 1, 5);
+const STALL: Duration = Duration::from_millis(100);
+const WATCHDOG: Duration = Duration::from_millis(20);
+
+/// Spins for `duration`: the stall the watchdog must catch.
+#[inline(never)]
+fn crunch_numbers(duration: Duration) -> u64 {
+    let start = Instant::now();
+    let mut acc = 0u64;
+    while start.elapsed() < duration {
+        for i in 0..10_000u64 {
+            acc = std::hint::black_box(acc.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(i));
+        }
+    }
+    acc
+}
 
 fn resident_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
@@ -63,24 +95,33 @@ fn app(detector: &hogwatch::Detector) -> Router {
                 )
             }),
         )
+        .route(
+            STALL_ROUTE.0,
+            get(|| async { crunch_numbers(STALL).to_string() }),
+        )
         .with_state(cached)
         .layer(detector.layer())
         .merge(detector.router())
 }
 
-/// Keeps loading `route` in batches until `deadline`; returns (answered, errors).
-async fn hammer(address: SocketAddr, route: &'static str, deadline: Instant) -> (u64, u64) {
-    let (mut answered, mut errors) = (0, 0);
+/// Keeps loading `route` in batches until `deadline`; returns (answered, failed): a failed
+/// request is an error or a non-2xx answer.
+async fn hammer(
+    address: SocketAddr,
+    (route, concurrency, batch): Route,
+    deadline: Instant,
+) -> (u64, u64) {
+    let (mut answered, mut failed) = (0, 0);
     while Instant::now() < deadline {
         let result = Load::get(address, route)
-            .requests(2_000)
-            .concurrency(8)
+            .requests(batch)
+            .concurrency(concurrency)
             .run()
             .await;
         answered += result.requests;
-        errors += result.errors;
+        failed += result.errors + result.non_2xx;
     }
-    (answered, errors)
+    (answered, failed)
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -93,60 +134,112 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             other => return Err(format!("unknown argument {other}; try --seconds N").into()),
         }
     }
-    let detector = hogwatch::Detector::builder()
+    let half = Duration::from_secs(seconds) / 2;
+    let recorder = hogwatch::Detector::builder()
         .threshold(Duration::from_millis(1))
         .build()?;
+    let mut failures = phase("recorder only", &recorder, &ROUTES, half).await?;
+    drop(recorder);
+
+    let watchdog = hogwatch::Detector::builder()
+        .threshold(Duration::from_millis(1))
+        .watchdog(WATCHDOG)
+        // One warning per label per hour: the stalls are the point here, not the log.
+        .warn_interval(Duration::from_secs(3600))
+        .build()?;
+    let mut routes = ROUTES.to_vec();
+    routes.push(STALL_ROUTE);
+    failures.extend(phase("watchdog on", &watchdog, &routes, half).await?);
+    let report = watchdog.report();
+    let stall = report.entry(&format!("GET {}", STALL_ROUTE.0));
+    let (requests, stalls) = stall.map_or((0, 0), |entry| (entry.requests, entry.stalls));
+    let stats = report.watchdog.clone().unwrap_or_default();
+    println!(
+        "GET {}: {requests} requests of {STALL:?}, {stalls} stalls; watchdog: {stats:?}",
+        STALL_ROUTE.0
+    );
+    if requests == 0 || stalls != requests {
+        failures.push(format!(
+            "{stalls} stalls counted for {requests} stalling requests"
+        ));
+    }
+    if stats.captures_stuck != 0 || stats.captures_busy != 0 {
+        failures.push(format!(
+            "{} stuck and {} overlapping captures",
+            stats.captures_stuck, stats.captures_busy
+        ));
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(failures.join("; ").into())
+    }
+}
+
+/// Serves `routes` with `detector` and loads them all for `duration`; prints the figures and
+/// returns what failed.
+async fn phase(
+    name: &str,
+    detector: &hogwatch::Detector,
+    routes: &[Route],
+    duration: Duration,
+) -> Result<Vec<String>, Box<dyn std::error::Error>> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let address = listener.local_addr()?;
-    let server_app = app(&detector);
-    tokio::spawn(async move { axum::serve(listener, server_app).await });
+    let server_app = app(detector);
+    let server = tokio::spawn(async move { axum::serve(listener, server_app).await });
 
     let start = Instant::now();
-    let deadline = start + Duration::from_secs(seconds);
-    let warm_up = Duration::from_secs(seconds / 5);
-    let load: Vec<_> = ROUTES
+    let deadline = start + duration;
+    let warm_up = duration / 5;
+    let load: Vec<_> = routes
         .iter()
-        .map(|route| tokio::spawn(hammer(address, route, deadline)))
+        .map(|&route| tokio::spawn(hammer(address, route, deadline)))
         .collect();
     tokio::time::sleep(warm_up).await;
     let rss_start = resident_bytes();
     let mut client = BTreeMap::new();
-    for (route, task) in ROUTES.iter().zip(load) {
-        client.insert(*route, task.await?);
+    for (&(route, _, _), task) in routes.iter().zip(load) {
+        client.insert(route, task.await?);
     }
     let rss_end = resident_bytes();
     let elapsed = start.elapsed();
+    server.abort();
 
     let report = detector.report();
     let mut table = Table::new([
         "route",
         "client answered",
-        "client errors",
+        "client failed",
         "server requests",
+        "server non-2xx",
         "match",
     ]);
     let mut all_match = true;
     let mut served = 0;
-    for (route, (answered, errors)) in &client {
+    for (route, (answered, failed)) in &client {
         let label = format!("GET {route}");
         let entry = report.entry(&label);
         let requests = entry.map_or(0, |entry| entry.requests);
         let ended = entry.map_or(0, |entry| {
             entry.completed + entry.cancelled + entry.panicked
         });
-        let matched = requests == *answered && ended == requests && *errors == 0;
+        let non_success = entry.map_or(0, |entry| entry.responses.non_success());
+        let matched =
+            requests == *answered && ended == requests && *failed == 0 && non_success == 0;
         all_match &= matched;
         served += requests;
         table.row([
             label,
             answered.to_string(),
-            errors.to_string(),
+            failed.to_string(),
             requests.to_string(),
+            non_success.to_string(),
             if matched { "yes" } else { "NO" }.to_string(),
         ]);
     }
     let growth = rss_end as f64 / rss_start.max(1) as f64 - 1.0;
-    println!("{table}");
+    println!("== phase: {name}\n{table}");
     println!(
         "served {served} requests in {:.1} s ({:.0}/s); counts matched: {}",
         elapsed.as_secs_f64(),
@@ -154,18 +247,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         if all_match { "yes" } else { "NO" }
     );
     println!(
-        "resident memory after {} s warm-up: {:.1} MiB, at the end: {:.1} MiB, growth {:+.2} %",
-        warm_up.as_secs(),
+        "resident memory after {:.0} s warm-up: {:.1} MiB, at the end: {:.1} MiB, growth {:+.2} %",
+        warm_up.as_secs_f64(),
         rss_start as f64 / 1048576.0,
         rss_end as f64 / 1048576.0,
         growth * 100.0
     );
     println!("\n{}", report.to_text());
+    let mut failures = Vec::new();
     if !all_match {
-        return Err("request counts do not match".into());
+        failures.push(format!(
+            "{name}: request counts do not match or a request failed"
+        ));
     }
     if growth >= 0.05 {
-        return Err(format!("resident memory grew by {:.2} %", growth * 100.0).into());
+        failures.push(format!(
+            "{name}: resident memory grew by {:.2} %",
+            growth * 100.0
+        ));
     }
-    Ok(())
+    Ok(failures)
 }

@@ -1,19 +1,18 @@
 //! tokio's task hooks (`--cfg tokio_unstable`): every poll of every task, no wrapping.
 //!
-//! `on_before_task_poll` reads the clock into a thread-local; `on_after_task_poll` reads it
-//! again and records the poll with the same primitives a watched future uses (histogram, busy
-//! time, and the slow path with its warning and `on_hog` callback), under the task's spawn
-//! location. [`poll_started`] and [`poll_ended`] are the one place a poll begins and ends: whatever
-//! else wants to follow polls in flight (the watchdog) hooks in there.
+//! The hooks are the recorder's poll path split in two: `on_before_task_poll` calls
+//! `Recorder::begin` (the clock, and with a watchdog the publication of the poll in the thread's
+//! slot) and keeps what it returns in a thread-local; `on_after_task_poll` hands it to
+//! `Recorder::end`, which records the poll exactly as a watched future's (histogram, busy time,
+//! the slow path with its warning and `on_hog` callback), under the task's spawn location.
 //!
 //! The label of a spawn location is looked up in the registry once; after that a poll finds its
-//! `LabelStats` in [`LocationCache`], a fixed open-addressing table keyed by the address of the
-//! `&'static Location`, read with one acquire load and no lock.
+//! `Label` in [`LocationCache`], a fixed open-addressing table keyed by the address of the
+//! `&'static Location`, read with one acquire load and no lock. A location that finds no free
+//! slot (more than 2,048 spawn locations) is counted under `<other>`, never looked up per poll.
 //!
-//! With a watchdog (`Builder::watchdog`), the before-hook also
-//! publishes the poll in the thread's watchdog slot, under the task's label, and the after-hook
-//! restores what was there before (see `crate::watchdog::TaskPoll`), so a stuck task is caught
-//! like a stuck handler. The after-hook ends that publication first, before anything that could
+//! With a watchdog (`Builder::watchdog`), a stuck task is thus caught like a stuck handler.
+//! `Recorder::end` ends the publication first, before anything that could
 //! panic (the `on_hog` callback); a task that panics does not skip it (tokio catches the panic
 //! inside the poll, between the hooks). If an after-hook was skipped all the same (a panic
 //! unwound out of the scheduler between the hooks), the next before-hook on the thread ends the
@@ -72,7 +71,7 @@ impl Detector {
     /// Installs tokio's task-poll hooks on `builder`, so every poll of every task on the runtime
     /// it builds is timed and recorded, labelled by where the task was spawned
     /// (`task src/worker.rs:42`; see [the labels guide](crate::docs::labels)). Slow polls warn and
-    /// call [`on_hog`](Builder::on_hog) like a watched future's. Needs `--cfg tokio_unstable`;
+    /// call [`on_hog`](crate::Builder::on_hog) like a watched future's. Needs `--cfg tokio_unstable`;
     /// without it the method does not exist.
     ///
     /// tokio keeps one callback of each kind: this replaces any `on_before_task_poll`,
@@ -238,8 +237,12 @@ type Slot = OnceLock<(usize, Arc<Label>)>;
 
 impl LocationCache {
     fn new() -> Self {
+        Self::with_slots(SLOTS)
+    }
+
+    fn with_slots(slots: usize) -> Self {
         Self {
-            slots: (0..SLOTS).map(|_| OnceLock::new()).collect(),
+            slots: (0..slots.max(1)).map(|_| OnceLock::new()).collect(),
         }
     }
 
@@ -247,18 +250,18 @@ impl LocationCache {
         std::ptr::from_ref(location) as usize
     }
 
-    fn home(key: usize) -> usize {
+    fn home(&self, key: usize) -> usize {
         // Fibonacci hashing of the address (whose low bits are alignment).
         let hash = (key as u64 >> 3).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        (hash >> 32) as usize % SLOTS
+        (hash >> 32) as usize % self.slots.len()
     }
 
     /// The statistics of `location` if a poll already filled its slot.
     fn find(&self, location: &'static Location<'static>) -> Option<&Label> {
         let key = Self::key(location);
-        let home = Self::home(key);
-        for probe in 0..MAX_PROBES {
-            match self.slots[(home + probe) % SLOTS].get() {
+        let home = self.home(key);
+        for probe in 0..MAX_PROBES.min(self.slots.len()) {
+            match self.slots[(home + probe) % self.slots.len()].get() {
                 Some((slot_key, stats)) if *slot_key == key => return Some(stats),
                 Some(_) => {}
                 // Slots fill in probe order and are never emptied: the key is not further on.
@@ -277,9 +280,9 @@ impl LocationCache {
         recorder: &Recorder,
     ) -> Option<&Label> {
         let key = Self::key(location);
-        let home = Self::home(key);
-        for probe in 0..MAX_PROBES {
-            let slot = &self.slots[(home + probe) % SLOTS];
+        let home = self.home(key);
+        for probe in 0..MAX_PROBES.min(self.slots.len()) {
+            let slot = &self.slots[(home + probe) % self.slots.len()];
             let (slot_key, stats) = match slot.get() {
                 Some(filled) => filled,
                 None => slot.get_or_init(|| {
@@ -320,6 +323,29 @@ mod tests {
             "tokio-util-0.7.16/src/task/spawn_pinned.rs"
         ));
         assert!(!is_tokio_source("src/tokio-1.rs"));
+    }
+
+    /// A spawn location that finds the cache full is counted under `<other>`: it never gets a
+    /// registry entry of its own, so no poll of it allocates its label or takes the lock.
+    #[test]
+    fn a_location_past_a_full_cache_is_counted_under_other() {
+        let recorder = crate::recorder::for_tests();
+        let hooks = TaskHooks {
+            recorder: recorder.clone(),
+            cache: LocationCache::with_slots(1),
+        };
+        let first: &'static Location<'static> = Location::caller();
+        let second: &'static Location<'static> = Location::caller();
+        assert_eq!(&*hooks.label(first).name, task_label(first));
+        let folded = hooks.label(second);
+        assert!(std::ptr::eq(folded, &**recorder.registry.other()));
+        let (snapshots, _) = recorder.registry.snapshot(false, recorder.ticks);
+        assert!(
+            snapshots
+                .iter()
+                .all(|label| *label.name != task_label(second)),
+            "the second location got a label of its own"
+        );
     }
 
     #[test]

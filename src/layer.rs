@@ -316,7 +316,7 @@ where
             if let Some(watch) = &watch {
                 watch.label.writer().response(response.status().as_u16());
                 if *this.server_timing {
-                    if let Ok(value) = server_timing(FutureTiming::of(own)) {
+                    if let Ok(value) = server_timing(FutureTiming::of(own, &watch.recorder)) {
                         response.headers_mut().append("server-timing", value);
                     }
                 }

@@ -39,8 +39,11 @@
 #![deny(missing_docs, unreachable_pub, unsafe_code)]
 #![warn(rust_2018_idioms)]
 
-#[cfg(feature = "metrics")]
+#[cfg(any(feature = "metrics", feature = "opentelemetry"))]
 mod bridge;
+#[cfg(feature = "cli")]
+#[cfg_attr(docsrs, doc(cfg(feature = "cli")))]
+pub mod console;
 mod detector;
 pub mod docs;
 #[cfg(feature = "axum")]
@@ -63,6 +66,9 @@ mod watchdog;
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub use bridge::metrics::MetricsReporter;
+#[cfg(feature = "opentelemetry")]
+#[cfg_attr(docsrs, doc(cfg(feature = "opentelemetry")))]
+pub use bridge::opentelemetry::OpenTelemetryReporter;
 pub use detector::{Builder, ConfigError, Detector};
 pub use event::{HogEvent, HogKind};
 pub use recorder::{Bucket, LabelKind, PollHistogram, CUT_MARKER, MAX_LABEL_BYTES, OTHER_LABEL};

@@ -67,8 +67,22 @@ pub struct WatchdogStats {
     pub captures_requested: u64,
     /// Captures that returned a stack.
     pub captures_completed: u64,
-    /// Captures that did not (the thread did not answer in time, or no stacks here).
+    /// Captures that did not (the thread did not answer in time, or no stacks here): the sum
+    /// of the five counters below.
     pub captures_failed: u64,
+    /// Failed captures whose signal was not handled in time (blocked by the thread's signal
+    /// mask, or the thread was not scheduled: expected now and then on a loaded machine).
+    pub captures_timeout: u64,
+    /// Failed captures because another capture of the thread was in flight (a bug if ever
+    /// seen: the watchdog captures one thread at a time).
+    pub captures_busy: u64,
+    /// Failed captures whose handler started but did not finish in time (a bug if ever seen:
+    /// the handler only walks the stack).
+    pub captures_stuck: u64,
+    /// Captures not tried because another handler (a profiler?) had replaced the watchdog's.
+    pub captures_displaced: u64,
+    /// Captures whose signal could not be sent (`pthread_kill` failed).
+    pub captures_unsent: u64,
     /// Samples of stalled polls taken: each one records the thread's cause and, where it can
     /// be had, its stack (captured with the signal, or read from a thread waiting in a system
     /// call without interrupting it).

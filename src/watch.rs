@@ -25,11 +25,11 @@ pub struct FutureTiming {
 }
 
 impl FutureTiming {
-    pub(crate) fn of(own: &Own) -> Self {
+    pub(crate) fn of(own: &Own, recorder: &Recorder) -> Self {
         Self {
             polls: own.polls,
-            busy: Duration::from_nanos(own.busy_ns),
-            longest_poll: Duration::from_nanos(own.longest_ns),
+            busy: Duration::from_nanos(recorder.ticks.ns(own.busy_ticks)),
+            longest_poll: Duration::from_nanos(recorder.ticks.ns(own.longest_ticks)),
         }
     }
 }
@@ -70,7 +70,7 @@ impl<F> Watched<F> {
 
     /// This future's own polls so far.
     pub fn timing(&self) -> FutureTiming {
-        FutureTiming::of(&self.own)
+        FutureTiming::of(&self.own, &self.recorder)
     }
 
     /// The label this future is recorded under (`<other>` if it was folded).

@@ -7,7 +7,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use axum::routing::get;
@@ -58,8 +58,12 @@ async fn crunch_entry(address: SocketAddr) -> serde_json::Value {
         .unwrap_or_else(|| panic!("no GET /crunch in {report}"))
 }
 
-/// Whether the watchdog reported the stall of `GET /crunch` (set by the `on_hog` callback).
-static CRUNCH_STALLED: AtomicBool = AtomicBool::new(false);
+/// When the watchdog first reported the stall of `GET /crunch`, and the duration it stated (set
+/// by the `on_hog` callback).
+static CRUNCH_STALLED: Mutex<Option<(Instant, Duration)>> = Mutex::new(None);
+
+/// When the `/crunch` handler started.
+static CRUNCH_STARTED: Mutex<Option<Instant>> = Mutex::new(None);
 
 /// `GET /crunch`'s entry once its stack is named (10 s at most): the stack is captured while the
 /// handler blocks and named by the watchdog's naming thread, which may still be loading the
@@ -79,12 +83,16 @@ async fn named_crunch_entry(address: SocketAddr) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_route_gets_its_culprit_and_a_flame_graph() {
+    let threshold = Duration::from_millis(50);
     let detector = Detector::builder()
         .threshold(Duration::from_millis(10))
-        .watchdog(Duration::from_millis(50))
+        .watchdog(threshold)
         .on_hog(|event: &HogEvent| {
             if event.kind == HogKind::Stall && &*event.label == "GET /crunch" {
-                CRUNCH_STALLED.store(true, Ordering::SeqCst);
+                CRUNCH_STALLED
+                    .lock()
+                    .unwrap()
+                    .get_or_insert((Instant::now(), event.duration));
             }
         })
         .build()
@@ -92,20 +100,36 @@ async fn a_stalled_route_gets_its_culprit_and_a_flame_graph() {
     let app = Router::new()
         .route(
             "/crunch",
-            get(|| async { common::crunch_numbers(Duration::from_millis(300)).to_string() }),
+            get(|| async {
+                CRUNCH_STARTED.lock().unwrap().get_or_insert(Instant::now());
+                common::crunch_numbers(Duration::from_millis(300)).to_string()
+            }),
         )
         .layer(detector.layer())
         .merge(detector.router());
     let address = serve(app).await;
     assert_eq!(get_url(address, "/crunch").await.0, 200);
+    let (at, duration) = CRUNCH_STALLED.lock().unwrap().unwrap_or_else(|| {
+        panic!(
+            "the stall was reported while the handler blocked: {:?}",
+            detector.watchdog_stats()
+        )
+    });
+    // Within three thresholds of the handler's start, by the event and by the clock.
+    let bound = 3 * threshold;
     assert!(
-        CRUNCH_STALLED.load(Ordering::SeqCst),
-        "the stall was reported while the handler blocked: {:?}",
-        detector.watchdog_stats()
+        duration <= bound,
+        "first reported {duration:?} into the poll"
+    );
+    let started = CRUNCH_STARTED.lock().unwrap().expect("the handler ran");
+    let latency = at.duration_since(started);
+    assert!(
+        latency <= bound,
+        "on_hog got it {latency:?} after the start"
     );
 
     let crunch = named_crunch_entry(address).await;
-    assert!(crunch["stalls"].as_u64().unwrap() >= 1, "{crunch}");
+    assert_eq!(crunch["stalls"], 1, "one request, one stall: {crunch}");
     let culprit = crunch["top_culprits"][0]["culprit"]
         .as_str()
         .unwrap_or_else(|| panic!("{crunch}"));

@@ -76,25 +76,31 @@ fn assert_all_ok(what: &str, result: &LoadResult, requests: u64) {
     assert!(result.all_ok(), "{what}: non-2xx or errors: {result:?}");
 }
 
-/// Asserts the verdict on `label`: flagged (at least one slow poll) or not (at most one slow poll
-/// per ten requests), every request answered 2xx.
-///
-/// A route that blocks the executor has a slow poll in (nearly) every request; one that does not
-/// can still have one now and then, when the OS takes a worker away mid-poll for longer than the
-/// threshold (both workers are busy with debug-build JSON, on a shared 2-core machine).
+/// Slow polls a route that does not block may still show: the OS can take a worker away
+/// mid-poll for longer than the threshold (both workers busy with debug-build JSON, on a shared
+/// 2-core machine). hogwatch does not yet say which slow polls were preemption, so a small fixed
+/// number is allowed, however many requests the route served.
+const PREEMPTED_POLLS: u64 = 2;
+
+/// Asserts the verdict on `label`: flagged (a slow poll in at least 90 % of its requests) or not
+/// (at most `PREEMPTED_POLLS` slow polls), every request answered 2xx.
 fn assert_verdict(report: &Report, label: &str, flagged: bool) {
     let entry = report
         .entry(label)
         .unwrap_or_else(|| panic!("no entry {label}:\n{}", report.to_text()));
+    // A request's polls are counted once each: a blocking request has at least one slow poll.
+    let flagged_requests = entry.slow_polls.min(entry.requests);
     if flagged {
         assert!(
-            entry.slow_polls > 0,
-            "{label} not flagged:\n{}",
+            flagged_requests * 10 >= entry.requests * 9,
+            "{label} flagged on {} of {} requests\n{}",
+            entry.slow_polls,
+            entry.requests,
             report.to_text()
         );
     } else {
         assert!(
-            entry.slow_polls * 10 <= entry.requests,
+            entry.slow_polls <= PREEMPTED_POLLS,
             "{label} flagged: {} slow polls in {} requests\n{}",
             entry.slow_polls,
             entry.requests,

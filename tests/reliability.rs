@@ -402,15 +402,35 @@ mod hostile_input {
             let body = runtime.block_on(response.into_body().collect()).unwrap().to_bytes();
             let body = String::from_utf8(body.to_vec()).expect("UTF-8 body");
             prop_assert!(status == 200 || status == 400, "{uri}: {status} {body}");
-            if status == 400 {
-                prop_assert_eq!(body.trim_end().lines().count(), 1, "{}", body);
-            } else if content_type.starts_with("application/json") {
-                let json: serde_json::Value = serde_json::from_str(&body).expect("valid JSON");
-                prop_assert!(json["entries"].is_array());
-            } else if content_type.contains("version=0.0.4") {
-                assert_prometheus(&body);
-            } else if content_type.starts_with("text/html") {
-                prop_assert!(!body.contains("<script>alert(1)"));
+            // Every answer's type is one of the endpoint's five, and its body is what that type
+            // says: anything else fails.
+            match (status.as_u16(), content_type.as_str()) {
+                (400, "text/plain; charset=utf-8") => {
+                    prop_assert_eq!(body.trim_end().lines().count(), 1, "{}", body);
+                }
+                (200, "application/json") => {
+                    let json: serde_json::Value = serde_json::from_str(&body).expect("valid JSON");
+                    prop_assert_eq!(json["entries"].as_array().map(Vec::len), Some(8), "{}", body);
+                }
+                (200, "text/plain; version=0.0.4; charset=utf-8") => assert_prometheus(&body),
+                (200, "text/html; charset=utf-8") => {
+                    prop_assert!(body.starts_with("<!DOCTYPE html>"), "{}", body);
+                    prop_assert!(!body.contains("<script>alert(1)"));
+                }
+                (200, "text/plain; charset=utf-8") => {
+                    // The text report: a header, then one row per label, each escaped.
+                    prop_assert!(body.starts_with("hogwatch: threshold "), "{}", body);
+                    prop_assert!(body.contains(", 8 labels, "), "{}", body);
+                    prop_assert!(body.contains("new\\nline"), "{}", body);
+                    prop_assert!(
+                        !body.contains("new\nline") && !body.contains('\u{202e}'),
+                        "a label unescaped: {}",
+                        body
+                    );
+                }
+                (status, other) => {
+                    prop_assert!(false, "{uri}: {status} with content type {other:?}: {body}");
+                }
             }
         }
 

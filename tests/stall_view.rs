@@ -4,8 +4,7 @@
 mod common;
 
 use std::hint::black_box;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hogwatch::{Detector, HogEvent, HogKind};
@@ -21,30 +20,46 @@ fn escape(text: &str) -> String {
 
 #[test]
 fn the_html_page_shows_the_stall_its_culprit_and_stack() {
-    let reported = Arc::new(AtomicBool::new(false));
-    let flag = reported.clone();
+    let threshold = Duration::from_millis(50);
+    // When `on_hog` first got the stall, and the duration it stated.
+    let reported: Arc<Mutex<Option<(Instant, Duration)>>> = Arc::default();
+    let sink = reported.clone();
     let detector = Detector::builder()
         .threshold(Duration::from_millis(10))
-        .watchdog(Duration::from_millis(30))
+        .watchdog(threshold)
         .on_hog(move |event: &HogEvent| {
             if event.kind == HogKind::Stall {
-                flag.store(true, Ordering::SeqCst);
+                sink.lock()
+                    .unwrap()
+                    .get_or_insert((Instant::now(), event.duration));
             }
         })
         .build()
         .unwrap();
     let label = "<spin & \"crunch\">";
-    tokio::runtime::Builder::new_current_thread()
+    let started = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap()
         .block_on(detector.watch(label, async move {
+            let started = Instant::now();
             black_box(common::crunch_numbers(Duration::from_millis(300)));
+            started
         }));
+    let (at, duration) = reported
+        .lock()
+        .unwrap()
+        .unwrap_or_else(|| panic!("a stall was reported: {:?}", detector.watchdog_stats()));
+    // Within three thresholds of the poll's start, by the event and by the clock.
+    let bound = 3 * threshold;
     assert!(
-        reported.load(Ordering::SeqCst),
-        "a stall was reported: {:?}",
-        detector.watchdog_stats()
+        duration <= bound,
+        "first reported {duration:?} into the poll"
+    );
+    let latency = at.duration_since(started);
+    assert!(
+        latency <= bound,
+        "on_hog got it {latency:?} after the start"
     );
 
     // The stack is named by the watchdog's naming thread, which may still be loading the debug
@@ -68,7 +83,7 @@ fn the_html_page_shows_the_stall_its_culprit_and_stack() {
     let section = &page[start..start + page[start..].find("</section>").unwrap()];
     assert!(
         section.contains(
-            "<strong class=\"hot\">1</strong> stall caught (a poll still running after 30.0 ms)"
+            "<strong class=\"hot\">1</strong> stall caught (a poll still running after 50.0 ms)"
         ),
         "{section}"
     );

@@ -20,9 +20,9 @@ fn current_thread() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-/// Collects the stall events the `on_hog` callback receives.
+/// Collects the stall events the `on_hog` callback receives, with the time each arrived.
 #[derive(Clone, Default)]
-struct Stalls(Arc<Mutex<Vec<HogEvent>>>);
+struct Stalls(Arc<Mutex<Vec<(Instant, HogEvent)>>>);
 
 impl Stalls {
     fn builder(&self) -> hogwatch::Builder {
@@ -31,7 +31,7 @@ impl Stalls {
             .threshold(Duration::from_millis(1))
             .on_hog(move |event: &HogEvent| {
                 if event.kind == HogKind::Stall {
-                    sink.lock().unwrap().push(event.clone());
+                    sink.lock().unwrap().push((Instant::now(), event.clone()));
                 }
             })
     }
@@ -39,8 +39,38 @@ impl Stalls {
     /// The events reported so far (a stall is reported while it blocks: after the poll, its
     /// events are all in).
     fn events(&self) -> Vec<HogEvent> {
-        self.0.lock().unwrap().clone()
+        let events = self.0.lock().unwrap();
+        events.iter().map(|(_, event)| event.clone()).collect()
     }
+
+    /// Asserts that `label`'s stall, whose poll started at `started`, was first reported within
+    /// three times the watchdog threshold: by the time `on_hog` got it and by the duration the
+    /// event states (what a user waiting for the warning feels).
+    fn assert_reported_promptly(&self, label: &str, started: Instant) {
+        let events = self.0.lock().unwrap();
+        let (at, event) = events
+            .iter()
+            .find(|(_, event)| &*event.label == label)
+            .unwrap_or_else(|| panic!("no stall of {label} reported"));
+        assert_reported_within(event, at.duration_since(started));
+    }
+}
+
+/// Asserts that `event`, which `on_hog` got `latency` after its poll started (if known), was
+/// reported within three times the threshold.
+fn assert_reported_within(event: &HogEvent, latency: Duration) {
+    let bound = 3 * event.threshold;
+    assert!(
+        event.duration >= event.threshold && event.duration <= bound,
+        "{}: first reported at {:?} into the poll (bound {bound:?})",
+        event.label,
+        event.duration
+    );
+    assert!(
+        latency <= bound,
+        "{}: on_hog got the stall {latency:?} after the poll started (bound {bound:?})",
+        event.label
+    );
 }
 
 /// `label`'s report entry once its stacks are named (10 s at most): a stack is captured while
@@ -59,6 +89,15 @@ fn named_entry(detector: &Detector, label: &str) -> hogwatch::Entry {
             detector.watchdog_stats()
         );
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// This thread's name as the watchdog gives it (the test's name under libtest).
+fn thread_name() -> String {
+    let current = std::thread::current();
+    match current.name() {
+        Some(name) => name.to_string(),
+        None => format!("{:?}", current.id()),
     }
 }
 
@@ -110,10 +149,22 @@ fn a_spinning_handler_is_caught_and_named_while_it_spins() {
         .watchdog(Duration::from_millis(50))
         .build()
         .unwrap();
-    let result = current_thread().block_on(detector.watch("crunch", async {
+    let runtime = current_thread();
+    // A first stall loads the debug information and names `crunch_numbers`' frames, then is
+    // forgotten: the stall below is named within the naming budget, so its events must carry
+    // the stack and the culprit, in any build.
+    black_box(runtime.block_on(detector.watch("warm-up", async {
         common::crunch_numbers(Duration::from_millis(300))
+    })));
+    named_entry(&detector, "warm-up");
+    detector.report_and_reset();
+    stalls.0.lock().unwrap().clear();
+
+    let started = runtime.block_on(detector.watch("crunch", async {
+        let started = Instant::now();
+        black_box(common::crunch_numbers(Duration::from_millis(300)));
+        started
     }));
-    black_box(result);
 
     let events = stalls.events();
     assert!(
@@ -121,31 +172,36 @@ fn a_spinning_handler_is_caught_and_named_while_it_spins() {
         "a stall was reported: {:?}",
         detector.watchdog_stats()
     );
+    stalls.assert_reported_promptly("crunch", started);
     let event = &events[0];
     assert_eq!(&*event.label, "crunch");
-    assert!(event.duration >= Duration::from_millis(50), "{event:?}");
     assert_eq!(event.threshold, Duration::from_millis(50));
-    assert!(event.thread.is_some());
-    // The event has the names if they were ready within the naming budget (the debug
-    // information loaded); the report always gets them.
-    let named = events.iter().find(|event| !event.stack.is_empty());
-    if let Some(event) = named {
-        assert!(
-            event
-                .stack
-                .iter()
-                .any(|frame| frame.contains("crunch_numbers")),
-            "{:#?}",
-            event.stack
-        );
-        let culprit = event.culprit.as_deref().unwrap_or_default();
-        assert!(culprit.ends_with("crunch_numbers"), "culprit {culprit}");
-        assert!(
-            !event.stack[0].contains("signal"),
-            "the handler's frames are cut off: {:#?}",
-            event.stack
-        );
-    }
+    assert_eq!(
+        event.thread.as_deref(),
+        Some(&*thread_name()),
+        "the spinning thread is named"
+    );
+    // Reported at 50, 100 and 200 ms: the names are cached, so at least one event (under load
+    // the naming thread may miss the 20 ms budget once or twice) has them.
+    let named = events
+        .iter()
+        .find(|event| !event.stack.is_empty())
+        .unwrap_or_else(|| panic!("no event with a stack: {events:#?}"));
+    assert!(
+        named
+            .stack
+            .iter()
+            .any(|frame| frame.contains("crunch_numbers")),
+        "{:#?}",
+        named.stack
+    );
+    let culprit = named.culprit.as_deref().unwrap_or_default();
+    assert!(culprit.ends_with("crunch_numbers"), "culprit {culprit:?}");
+    assert!(
+        !named.stack[0].contains("signal"),
+        "the handler's frames are cut off: {:#?}",
+        named.stack
+    );
 
     let entry = named_entry(&detector, "crunch");
     assert_eq!(entry.stalls, 1, "one stall, however many reports");
@@ -160,7 +216,12 @@ fn a_spinning_handler_is_caught_and_named_while_it_spins() {
     let report = detector.report();
     let watchdog = report.watchdog.clone().unwrap();
     assert_eq!(watchdog.stack_mode, "unwind");
-    assert!(watchdog.captures_completed >= 1);
+    assert!(watchdog.captures_completed >= 1, "{watchdog:?}");
+    assert_eq!(
+        (watchdog.captures_stuck, watchdog.captures_busy),
+        (0, 0),
+        "{watchdog:?}"
+    );
 
     let json = serde_json::to_value(&report).unwrap();
     assert_eq!(json["watchdog"]["stalls"], 1);
@@ -205,7 +266,9 @@ fn a_spinning_handler_is_caught_and_named_while_it_spins() {
 }
 
 #[test]
-fn right_after_build_a_spin_is_counted_reported_within_twice_the_threshold_and_named() {
+/// The 2x bound of the issue is held by `tests/watchdog_first_stall.rs`, alone in its binary;
+/// here other tests spin beside this one on two cores, so the bound is the suite's 3x.
+fn right_after_build_a_spin_is_counted_reported_within_three_thresholds_and_named() {
     let threshold = Duration::from_millis(50);
     let seen: Arc<Mutex<Vec<(Instant, HogEvent)>>> = Arc::default();
     let sink = seen.clone();
@@ -232,7 +295,7 @@ fn right_after_build_a_spin_is_counted_reported_within_twice_the_threshold_and_n
     assert_eq!(&*event.label, "fresh");
     let latency = at.duration_since(started);
     assert!(
-        latency <= 2 * threshold,
+        latency <= 3 * threshold,
         "reported {latency:?} after the poll started (threshold {threshold:?})"
     );
     let entry = named_entry(&detector, "fresh");
@@ -266,8 +329,9 @@ fn a_blocking_read_with_a_timeout_is_never_interrupted() {
     // A read on a socket with `SO_RCVTIMEO` is never restarted after a signal handler, whatever
     // `SA_RESTART` says: a signal would make it fail with `Interrupted`.
     let (address, server) = slow_server(3, Duration::from_secs(1), b"the answer");
-    let detector = Detector::builder()
-        .threshold(Duration::from_millis(1))
+    let stalls = Stalls::default();
+    let detector = stalls
+        .builder()
         .watchdog(Duration::from_millis(50))
         .build()
         .unwrap();
@@ -277,31 +341,42 @@ fn a_blocking_read_with_a_timeout_is_never_interrupted() {
         stream
             .set_read_timeout(Some(Duration::from_secs(30)))
             .unwrap();
-        let read = runtime.block_on(detector.watch("read", async move {
+        let label = format!("read-{round}");
+        let (started, read) = runtime.block_on(detector.watch(&label, async move {
+            let started = Instant::now();
             let mut answer = [0u8; 64];
-            std::io::Read::read(&mut stream, &mut answer).map(|n| answer[..n].to_vec())
+            let read = std::io::Read::read(&mut stream, &mut answer).map(|n| answer[..n].to_vec());
+            (started, read)
         }));
         match read {
             Ok(answer) => assert_eq!(answer, b"the answer", "round {round}"),
             Err(error) => panic!("round {round}: the read failed: {error:?}"),
         }
+        // A thread waiting in a system call is reported as promptly as a spinning one.
+        stalls.assert_reported_promptly(&label, started);
     }
     server.join().unwrap();
-    let entry = detector.report().entry("read").cloned().unwrap();
-    assert_eq!(entry.stalls, 3, "each wait was seen as a stall");
+    let report = detector.report();
+    for round in 0..3 {
+        let entry = report.entry(&format!("read-{round}")).unwrap();
+        assert_eq!(entry.stalls, 1, "each wait was seen as a stall");
+    }
 }
 
 #[test]
 fn a_panicking_on_hog_is_caught_logged_once_and_the_watchdog_goes_on() {
     let log = warnings();
-    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let calls = Arc::new(Mutex::new(Vec::<(Instant, HogEvent)>::new()));
     let counter = calls.clone();
     let detector = Detector::builder()
         // No slow-poll event: only the watchdog calls the callback here.
         .threshold(Duration::from_secs(10))
         .on_hog(move |event: &HogEvent| {
             if event.kind == HogKind::Stall {
-                counter.fetch_add(1, Ordering::SeqCst);
+                counter
+                    .lock()
+                    .unwrap()
+                    .push((Instant::now(), event.clone()));
                 // A panic (without the panic hook, whose backtrace would hold the watchdog
                 // thread for a second in a debug build).
                 std::panic::resume_unwind(Box::new("the callback panics"));
@@ -312,19 +387,23 @@ fn a_panicking_on_hog_is_caught_logged_once_and_the_watchdog_goes_on() {
         .unwrap();
     let runtime = current_thread();
     for label in ["panics-1", "panics-2"] {
-        let value = runtime.block_on(detector.watch(label, async {
-            common::crunch_numbers(Duration::from_millis(300))
+        let started = runtime.block_on(detector.watch(label, async {
+            let started = Instant::now();
+            black_box(common::crunch_numbers(Duration::from_millis(300)));
+            started
         }));
-        black_box(value);
+        // Each stall, the one after the panics too, is reported on time.
+        let calls = calls.lock().unwrap();
+        let (at, event) = calls
+            .iter()
+            .find(|(_, event)| &*event.label == label)
+            .unwrap_or_else(|| panic!("the watchdog kept calling the callback: no {label}"));
+        assert_reported_within(event, at.duration_since(started));
     }
     let report = detector.report();
     for label in ["panics-1", "panics-2"] {
         assert_eq!(report.entry(label).unwrap().stalls, 1, "{label}");
     }
-    assert!(
-        calls.load(Ordering::SeqCst) >= 2,
-        "the watchdog kept calling the callback after it panicked"
-    );
     let logged = log
         .lock()
         .unwrap()
@@ -359,18 +438,19 @@ fn a_json_round_trip_is_blamed_on_serde_json() {
         .build()
         .unwrap();
     let runtime = current_thread();
-    let bytes = runtime.block_on(detector.watch("json", async move {
+    let (started, bytes) = runtime.block_on(detector.watch("json", async move {
+        let started = Instant::now();
         let mut bytes = 0;
         for _ in 0..3 {
             let text = serde_json::to_string(&document).unwrap();
             let parsed: serde_json::Value = serde_json::from_str(&text).unwrap();
             bytes += serde_json::to_string(&parsed).unwrap().len();
         }
-        bytes
+        (started, bytes)
     }));
     assert!(bytes > 10_000_000, "{bytes}");
+    stalls.assert_reported_promptly("json", started);
     let events = stalls.events();
-    assert!(!events.is_empty());
     named_entry(&detector, "json");
     // The naming thread may still be naming the last few stacks: let it finish (they are part
     // of the sample below).
@@ -437,137 +517,62 @@ fn a_poll_stuck_on_a_mutex_is_reported_before_it_returns() {
     let events = events.lock().unwrap();
     assert!(!events.is_empty());
     // Waiting for the lock is waiting in a system call (`futex`): the thread is never signalled
-    // there (its stack is read without interrupting it), and every sample says `lock`.
+    // there (its stack is read without interrupting it). (Its first report may come while a
+    // loaded machine has not yet run the thread to the lock: runnable in user space, it is
+    // signalled once then. The reports at 2x and 4x the threshold find it in `futex`.)
+    assert!(
+        events.len() >= 3,
+        "reports at 1x, 2x and 4x the threshold: {}",
+        events.len()
+    );
+    // The poll started on the worker thread: its start is bounded by the event's duration.
+    assert_reported_within(&events[0], Duration::ZERO);
     let stats = detector.watchdog_stats().unwrap();
-    assert_eq!(stats.captures_requested, 0, "{stats:?}");
+    assert!(
+        stats.captures_requested <= 1,
+        "signalled in futex: {stats:?}"
+    );
     let entry = detector.report().entry("stuck").cloned().unwrap();
     assert_eq!(entry.stalls, 1);
-    assert_eq!(entry.causes.len(), 1, "{:#?}", entry.causes);
-    assert_eq!(entry.causes[0].cause, "lock");
+    assert_eq!(entry.causes[0].cause, "lock", "{:#?}", entry.causes);
 }
 
 #[test]
 fn a_poll_that_never_returns_is_reported_again_at_doublings_only() {
     let stalls = Stalls::default();
-    let detector = stalls
-        .builder()
-        .watchdog(Duration::from_millis(20))
-        .build()
-        .unwrap();
-    // Blocks for 1.5 s.
-    let start = Instant::now();
-    current_thread().block_on(detector.watch("long", async {
+    // 100 ms: a doubling is missed only if the watchdog thread waits 100 ms for a CPU.
+    let threshold = Duration::from_millis(100);
+    let detector = stalls.builder().watchdog(threshold).build().unwrap();
+    // Blocks for 1.5 s: past 100, 200, 400 and 800 ms, and far from 1,600 ms.
+    let (started, blocked) = current_thread().block_on(detector.watch("long", async {
         let start = Instant::now();
         while start.elapsed() < Duration::from_millis(1_500) {
             std::thread::sleep(Duration::from_millis(20));
         }
+        (start, start.elapsed())
     }));
-    let blocked = start.elapsed();
-    let events = stalls.events();
-    // At 20, 40, 80... ms while it blocked: a few reports, not one per check (every 5 ms).
-    let doublings = (blocked.as_millis() / 20).ilog2() as usize + 1;
     assert!(
-        (2..=doublings).contains(&events.len()),
-        "{} reports in {blocked:?}",
-        events.len()
+        blocked < Duration::from_millis(1_600),
+        "blocked {blocked:?}"
     );
+    stalls.assert_reported_promptly("long", started);
+    let events = stalls.events();
+    // Reported at each doubling of the threshold it ran past, not at each check (every
+    // 25 ms): exactly 4 reports, each at (or just after) its doubling.
+    let durations: Vec<_> = events.iter().map(|event| event.duration).collect();
+    assert_eq!(events.len(), 4, "reports at {durations:?} in {blocked:?}");
+    for (doubling, duration) in durations.iter().enumerate() {
+        let due = threshold * (1 << doubling);
+        assert!(
+            *duration >= due && *duration < 2 * due,
+            "report {doubling} at {duration:?}, due at {due:?}: {durations:?}"
+        );
+    }
     assert_eq!(detector.report().entry("long").unwrap().stalls, 1);
     // The thread sleeps in `clock_nanosleep` nearly all the time, where it is never signalled:
     // the samples say `sleep`.
     let entry = detector.report().entry("long").cloned().unwrap();
     assert_eq!(entry.causes[0].cause, "sleep", "{:#?}", entry.causes);
-}
-
-/// Allocates and frees in a loop for `duration`.
-fn churn(duration: Duration) -> usize {
-    let start = Instant::now();
-    let mut kept = Vec::new();
-    let mut total = 0;
-    let mut i = 0usize;
-    while start.elapsed() < duration {
-        let v: Vec<u8> = vec![(i % 251) as u8; 16 + (i * 7919) % 4096];
-        total += v.len();
-        kept.push(v);
-        if kept.len() > 64 {
-            kept.swap_remove(i % 64);
-        }
-        let boxed = Box::new([i; 8]);
-        black_box(&boxed);
-        i = i.wrapping_add(1);
-    }
-    black_box(kept.len());
-    total
-}
-
-#[test]
-fn stress_ten_thousand_captures_of_threads_that_allocate() {
-    let detector = Detector::builder()
-        .threshold(Duration::from_millis(1))
-        .watchdog(Duration::from_millis(1))
-        .warn_interval(Duration::from_secs(3600))
-        .build()
-        .unwrap();
-    let target = 10_000;
-    let stop = Arc::new(AtomicBool::new(false));
-    let workers: Vec<_> = (0..2)
-        .map(|_| {
-            let (detector, stop) = (detector.clone(), stop.clone());
-            std::thread::spawn(move || {
-                let runtime = current_thread();
-                while !stop.load(Ordering::Relaxed) {
-                    runtime.block_on(
-                        detector.watch("churn", async { churn(Duration::from_millis(3)) }),
-                    );
-                }
-            })
-        })
-        .collect();
-    let started = Instant::now();
-    loop {
-        let stats = detector.watchdog_stats().unwrap();
-        if stats.captures_requested >= target {
-            break;
-        }
-        if std::env::var_os("HOGWATCH_STRESS_PROGRESS").is_some() {
-            eprintln!("{:?} {stats:?}", started.elapsed());
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(600),
-            "only {} captures in 10 minutes",
-            stats.captures_requested
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    stop.store(true, Ordering::Relaxed);
-    for worker in workers {
-        worker.join().unwrap();
-    }
-    // The watchdog may be finishing one capture: wait until the books balance.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let stats = loop {
-        let stats = detector.watchdog_stats().unwrap();
-        if stats.captures_requested == stats.captures_completed + stats.captures_failed
-            || Instant::now() > deadline
-        {
-            break stats;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    assert!(stats.captures_requested >= target, "{stats:?}");
-    assert_eq!(
-        stats.captures_requested,
-        stats.captures_completed + stats.captures_failed,
-        "{stats:?}"
-    );
-    // A capture fails only when the signalled thread does not answer within 250 ms, which a
-    // machine busy with other builds can cause now and then: allow a handful in 10,000.
-    assert!(
-        stats.captures_failed * 1000 <= stats.captures_requested,
-        "{stats:?}"
-    );
-    let report = detector.report();
-    let entry = report.entry("churn").unwrap();
-    assert!(entry.stalls > 0 && entry.top_stacks.len() <= 8);
 }
 
 #[test]
@@ -618,15 +623,12 @@ fn another_signal_works_and_custom_prefixes_move_the_culprit() {
         )
         .build()
         .unwrap();
-    current_thread().block_on(detector.watch("rt-signal", async {
-        common::crunch_numbers(Duration::from_millis(300))
+    let started = current_thread().block_on(detector.watch("rt-signal", async {
+        let started = Instant::now();
+        black_box(common::crunch_numbers(Duration::from_millis(300)));
+        started
     }));
-    let events = stalls.events();
-    assert!(
-        !events.is_empty(),
-        "a stall was reported: {:?}",
-        detector.watchdog_stats()
-    );
+    stalls.assert_reported_promptly("rt-signal", started);
     let entry = named_entry(&detector, "rt-signal");
     assert!(
         entry.top_stacks[0].stack.contains("crunch_numbers"),
@@ -721,7 +723,8 @@ mod tasks {
             .iter()
             .find(|event| *event.label == label)
             .unwrap_or_else(|| panic!("a stall of {label}: {events:#?}"));
-        assert!(event.duration >= Duration::from_millis(50), "{event:?}");
+        // The task's poll starts on a worker: its start is bounded by the event's duration.
+        assert_reported_within(event, Duration::ZERO);
         let panicked = task_label(panic_line);
         assert!(
             events.iter().all(|event| *event.label != panicked),
@@ -765,12 +768,20 @@ mod tasks {
         black_box(rt.block_on(task).unwrap());
         let events = stalls.events();
         let label = task_label(line);
-        for label in ["inner", label.as_str()] {
-            assert!(
-                events.iter().any(|event| &*event.label == label),
-                "a stall of {label}: {events:#?}"
-            );
-        }
+        let first = |label: &str| {
+            events
+                .iter()
+                .find(|event| &*event.label == label)
+                .unwrap_or_else(|| panic!("a stall of {label}: {events:#?}"))
+        };
+        assert_reported_within(first("inner"), Duration::ZERO);
+        // The task's poll has run for the inner poll's 300 ms when its entry comes back: it is
+        // reported within three thresholds of that.
+        let task_stall = first(&label).duration;
+        assert!(
+            task_stall >= Duration::from_millis(300) && task_stall <= Duration::from_millis(450),
+            "the task first reported {task_stall:?} into its poll"
+        );
         let inner = named_entry(&detector, "inner");
         assert!(inner.top_culprits[0].culprit.ends_with("stuck_in_watched"));
         let task = named_entry(&detector, &label);

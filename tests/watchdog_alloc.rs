@@ -5,7 +5,10 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::hint::black_box;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use hogwatch::{HogEvent, HogKind};
 
 /// Counts allocations per thread, then lets the system allocator do the work.
 struct Counting;
@@ -50,8 +53,21 @@ fn allocations_on_this_thread() -> u64 {
 
 #[test]
 fn the_signal_handler_does_not_allocate() {
+    // 50 ms: three thresholds leave the busy machine time to run the watchdog and the handler.
+    let threshold = Duration::from_millis(50);
+    let reported: Arc<Mutex<Option<(Instant, Duration)>>> = Arc::default();
+    let sink = reported.clone();
     let detector = hogwatch::Detector::builder()
-        .watchdog(Duration::from_millis(20))
+        .watchdog(threshold)
+        .on_hog(move |event: &HogEvent| {
+            if event.kind == HogKind::Stall {
+                // The first report only (this runs on the watchdog thread: its allocations are
+                // not the spinning thread's).
+                sink.lock()
+                    .unwrap()
+                    .get_or_insert((Instant::now(), event.duration));
+            }
+        })
         .build()
         .unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -59,25 +75,19 @@ fn the_signal_handler_does_not_allocate() {
         .unwrap();
     // The first watched poll registers the thread (that allocates, once).
     runtime.block_on(detector.watch("warm-up", async {}));
-    let captures = || detector.watchdog_stats().unwrap().captures_completed;
-    let allocated_while_captured = runtime.block_on(detector.watch("spin", async {
+    let (started, allocated_while_captured) = runtime.block_on(detector.watch("spin", async {
         let before = allocations_on_this_thread();
-        // Reports at 20, 40, 80... ms, each with a capture of this thread: spin for 1.5 s, and on
-        // until two captures completed (30 s at most). A new watchdog first loads the debug
-        // information, and symbolising the first stack takes a while in a debug build on a busy
-        // machine, so a fixed spin can end after a single capture. (Reading the counter is an
-        // atomic load: it does not allocate.)
+        // Reports at 50, 100, 200, 400 and 800 ms, each with a capture of this thread (the
+        // stacks are named on another thread, so none waits for the debug information).
         let start = Instant::now();
         let mut acc = 0u64;
-        while start.elapsed() < Duration::from_millis(1_500)
-            || (captures() < 2 && start.elapsed() < Duration::from_secs(30))
-        {
+        while start.elapsed() < Duration::from_millis(1_500) {
             for i in 0..10_000u64 {
                 acc = black_box(acc.wrapping_mul(31).wrapping_add(i));
             }
         }
         black_box(acc);
-        allocations_on_this_thread() - before
+        (start, allocations_on_this_thread() - before)
     }));
     let stats = detector.watchdog_stats().unwrap();
     assert!(
@@ -88,11 +98,22 @@ fn the_signal_handler_does_not_allocate() {
         allocated_while_captured, 0,
         "no allocation on the captured thread ({stats:?})"
     );
-    let start = Instant::now();
-    while detector.watchdog_stats().unwrap().stalls == 0
-        && start.elapsed() < Duration::from_secs(30)
-    {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    assert_eq!(
+        (stats.captures_stuck, stats.captures_busy),
+        (0, 0),
+        "{stats:?}"
+    );
+    // Reported (and counted) while it spun, within three thresholds of its start.
+    let (at, duration) = reported.lock().unwrap().expect("the stall was reported");
+    let bound = 3 * threshold;
+    assert!(
+        duration <= bound,
+        "first reported {duration:?} into the poll"
+    );
+    let latency = at.duration_since(started);
+    assert!(
+        latency <= bound,
+        "on_hog got it {latency:?} after the start"
+    );
     assert_eq!(detector.report().entry("spin").unwrap().stalls, 1);
 }

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use ::metrics::{counter, describe_counter, describe_histogram, histogram, Unit};
 
+use super::added_polls;
 use crate::detector::Detector;
 use crate::recorder::PollHistogram;
 use crate::report::Entry;
@@ -221,23 +222,6 @@ fn publish_entry(entry: &Entry, last: &mut Published) {
     }
     last.counters = now.map(|(_, _, value)| value);
     last.histogram = entry.histogram.clone();
-}
-
-/// For each bucket of `now` that gained polls since `before` (same window): the bucket's value
-/// and how many polls it gained.
-fn added_polls<'a>(
-    now: &'a PollHistogram,
-    before: &'a PollHistogram,
-) -> impl Iterator<Item = (u64, u64)> + 'a {
-    let mut before = before.buckets().peekable();
-    now.buckets().filter_map(move |bucket| {
-        while before.next_if(|old| old.low_us < bucket.low_us).is_some() {}
-        let had = before
-            .next_if(|old| old.low_us == bucket.low_us)
-            .map_or(0, |old| old.count);
-        let added = bucket.count.saturating_sub(had);
-        (added > 0).then(|| (bucket.value_us(), added))
-    })
 }
 
 #[cfg(test)]

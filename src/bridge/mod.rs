@@ -4,3 +4,24 @@
 
 #[cfg(feature = "metrics")]
 pub(crate) mod metrics;
+#[cfg(feature = "opentelemetry")]
+pub(crate) mod opentelemetry;
+
+use crate::recorder::PollHistogram;
+
+/// For each bucket of `now` that gained polls since `before` (same window): the bucket's value
+/// and how many polls it gained.
+pub(crate) fn added_polls<'a>(
+    now: &'a PollHistogram,
+    before: &'a PollHistogram,
+) -> impl Iterator<Item = (u64, u64)> + 'a {
+    let mut before = before.buckets().peekable();
+    now.buckets().filter_map(move |bucket| {
+        while before.next_if(|old| old.low_us < bucket.low_us).is_some() {}
+        let had = before
+            .next_if(|old| old.low_us == bucket.low_us)
+            .map_or(0, |old| old.count);
+        let added = bucket.count.saturating_sub(had);
+        (added > 0).then(|| (bucket.value_us(), added))
+    })
+}

@@ -45,6 +45,7 @@ pub(crate) enum Outcome {
 }
 
 /// The counters besides the histogram, in the order `Totals::counters` keeps them.
+/// Busy time in clock ticks (converted by a report).
 const BUSY: usize = 0;
 const SLOW: usize = 1;
 const SLOW_BUSY: usize = 2;
@@ -120,15 +121,12 @@ pub(crate) struct Writer<'a> {
 }
 
 impl Writer<'_> {
-    /// One poll: its bucket and its busy time.
+    /// One poll of `poll_us` microseconds, `poll_ticks` clock ticks: its bucket and its busy
+    /// time.
     #[inline(always)]
-    pub(crate) fn poll(&self, poll_ns: u64) {
-        add(
-            self.storage.buckets.counter(poll_ns / 1_000),
-            1,
-            self.exclusive,
-        );
-        add(&self.storage.counters[BUSY], poll_ns, self.exclusive);
+    pub(crate) fn poll(&self, poll_us: u64, poll_ticks: u64) {
+        add(self.storage.buckets.counter(poll_us), 1, self.exclusive);
+        add(&self.storage.counters[BUSY], poll_ticks, self.exclusive);
     }
 
     /// A poll over the threshold (besides `poll`).
@@ -202,7 +200,12 @@ impl Label {
 
     /// The label's figures since the last reset; with `reset`, a new window starts. `scratch`
     /// is reused between labels so a report allocates no bucket array per label.
-    pub(crate) fn snapshot(&self, reset: bool, scratch: &mut [u64; BUCKETS]) -> LabelSnapshot {
+    pub(crate) fn snapshot(
+        &self,
+        reset: bool,
+        ticks: super::Ticks,
+        scratch: &mut [u64; BUCKETS],
+    ) -> LabelSnapshot {
         scratch.fill(0);
         let mut counters = [0u64; COUNTERS];
         for storage in self.storages.iter().filter_map(OnceLock::get) {
@@ -244,7 +247,7 @@ impl Label {
             name: self.name.clone(),
             kind: self.kind,
             histogram,
-            busy_ns: window[BUSY],
+            busy_ns: ticks.ns(window[BUSY]),
             slow_polls: window[SLOW],
             slow_busy_ns: window[SLOW_BUSY],
             wall_ns: window[WALL],
@@ -289,7 +292,7 @@ mod tests {
                     let mut written = 0u64;
                     while !stop.load(Ordering::Relaxed) || written < 1_000 {
                         let writer = label.writer();
-                        writer.poll((thread * 40_000 + written % 3_000) * 1_000);
+                        writer.poll(thread * 40_000 + written % 3_000, 1);
                         writer.end(Outcome::Completed, 1);
                         written += 1;
                     }
@@ -298,20 +301,24 @@ mod tests {
             })
             .collect();
         let mut scratch = [0u64; BUCKETS];
+        let ticks = super::super::Ticks::of(&quanta::Clock::new());
         let mut seen = 0u64;
         let mut completed = 0u64;
         for _ in 0..200 {
-            let window = label.snapshot(true, &mut scratch);
+            let window = label.snapshot(true, ticks, &mut scratch);
             seen += window.histogram.len();
             completed += window.completed;
         }
         stop.store(true, Ordering::Relaxed);
         let written: u64 = writers.into_iter().map(|w| w.join().unwrap()).sum();
-        let last = label.snapshot(true, &mut scratch);
+        let last = label.snapshot(true, ticks, &mut scratch);
         seen += last.histogram.len();
         completed += last.completed;
         assert_eq!(seen, written, "every poll in exactly one window");
         assert_eq!(completed, written);
-        assert!(label.snapshot(false, &mut scratch).histogram.is_empty());
+        assert!(label
+            .snapshot(false, ticks, &mut scratch)
+            .histogram
+            .is_empty());
     }
 }

@@ -26,8 +26,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+#[cfg_attr(not(feature = "cli"), allow(unused_imports))]
+pub(crate) use histogram::{clamp_us, index_of, BUCKETS, HIGHEST_US, LOWEST_US};
 pub use histogram::{Bucket, PollHistogram};
-pub(crate) use histogram::{HIGHEST_US, LOWEST_US};
 pub use label::LabelKind;
 pub(crate) use label::{Label, LabelSnapshot, Outcome, Writer};
 #[cfg_attr(not(tokio_unstable), allow(unused_imports))]
@@ -47,9 +48,50 @@ pub(crate) struct Config {
     pub(crate) watchdog_id: u64,
 }
 
+/// Clock ticks to time, with factors worked out once: the hot path measures a poll in raw ticks
+/// (`quanta`'s TSC reading), buckets it with one multiplication by a constant shift, and adds
+/// ticks to the busy counter; a report converts the sums.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Ticks {
+    /// Nanoseconds per 2^32 ticks.
+    ns_per_2_32: u64,
+    /// Microseconds per 2^32 ticks.
+    us_per_2_32: u64,
+}
+
+impl Ticks {
+    fn of(clock: &quanta::Clock) -> Self {
+        // quanta's conversion is linear (ticks times a factor, shifted): read its factor off a
+        // large delta, precise to better than one part in a million.
+        let ns_per_2_32 = clock.delta_as_nanos(0, 1 << 32).max(1);
+        Self {
+            ns_per_2_32,
+            us_per_2_32: (ns_per_2_32 / 1_000).max(1),
+        }
+    }
+
+    #[inline(always)]
+    pub(crate) fn ns(self, ticks: u64) -> u64 {
+        saturating_u64((u128::from(ticks) * u128::from(self.ns_per_2_32)) >> 32)
+    }
+
+    #[inline(always)]
+    pub(crate) fn us(self, ticks: u64) -> u64 {
+        saturating_u64((u128::from(ticks) * u128::from(self.us_per_2_32)) >> 32)
+    }
+
+    /// The ticks of `ns` nanoseconds (rounded down).
+    fn of_ns(self, ns: u64) -> u64 {
+        saturating_u64((u128::from(ns) << 32) / u128::from(self.ns_per_2_32))
+    }
+}
+
 /// What every watched future, the task hooks and the watchdog share.
 pub(crate) struct Recorder {
     pub(crate) clock: quanta::Clock,
+    pub(crate) ticks: Ticks,
+    /// A poll longer than this many ticks is slow (`threshold_ns` in ticks).
+    pub(crate) threshold_ticks: u64,
     pub(crate) threshold_ns: u64,
     pub(crate) threshold_us: u64,
     pub(crate) warn_interval_ns: u64,
@@ -77,10 +119,14 @@ pub(crate) fn saturating_u64(value: u128) -> u64 {
 impl Recorder {
     pub(crate) fn new(config: Config) -> Self {
         let clock = quanta::Clock::new();
+        let ticks = Ticks::of(&clock);
+        let threshold_ns = saturating_u64(config.threshold.as_nanos());
         Self {
             window_start: AtomicU64::new(clock.raw()),
             clock,
-            threshold_ns: saturating_u64(config.threshold.as_nanos()),
+            ticks,
+            threshold_ticks: ticks.of_ns(threshold_ns),
+            threshold_ns,
             threshold_us: saturating_u64(config.threshold.as_micros()),
             warn_interval_ns: saturating_u64(config.warn_interval.as_nanos()),
             registry: Registry::new(config.max_labels),
@@ -141,7 +187,7 @@ impl Recorder {
         } else {
             self.window_start.load(Ordering::Relaxed)
         };
-        let (labels, folded) = self.registry.snapshot(reset);
+        let (labels, folded) = self.registry.snapshot(reset, self.ticks);
         Snapshot {
             labels,
             folded,

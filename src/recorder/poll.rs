@@ -45,8 +45,10 @@ pub(crate) struct Own {
     /// Clock reading at the first poll (0: not polled yet).
     pub(crate) first_poll_raw: u64,
     pub(crate) polls: u64,
-    pub(crate) busy_ns: u64,
-    pub(crate) longest_ns: u64,
+    /// Time in polls, in clock ticks.
+    pub(crate) busy_ticks: u64,
+    /// The longest poll, in clock ticks.
+    pub(crate) longest_ticks: u64,
     /// Its end (completed, cancelled, panicked) is recorded, or is not its to record.
     pub(crate) ended: bool,
 }
@@ -57,8 +59,8 @@ impl Own {
     pub(crate) const NOT_ENDING: Self = Self {
         first_poll_raw: 0,
         polls: 0,
-        busy_ns: 0,
-        longest_ns: 0,
+        busy_ticks: 0,
+        longest_ticks: 0,
         ended: true,
     };
 
@@ -105,18 +107,19 @@ impl Recorder {
     }
 
     /// The poll `started` ended: end its publication first (nothing below can then leave it
-    /// published), record it, and run the slow-poll policy. Returns its duration.
+    /// published), record it, and run the slow-poll policy. Returns its duration in ticks.
     #[inline(always)]
     pub(crate) fn end(&self, label: &Label, mut started: Started) -> u64 {
         started.unpublish();
         let end_raw = self.clock.raw();
-        let poll_ns = self.clock.delta_as_nanos(started.start_raw, end_raw);
+        // A reading behind the start (another core's counter, a few ticks off) is a zero poll.
+        let poll_ticks = end_raw.saturating_sub(started.start_raw);
         let writer = label.writer();
-        writer.poll(poll_ns);
-        if poll_ns > self.threshold_ns {
-            self.on_slow_poll(label, &writer, poll_ns, end_raw);
+        writer.poll(self.ticks.us(poll_ticks), poll_ticks);
+        if poll_ticks > self.threshold_ticks {
+            self.on_slow_poll(label, &writer, self.ticks.ns(poll_ticks), end_raw);
         }
-        poll_ns
+        poll_ticks
     }
 
     /// Runs `poll`, one poll of a watched thing whose own figures are `own`, and records it
@@ -138,10 +141,10 @@ impl Recorder {
         let started = guard.started.take();
         let own = &mut *guard.own;
         if let Some(started) = started {
-            let poll_ns = self.end(label, started);
+            let poll_ticks = self.end(label, started);
             own.polls += 1;
-            own.busy_ns = own.busy_ns.saturating_add(poll_ns);
-            own.longest_ns = own.longest_ns.max(poll_ns);
+            own.busy_ticks = own.busy_ticks.saturating_add(poll_ticks);
+            own.longest_ticks = own.longest_ticks.max(poll_ticks);
         }
         output
     }
@@ -156,12 +159,22 @@ struct Unwind<'a> {
 }
 
 impl Drop for Unwind<'_> {
+    /// Inlined so that the normal path (nothing to do: `poll` took `started`) is one branch.
+    #[inline(always)]
     fn drop(&mut self) {
         if let Some(started) = self.started.take() {
-            let poll_ns = self.recorder.end(self.label, started);
-            self.own.polls += 1;
-            self.own.busy_ns = self.own.busy_ns.saturating_add(poll_ns);
-            self.own.end(self.recorder, self.label, Outcome::Panicked);
+            self.unwinding(started);
         }
+    }
+}
+
+impl Unwind<'_> {
+    #[cold]
+    #[inline(never)]
+    fn unwinding(&mut self, started: Started) {
+        let poll_ticks = self.recorder.end(self.label, started);
+        self.own.polls += 1;
+        self.own.busy_ticks = self.own.busy_ticks.saturating_add(poll_ticks);
+        self.own.end(self.recorder, self.label, Outcome::Panicked);
     }
 }

@@ -108,7 +108,7 @@ impl Registry {
 
     /// Every label's window (and `<other>`'s), and the folds counted.
     /// One pass over the counters; the lock is held only to copy the list of labels.
-    pub(crate) fn snapshot(&self, reset: bool) -> (Vec<LabelSnapshot>, u64) {
+    pub(crate) fn snapshot(&self, reset: bool, ticks: super::Ticks) -> (Vec<LabelSnapshot>, u64) {
         let labels: Vec<Arc<Label>> = self
             .labels
             .read()
@@ -120,7 +120,7 @@ impl Registry {
         let snapshots = labels
             .iter()
             .chain(std::iter::once(&self.other))
-            .map(|label| label.snapshot(reset, &mut scratch))
+            .map(|label| label.snapshot(reset, ticks, &mut scratch))
             .collect();
         let folded = if reset {
             self.folded.swap(0, Ordering::Relaxed)
@@ -156,6 +156,7 @@ mod tests {
         assert!(Arc::ptr_eq(&c, registry.other()));
         assert!(Arc::ptr_eq(&a, &registry.get("a", LabelKind::Task)));
         assert_eq!(a.kind, LabelKind::Watch, "the first kind wins");
-        assert_eq!(registry.snapshot(false).1, 1);
+        let ticks = super::super::Ticks::of(&quanta::Clock::new());
+        assert_eq!(registry.snapshot(false, ticks).1, 1);
     }
 }

@@ -37,8 +37,10 @@ impl Report {
     }
 }
 
-/// Upper bounds of the poll-duration histogram buckets, in microseconds: 10 µs .. 10 s.
-const BUCKETS_US: [u64; 19] = [
+/// Upper bounds of the poll-duration histogram buckets, in microseconds: 10 µs .. 10 s (the
+/// OpenTelemetry bridge uses the same, so both exports bucket alike).
+#[cfg_attr(not(feature = "opentelemetry"), allow(unreachable_pub))]
+pub(crate) const BUCKETS_US: [u64; 19] = [
     10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000,
     500_000, 1_000_000, 2_500_000, 5_000_000, 10_000_000,
 ];

@@ -74,11 +74,54 @@ pub(crate) struct Watchdog {
     stall_count: AtomicU64,
     requested: AtomicU64,
     completed: AtomicU64,
-    failed: AtomicU64,
+    /// Failed captures, one counter per kind of failure (their sum is `captures_failed`).
+    failed: FailedCaptures,
     samples: AtomicU64,
     skipped: AtomicU64,
     /// The process that built it: in a `fork()` child its thread does not exist.
     pid: u32,
+}
+
+/// Failed captures by kind: a `Timeout` under load is expected now and then, a `Stuck` or a
+/// `Busy` is a bug, and the tests tell them apart.
+#[derive(Default)]
+struct FailedCaptures {
+    timeout: AtomicU64,
+    busy: AtomicU64,
+    stuck: AtomicU64,
+    displaced: AtomicU64,
+    unsent: AtomicU64,
+}
+
+impl FailedCaptures {
+    #[cfg(target_os = "linux")]
+    fn count(&self, error: &signal::CaptureError) {
+        let counter = match error {
+            signal::CaptureError::Timeout => &self.timeout,
+            signal::CaptureError::Busy => &self.busy,
+            signal::CaptureError::Stuck => &self.stuck,
+            signal::CaptureError::Displaced => &self.displaced,
+            signal::CaptureError::Send(_) => &self.unsent,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counters read (or taken) with `take`, and their sum as `captures_failed`.
+    fn stats(&self, take: impl Fn(&AtomicU64) -> u64) -> WatchdogStats {
+        let (timeout, busy, stuck) = (take(&self.timeout), take(&self.busy), take(&self.stuck));
+        let (displaced, unsent) = (take(&self.displaced), take(&self.unsent));
+        WatchdogStats {
+            captures_failed: [timeout, busy, stuck, displaced, unsent]
+                .into_iter()
+                .fold(0, u64::saturating_add),
+            captures_timeout: timeout,
+            captures_busy: busy,
+            captures_stuck: stuck,
+            captures_displaced: displaced,
+            captures_unsent: unsent,
+            ..WatchdogStats::default()
+        }
+    }
 }
 
 /// The shortest watchdog threshold: below it the watchdog would look at, and signal, nearly
@@ -135,7 +178,7 @@ impl Watchdog {
             stall_count: AtomicU64::new(0),
             requested: AtomicU64::new(0),
             completed: AtomicU64::new(0),
-            failed: AtomicU64::new(0),
+            failed: FailedCaptures::default(),
             samples: AtomicU64::new(0),
             skipped: AtomicU64::new(0),
             pid: std::process::id(),
@@ -158,9 +201,9 @@ impl Watchdog {
             stalls: take(&self.stall_count),
             captures_requested: take(&self.requested),
             captures_completed: take(&self.completed),
-            captures_failed: take(&self.failed),
             samples: take(&self.samples),
             samples_skipped: take(&self.skipped),
+            ..self.failed.stats(take)
         }
     }
 
@@ -798,7 +841,7 @@ impl Checker {
                 taken(Sample::Stack(raw), cause)
             }
             Err(error) => {
-                watchdog.failed.fetch_add(1, Ordering::Relaxed);
+                watchdog.failed.count(&error);
                 if error == signal::CaptureError::Displaced {
                     self.warn_displaced();
                 }

@@ -1,0 +1,461 @@
+//! What the tool knows of the app's tasks, and the [`Report`] it makes of them.
+//!
+//! console-subscriber sends each task's figures in two streams: `Stats` (polls, busy time,
+//! spawn and drop times) in every update, and the poll-time histogram only on request, per task
+//! (`WatchTaskDetails`). The state keeps the latest of both per live task; a task that ended is
+//! folded into its location's totals once its final histogram is in, so memory follows the live
+//! tasks and the spawn locations, not every task the app ever spawned.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use console_api::field::{Name, Value};
+use console_api::tasks::task_details::PollTimesHistogram;
+use console_api::tasks::{DurationHistogram, Stats, TaskDetails, TaskUpdate};
+use hdrhistogram::serialization::Deserializer;
+use hdrhistogram::Histogram;
+
+use crate::recorder::{
+    clamp_us, index_of as bucket_of, LabelKind, LabelSnapshot, PollHistogram, Snapshot, BUCKETS,
+    CUT_MARKER, MAX_LABEL_BYTES,
+};
+use crate::report::Report;
+
+/// The label of a task whose spawn location console-subscriber did not send.
+pub(super) const UNKNOWN_LOCATION: &str = "task <unknown location>";
+
+/// The bucket of a poll of `us` microseconds (clamped to what the buckets hold).
+fn index_of(us: u64) -> usize {
+    bucket_of(clamp_us(us))
+}
+
+/// One task's poll-time histogram, converted to hogwatch's buckets.
+#[derive(Debug)]
+struct TaskHistogram {
+    histogram: PollHistogram,
+    slow_polls: u64,
+    slow_busy_ns: u64,
+}
+
+impl TaskHistogram {
+    /// Converts console's histogram (nanoseconds, HdrHistogram V2, values above its maximum
+    /// clamped to it and counted as outliers).
+    fn from_console(histogram: &DurationHistogram, threshold_ns: u64) -> Option<Self> {
+        let hdr: Histogram<u64> = Deserializer::new()
+            .deserialize(&mut histogram.raw_histogram.as_slice())
+            .ok()?;
+        let mut counts = [0u64; BUCKETS];
+        let mut slow_polls = 0u64;
+        let mut slow_busy_ns = 0u64;
+        let mut add = |value_ns: u64, count: u64| {
+            if count == 0 {
+                return;
+            }
+            if let Some(bucket) = counts.get_mut(index_of(value_ns / 1_000)) {
+                *bucket = bucket.saturating_add(count);
+            }
+            if value_ns > threshold_ns {
+                slow_polls = slow_polls.saturating_add(count);
+                slow_busy_ns = slow_busy_ns.saturating_add(value_ns.saturating_mul(count));
+            }
+        };
+        // Outliers were recorded at the histogram's maximum; the longest of them stands for all
+        // (an upper bound: console keeps no more).
+        let outliers = histogram.high_outliers;
+        let clamp_ns = histogram.max_value;
+        for value in hdr.iter_recorded() {
+            let value_ns = hdr.median_equivalent(value.value_iterated_to());
+            let mut count = value.count_at_value();
+            if outliers > 0 && hdr.equivalent(value_ns, clamp_ns) {
+                let moved = outliers.min(count);
+                count -= moved;
+                add(histogram.highest_outlier.unwrap_or(clamp_ns), moved);
+            }
+            add(value_ns, count);
+        }
+        Some(Self {
+            histogram: PollHistogram::from_counts(&counts),
+            slow_polls,
+            slow_busy_ns,
+        })
+    }
+
+    /// A stand-in for a task whose histogram has not come yet: every poll at the mean, and only
+    /// the slow poll that is certain: one when the mean is over the threshold, since the
+    /// longest poll is at least the mean. Exact for a task polled once.
+    fn estimate(polls: u64, busy_ns: u64, threshold_ns: u64) -> Self {
+        let mean_ns = busy_ns.checked_div(polls).unwrap_or(0);
+        let mut counts = [0u64; BUCKETS];
+        if polls > 0 {
+            counts[index_of(mean_ns / 1_000)] = polls;
+        }
+        let slow = polls > 0 && mean_ns > threshold_ns;
+        Self {
+            histogram: PollHistogram::from_counts(&counts),
+            slow_polls: u64::from(slow),
+            slow_busy_ns: if slow { mean_ns } else { 0 },
+        }
+    }
+}
+
+/// One live task (or one that ended and waits for its final histogram).
+#[derive(Debug)]
+struct Task {
+    label: Arc<str>,
+    polls: u64,
+    busy_ns: u64,
+    first_poll_ns: Option<u64>,
+    dropped_ns: Option<u64>,
+    histogram: Option<TaskHistogram>,
+    /// A details request for it is in flight.
+    fetching: bool,
+}
+
+impl Task {
+    /// Polls the histogram has not seen yet.
+    fn stale(&self) -> bool {
+        self.polls > 0
+            && self
+                .histogram
+                .as_ref()
+                .is_none_or(|histogram| histogram.histogram.len() < self.polls)
+    }
+}
+
+/// The figures of one spawn location, summed over its tasks.
+#[derive(Clone)]
+struct Totals {
+    counts: Box<[u64; BUCKETS]>,
+    busy_ns: u64,
+    slow_polls: u64,
+    slow_busy_ns: u64,
+    wall_ns: u64,
+    completed: u64,
+}
+
+impl Default for Totals {
+    fn default() -> Self {
+        Self {
+            counts: Box::new([0; BUCKETS]),
+            busy_ns: 0,
+            slow_polls: 0,
+            slow_busy_ns: 0,
+            wall_ns: 0,
+            completed: 0,
+        }
+    }
+}
+
+impl Totals {
+    fn add(&mut self, task: &Task, estimate: &Option<TaskHistogram>) {
+        let Some(histogram) = task.histogram.as_ref().or(estimate.as_ref()) else {
+            return;
+        };
+        for &(index, count) in histogram.histogram.raw() {
+            if let Some(bucket) = self.counts.get_mut(usize::from(index)) {
+                *bucket = bucket.saturating_add(count);
+            }
+        }
+        self.busy_ns = self.busy_ns.saturating_add(task.busy_ns);
+        self.slow_polls = self.slow_polls.saturating_add(histogram.slow_polls);
+        self.slow_busy_ns = self.slow_busy_ns.saturating_add(histogram.slow_busy_ns);
+        if let (Some(first), Some(dropped)) = (task.first_poll_ns, task.dropped_ns) {
+            self.wall_ns = self.wall_ns.saturating_add(dropped.saturating_sub(first));
+            self.completed = self.completed.saturating_add(1);
+        }
+    }
+}
+
+/// Figures of the state itself, for the progress line.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Counts {
+    /// Tasks alive (or ended, their final histogram not yet in).
+    pub(super) live: usize,
+    /// Of those, tasks whose poll counts are estimated for want of a histogram.
+    pub(super) estimated: usize,
+}
+
+/// Everything known of the app's tasks.
+pub(super) struct State {
+    threshold_ns: u64,
+    threshold_us: u64,
+    /// Field names of each span metadata, for fields sent by index.
+    field_names: HashMap<u64, Vec<String>>,
+    tasks: HashMap<u64, Task>,
+    ended: HashMap<Arc<str>, Totals>,
+    /// The first task name (`tokio::task::Builder::name`) seen at each location.
+    names: HashMap<Arc<str>, String>,
+    /// The app's clock: the earliest spawn seen and the latest update.
+    earliest_ns: Option<u64>,
+    latest_ns: u64,
+}
+
+/// Nanoseconds of a protobuf `Timestamp` or `Duration` (seconds and nanoseconds); `None` for a
+/// negative one, which console-subscriber never sends.
+fn nanos(seconds: i64, nanos: i32) -> Option<u64> {
+    let seconds = u64::try_from(seconds).ok()?;
+    let nanos = u64::try_from(nanos).ok()?;
+    Some(seconds.saturating_mul(1_000_000_000).saturating_add(nanos))
+}
+
+/// `task FILE:LINE`, as hogwatch's task hooks label a task, capped like every label.
+fn label_of(location: Option<&console_api::Location>) -> Arc<str> {
+    let Some(location) = location else {
+        return UNKNOWN_LOCATION.into();
+    };
+    let Some(file) = location.file.as_deref() else {
+        return UNKNOWN_LOCATION.into();
+    };
+    let mut label = match location.line {
+        Some(line) => format!("task {file}:{line}"),
+        None => format!("task {file}"),
+    };
+    if label.len() > MAX_LABEL_BYTES {
+        let mut end = MAX_LABEL_BYTES - CUT_MARKER.len();
+        while !label.is_char_boundary(end) {
+            end -= 1;
+        }
+        label.truncate(end);
+        label.push_str(CUT_MARKER);
+    }
+    label.into()
+}
+
+impl State {
+    pub(super) fn new(threshold_ns: u64) -> Self {
+        Self {
+            threshold_ns,
+            threshold_us: threshold_ns / 1_000,
+            field_names: HashMap::new(),
+            tasks: HashMap::new(),
+            ended: HashMap::new(),
+            names: HashMap::new(),
+            earliest_ns: None,
+            latest_ns: 0,
+        }
+    }
+
+    /// Takes in one update of the `WatchUpdates` stream.
+    pub(super) fn update(&mut self, update: console_api::instrument::Update) {
+        if let Some(now) = update.now.and_then(|now| nanos(now.seconds, now.nanos)) {
+            self.latest_ns = self.latest_ns.max(now);
+        }
+        for new in update.new_metadata.into_iter().flat_map(|m| m.metadata) {
+            if let (Some(id), Some(metadata)) = (new.id, new.metadata) {
+                self.field_names.insert(id.id, metadata.field_names);
+            }
+        }
+        if let Some(tasks) = update.task_update {
+            self.task_update(tasks);
+        }
+    }
+
+    fn task_update(&mut self, update: TaskUpdate) {
+        for task in update.new_tasks {
+            let Some(id) = task.id else { continue };
+            let label = label_of(task.location.as_ref());
+            if !self.names.contains_key(&label) {
+                if let Some(name) = self.task_name(&task.fields) {
+                    self.names.insert(label.clone(), name);
+                }
+            }
+            self.tasks.entry(id.id).or_insert_with(|| Task {
+                label,
+                polls: 0,
+                busy_ns: 0,
+                first_poll_ns: None,
+                dropped_ns: None,
+                histogram: None,
+                fetching: false,
+            });
+        }
+        for (id, stats) in update.stats_update {
+            self.stats(id, &stats);
+        }
+    }
+
+    /// The task's `task.name` field, resolving names sent as an index into its metadata.
+    fn task_name(&self, fields: &[console_api::Field]) -> Option<String> {
+        fields.iter().find_map(|field| {
+            let name = match field.name.as_ref()? {
+                Name::StrName(name) => name.as_str(),
+                Name::NameIdx(index) => self
+                    .field_names
+                    .get(&field.metadata_id.as_ref()?.id)?
+                    .get(usize::try_from(*index).ok()?)?
+                    .as_str(),
+            };
+            (name == "task.name").then(|| match field.value.as_ref() {
+                Some(Value::StrVal(text) | Value::DebugVal(text)) => text.clone(),
+                Some(other) => format!("{other:?}"),
+                None => String::new(),
+            })
+        })
+    }
+
+    fn stats(&mut self, id: u64, stats: &Stats) {
+        let Some(task) = self.tasks.get_mut(&id) else {
+            return;
+        };
+        if let Some(created) = stats.created_at.and_then(|t| nanos(t.seconds, t.nanos)) {
+            self.earliest_ns = Some(self.earliest_ns.map_or(created, |e| e.min(created)));
+        }
+        if let Some(poll_stats) = &stats.poll_stats {
+            task.polls = poll_stats.polls;
+            task.busy_ns = poll_stats
+                .busy_time
+                .and_then(|busy| nanos(busy.seconds, busy.nanos))
+                .unwrap_or(0);
+            task.first_poll_ns = poll_stats
+                .first_poll
+                .and_then(|t| nanos(t.seconds, t.nanos));
+        }
+        task.dropped_ns = stats.dropped_at.and_then(|t| nanos(t.seconds, t.nanos));
+        self.fold_if_final(id);
+    }
+
+    /// Folds a task that ended into its location's totals once nothing more can come for it.
+    fn fold_if_final(&mut self, id: u64) {
+        let Some(task) = self.tasks.get(&id) else {
+            return;
+        };
+        // A histogram that lags the final stats is fetched again (`take_stale`) before folding.
+        if task.dropped_ns.is_none() || task.fetching || task.stale() {
+            return;
+        }
+        if let Some(task) = self.tasks.remove(&id) {
+            self.ended
+                .entry(task.label.clone())
+                .or_default()
+                .add(&task, &None);
+        }
+    }
+
+    /// Up to `limit` tasks whose histograms lag their poll counts, those that could hold a
+    /// slow poll (busy time over the threshold) first; they are marked as being fetched. With
+    /// `refresh` false, only tasks that have no histogram yet or ended: a task polled all the
+    /// time would otherwise be asked for on every update, and each answer costs the app's
+    /// aggregator a serialised histogram.
+    pub(super) fn take_stale(&mut self, limit: usize, refresh: bool) -> Vec<u64> {
+        let threshold_ns = self.threshold_ns;
+        let mut stale: Vec<(bool, u64, u64)> = self
+            .tasks
+            .iter()
+            .filter(|(_, task)| {
+                !task.fetching
+                    && task.stale()
+                    && (refresh || task.histogram.is_none() || task.dropped_ns.is_some())
+            })
+            .map(|(&id, task)| (task.busy_ns >= threshold_ns, task.busy_ns, id))
+            .collect();
+        stale.sort_unstable_by(|a, b| b.cmp(a));
+        stale.truncate(limit);
+        stale
+            .into_iter()
+            .map(|(_, _, id)| {
+                if let Some(task) = self.tasks.get_mut(&id) {
+                    task.fetching = true;
+                }
+                id
+            })
+            .collect()
+    }
+
+    /// Takes in the answer to a details request: the histogram, or `None` when console had none
+    /// (the task is gone from its retention, or the request failed).
+    pub(super) fn details(&mut self, id: u64, details: Option<TaskDetails>) {
+        let Some(task) = self.tasks.get_mut(&id) else {
+            return;
+        };
+        task.fetching = false;
+        let histogram = details
+            .and_then(|details| details.poll_times_histogram)
+            .and_then(|histogram| match histogram {
+                PollTimesHistogram::Histogram(histogram) => {
+                    TaskHistogram::from_console(&histogram, self.threshold_ns)
+                }
+                // Pre-0.1.9 console-subscribers; no outlier data, and long gone.
+                PollTimesHistogram::LegacyHistogram(_) => None,
+            });
+        let failed = histogram.is_none();
+        if let Some(histogram) = histogram {
+            task.histogram = Some(histogram);
+        }
+        if failed && task.dropped_ns.is_some() {
+            // Nothing more will come for it: fold it with what is known.
+            if let Some(task) = self.tasks.remove(&id) {
+                let estimate = (task.histogram.is_none())
+                    .then(|| TaskHistogram::estimate(task.polls, task.busy_ns, self.threshold_ns));
+                self.ended
+                    .entry(task.label.clone())
+                    .or_default()
+                    .add(&task, &estimate);
+            }
+            return;
+        }
+        self.fold_if_final(id);
+    }
+
+    /// The name of a task spawned at `label`, if it had one.
+    pub(super) fn name(&self, label: &str) -> Option<&str> {
+        self.names.get(label).map(String::as_str)
+    }
+
+    /// How many tasks are tracked, and how many of them are estimated.
+    pub(super) fn counts(&self) -> Counts {
+        Counts {
+            live: self.tasks.len(),
+            estimated: self
+                .tasks
+                .values()
+                .filter(|task| task.polls > 0 && task.histogram.is_none())
+                .count(),
+        }
+    }
+
+    /// The report of everything seen: one `task FILE:LINE` entry per spawn location.
+    pub(super) fn report(&self) -> Report {
+        let mut totals = self.ended.clone();
+        for task in self.tasks.values() {
+            // Polls a fetched histogram has not caught up with are left out rather than guessed:
+            // the next fetch brings them.
+            let estimate = task
+                .histogram
+                .is_none()
+                .then(|| TaskHistogram::estimate(task.polls, task.busy_ns, self.threshold_ns));
+            totals
+                .entry(task.label.clone())
+                .or_default()
+                .add(task, &estimate);
+        }
+        let labels = totals
+            .into_iter()
+            .map(|(name, totals)| LabelSnapshot {
+                name,
+                kind: LabelKind::Task,
+                histogram: PollHistogram::from_counts(&totals.counts),
+                busy_ns: totals.busy_ns,
+                slow_polls: totals.slow_polls,
+                slow_busy_ns: totals.slow_busy_ns,
+                wall_ns: totals.wall_ns,
+                completed: totals.completed,
+                cancelled: 0,
+                panicked: 0,
+                requests: 0,
+                responses: [0; 5],
+            })
+            .collect();
+        let window_us = self.earliest_ns.map_or(0, |earliest| {
+            self.latest_ns.saturating_sub(earliest) / 1_000
+        });
+        Report::new(
+            self.threshold_us,
+            Snapshot {
+                labels,
+                folded: 0,
+                window_us,
+            },
+            |_| {},
+        )
+    }
+}
