@@ -654,7 +654,7 @@ impl Checker {
             sample,
             cause,
             cpu_and_wall_ns,
-        } = self.sample(slot, key);
+        } = self.sample(slot, key, report);
         watchdog.samples.fetch_add(1, Ordering::Relaxed);
         // The poll may have ended before the stack was taken: it is then someone else's.
         // (Still the same poll now means the handler ran inside it, or inside a poll nested in
@@ -747,8 +747,12 @@ impl Checker {
     /// What the stalled thread is doing: its cause, its CPU time since the previous sample of
     /// this stall, and its stack, captured with the signal if it runs its own code, or scanned
     /// if it waits in a system call (which a signal would interrupt).
+    ///
+    /// A sample between reports waits for the signal's answer no longer than the interval
+    /// between checks: a thread the machine hardly runs must not hold up the watchdog's look
+    /// at the others (a report waits 250 ms, as it always did).
     #[cfg(target_os = "linux")]
-    fn sample(&mut self, slot: &slot::Slot, key: usize) -> Taken {
+    fn sample(&mut self, slot: &slot::Slot, key: usize, report: bool) -> Taken {
         let Some(target) = slot
             .attachment
             .as_deref()
@@ -832,7 +836,10 @@ impl Checker {
         };
         let watchdog = self.watchdog.clone();
         watchdog.requested.fetch_add(1, Ordering::Relaxed);
-        let timeout = Duration::from_millis(250);
+        let timeout = match report {
+            true => Duration::from_millis(250),
+            false => self.interval().min(Duration::from_millis(250)),
+        };
         let captured = signal::capture(target, watchdog.signal, timeout);
         self.warn_if_reinstalled();
         match captured {
@@ -851,7 +858,7 @@ impl Checker {
     }
 
     #[cfg(not(target_os = "linux"))]
-    fn sample(&mut self, _slot: &slot::Slot, _key: usize) -> Taken {
+    fn sample(&mut self, _slot: &slot::Slot, _key: usize, _report: bool) -> Taken {
         Taken {
             sample: Sample::None(NO_STACK.to_string()),
             cause: None,
