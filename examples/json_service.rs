@@ -32,6 +32,10 @@ use support::table::{self, duration, Table};
 /// routes do on the executor is well under it, with margin for the scheduler's preemptions on a
 /// busy 2-core machine, which a 1-2 ms threshold would count as hogs.
 const THRESHOLD: Duration = Duration::from_millis(10);
+/// The stall watchdog's threshold: any poll still running after this long is sampled while it
+/// blocks (its culprit, what it was doing, its CPU time). The same as the hog threshold, so every
+/// hog long enough to be seen gets a diagnosis; `--no-watchdog` turns it off.
+const WATCHDOG: Duration = Duration::from_millis(10);
 /// How often the canary requests `/health`.
 const CANARY_PERIOD: Duration = Duration::from_millis(5);
 /// Worker threads of the server's runtime: a small service, and the machine the figures in the
@@ -39,13 +43,14 @@ const CANARY_PERIOD: Duration = Duration::from_millis(5);
 const WORKERS: usize = 2;
 
 const USAGE: &str = "\
-usage: json_service [--requests N] [--concurrency C] [--size small|medium|big]
-       json_service serve [--port P] [--extra-label TEXT]
+usage: json_service [--requests N] [--concurrency C] [--size small|medium|big] [--no-watchdog]
+       json_service serve [--port P] [--extra-label TEXT] [--no-watchdog]
 
   (no command)       run the experiment: load each variant in turn, print the table and report
   --requests N       requests per variant (default 300)
   --concurrency C    concurrent connections (default 20)
   --size S           document to request: small (~1 KB), medium (~100 KB), big (~2 MB; default)
+  --no-watchdog      no stall watchdog (on by default: culprit and cause of each hog)
   serve              only run the server, for ab, wrk or a browser
   --port P           port to serve on (default 3000; 0 picks a free one)
   --extra-label TEXT also record one watched future under TEXT: a custom label, to see how
@@ -57,10 +62,12 @@ enum Command {
         requests: u64,
         concurrency: usize,
         size: Size,
+        watchdog: bool,
     },
     Serve {
         port: u16,
         extra_label: Option<String>,
+        watchdog: bool,
     },
     Help,
 }
@@ -70,10 +77,12 @@ fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> {
     let serve = args.next_if(|arg| arg == "serve").is_some();
     let (mut requests, mut concurrency, mut size, mut port) = (300u64, 20usize, Size::Big, 3000u16);
     let mut extra_label = None;
+    let mut watchdog = true;
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or(format!("{flag} needs a value"));
         match (serve, flag.as_str()) {
             (_, "-h" | "--help") => return Ok(Command::Help),
+            (_, "--no-watchdog") => watchdog = false,
             (false, "--requests") => requests = number(&flag, &value()?, 1)?,
             (false, "--concurrency") => concurrency = number(&flag, &value()?, 1)?,
             (false, "--size") => {
@@ -97,11 +106,16 @@ fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> {
         }
     }
     Ok(match serve {
-        true => Command::Serve { port, extra_label },
+        true => Command::Serve {
+            port,
+            extra_label,
+            watchdog,
+        },
         false => Command::Experiment {
             requests,
             concurrency,
             size,
+            watchdog,
         },
     })
 }
@@ -144,8 +158,13 @@ fn main() -> ExitCode {
                         requests,
                         concurrency,
                         size,
-                    } => experiment(requests, concurrency, size).await,
-                    Command::Serve { port, extra_label } => serve(port, extra_label).await,
+                        watchdog,
+                    } => experiment(requests, concurrency, size, watchdog).await,
+                    Command::Serve {
+                        port,
+                        extra_label,
+                        watchdog,
+                    } => serve(port, extra_label, watchdog).await,
                     Command::Help => Ok(ExitCode::SUCCESS),
                 }
             })
@@ -156,12 +175,22 @@ fn main() -> ExitCode {
     })
 }
 
+/// The detector of both commands: the hog threshold, and the watchdog unless `--no-watchdog`.
+fn detector(watchdog: bool) -> Result<Detector, hogwatch::ConfigError> {
+    let builder = Detector::builder().threshold(THRESHOLD);
+    match watchdog {
+        true => builder.watchdog(WATCHDOG).build(),
+        false => builder.build(),
+    }
+}
+
 async fn experiment(
     requests: u64,
     concurrency: usize,
     size: Size,
+    watchdog: bool,
 ) -> Result<ExitCode, Box<dyn Error>> {
-    let detector = Detector::builder().threshold(THRESHOLD).build()?;
+    let detector = detector(watchdog)?;
     let cache = Cache::new([size]);
     let document_len = cache.get(size.key()).map_or(0, |document| document.len());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -170,15 +199,17 @@ async fn experiment(
     tokio::spawn(async move { axum::serve(listener, app).await });
 
     println!(
-        "json_service on {addr}: {WORKERS} workers, threshold {}, document {} ({document_len} bytes), \
+        "json_service on {addr}: {WORKERS} workers, threshold {}, watchdog {}, document {} ({document_len} bytes), \
          {requests} requests per variant over {concurrency} connections, canary GET /health every {}\n",
         duration(THRESHOLD),
+        if watchdog { duration(WATCHDOG) } else { "off".to_owned() },
         size.key(),
         duration(CANARY_PERIOD),
     );
     let mut header = vec!["variant"];
     header.extend(table::LOAD_HEADER);
     header.extend(table::VERDICT_HEADER);
+    header.extend(table::DIAGNOSIS_HEADER);
     let mut results = Table::new(header);
     let mut failed = 0;
     for (variant, route) in json_app::VARIANTS {
@@ -194,7 +225,9 @@ async fn experiment(
         let report = detector.report();
         let mut row = vec![variant.to_owned()];
         row.extend(table::load_cells(&load, &health));
-        row.extend(table::verdict(report.entry(&format!("GET {route}"))));
+        let entry = report.entry(&format!("GET {route}"));
+        row.extend(table::verdict(entry));
+        row.extend(table::diagnosis(entry));
         results.row(row);
     }
     println!("{results}");
@@ -206,12 +239,16 @@ async fn experiment(
     Ok(ExitCode::SUCCESS)
 }
 
-async fn serve(port: u16, extra_label: Option<String>) -> Result<ExitCode, Box<dyn Error>> {
+async fn serve(
+    port: u16,
+    extra_label: Option<String>,
+    watchdog: bool,
+) -> Result<ExitCode, Box<dyn Error>> {
     // Hog warnings (target `hogwatch`, at most one per route per second) on stderr.
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .init();
-    let detector = Detector::builder().threshold(THRESHOLD).build()?;
+    let detector = detector(watchdog)?;
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     let base = format!("http://{}", listener.local_addr()?);
     println!(

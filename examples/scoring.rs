@@ -28,30 +28,47 @@ use support::table::{self, duration, Table};
 /// The hog threshold: hogwatch's default, a quarter of one model call. A `sync` scoring request
 /// holds its worker for two calls, about 90 ms; nothing else on the scoring executor comes near.
 const THRESHOLD: Duration = Duration::from_millis(10);
+/// The stall watchdog's threshold: any poll still running after this long (a blocking model
+/// call, a blocking client) is sampled while it blocks, for its culprit and cause. The same as
+/// the hog threshold; `--no-watchdog` turns it off.
+const WATCHDOG: Duration = Duration::from_millis(10);
 /// How often the canary requests `/health`.
 const CANARY_PERIOD: Duration = Duration::from_millis(5);
 /// Worker threads of the scoring service's runtime.
 const WORKERS: usize = 2;
 
 const USAGE: &str = "\
-usage: scoring [--requests N] [--concurrency C]
+usage: scoring [--requests N] [--concurrency C] [--no-watchdog]
 
   --requests N       POST /{variant}/score requests per variant (default 200)
-  --concurrency C    concurrent connections (default 20)";
+  --concurrency C    concurrent connections (default 20)
+  --no-watchdog      no stall watchdog (on by default: culprit and cause of each hog)";
 
-fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<(u64, usize)>, String> {
-    let (mut requests, mut concurrency) = (200u64, 20usize);
+/// What the command line asks for.
+struct Options {
+    requests: u64,
+    concurrency: usize,
+    watchdog: bool,
+}
+
+fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Options>, String> {
+    let (mut requests, mut concurrency, mut watchdog) = (200u64, 20usize, true);
     let mut args = args.into_iter();
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or(format!("{flag} needs a value"));
         match flag.as_str() {
             "-h" | "--help" => return Ok(None),
+            "--no-watchdog" => watchdog = false,
             "--requests" => requests = positive(&flag, &value()?)?,
             "--concurrency" => concurrency = positive(&flag, &value()?)?,
             other => return Err(format!("unexpected argument {other:?}")),
         }
     }
-    Ok(Some((requests, concurrency)))
+    Ok(Some(Options {
+        requests,
+        concurrency,
+        watchdog,
+    }))
 }
 
 fn positive<T: std::str::FromStr + PartialOrd + From<u8>>(
@@ -67,7 +84,7 @@ fn positive<T: std::str::FromStr + PartialOrd + From<u8>>(
 }
 
 fn main() -> ExitCode {
-    let (requests, concurrency) = match parse(std::env::args().skip(1)) {
+    let options = match parse(std::env::args().skip(1)) {
         Ok(Some(options)) => options,
         Ok(None) => {
             println!("{USAGE}");
@@ -83,15 +100,24 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .map_err(Into::into)
-        .and_then(|runtime| runtime.block_on(experiment(requests, concurrency)));
+        .and_then(|runtime| runtime.block_on(experiment(options)));
     result.unwrap_or_else(|error| {
         eprintln!("scoring: {error}");
         ExitCode::FAILURE
     })
 }
 
-async fn experiment(requests: u64, concurrency: usize) -> Result<ExitCode, Box<dyn Error>> {
-    let detector = Detector::builder().threshold(THRESHOLD).build()?;
+async fn experiment(options: Options) -> Result<ExitCode, Box<dyn Error>> {
+    let Options {
+        requests,
+        concurrency,
+        watchdog,
+    } = options;
+    let builder = Detector::builder().threshold(THRESHOLD);
+    let detector = match watchdog {
+        true => builder.watchdog(WATCHDOG).build()?,
+        false => builder.build()?,
+    };
     // `fixed-sync` has up to `concurrency` blocking predictions in flight at once; give each its
     // own model worker, as a thread-per-request model server would.
     let model = ModelService::start(&detector, concurrency + WORKERS)?;
@@ -102,18 +128,20 @@ async fn experiment(requests: u64, concurrency: usize) -> Result<ExitCode, Box<d
 
     println!(
         "scoring on {addr} ({WORKERS} workers), model service on {} ({} workers, {} per prediction), \
-         threshold {}, {requests} requests per variant over {concurrency} connections, canary GET /health every {}\n",
+         threshold {}, watchdog {}, {requests} requests per variant over {concurrency} connections, canary GET /health every {}\n",
         model.addr(),
         concurrency + WORKERS,
         duration(scoring_app::MODEL_LATENCY),
         duration(THRESHOLD),
+        if watchdog { duration(WATCHDOG) } else { "off".to_owned() },
         duration(CANARY_PERIOD),
     );
     let body = serde_json::to_vec(&ScoreRequest { customer: 42 })?;
     let mut header = vec!["variant"];
     header.extend(table::LOAD_HEADER);
     header.extend(table::VERDICT_HEADER);
-    header.extend(["model route"]);
+    header.extend(table::DIAGNOSIS_HEADER);
+    header.extend(["model route", "model culprit", "model cause"]);
     let mut results = Table::new(header);
     let mut failed = 0;
     for variant in scoring_app::VARIANTS {
@@ -129,10 +157,13 @@ async fn experiment(requests: u64, concurrency: usize) -> Result<ExitCode, Box<d
         let report = detector.report();
         let mut row = vec![variant.to_owned()];
         row.extend(table::load_cells(&load, &health));
-        row.extend(table::verdict(report.entry(&format!("POST {path}"))));
+        let entry = report.entry(&format!("POST {path}"));
+        row.extend(table::verdict(entry));
+        row.extend(table::diagnosis(entry));
         let model_entry = report.entry(&format!("POST /{variant}/model/predict"));
         let [_, _, _, model_verdict] = table::verdict(model_entry);
         row.push(model_verdict);
+        row.extend(table::diagnosis(model_entry));
         results.row(row);
     }
     println!("{results}");

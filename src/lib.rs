@@ -72,6 +72,8 @@ pub use bridge::opentelemetry::OpenTelemetryReporter;
 pub use detector::{Builder, ConfigError, Detector};
 pub use event::{HogEvent, HogKind};
 pub use recorder::{Bucket, LabelKind, PollHistogram, CUT_MARKER, MAX_LABEL_BYTES, OTHER_LABEL};
-pub use report::{CulpritCount, Entry, Report, Responses, StackCount, WatchdogStats};
+pub use report::{
+    CauseCount, CulpritCount, Entry, FunctionSamples, Report, Responses, StackCount, WatchdogStats,
+};
 pub use runtime::{EventLoopLag, RuntimeFigures};
 pub use watch::{FutureTiming, Watched};

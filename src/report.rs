@@ -62,8 +62,8 @@ pub struct WatchdogStats {
     pub stack_mode: &'static str,
     /// Polls seen running past the threshold (each counted once, however long it stalls).
     pub stalls: u64,
-    /// Stack captures asked for (one per stall report whose thread runs user code; a thread
-    /// waiting in a system call is not signalled).
+    /// Stack captures asked for with the signal (one per sample whose thread runs its own code;
+    /// a thread waiting in a system call is never signalled).
     pub captures_requested: u64,
     /// Captures that returned a stack.
     pub captures_completed: u64,
@@ -83,27 +83,87 @@ pub struct WatchdogStats {
     pub captures_displaced: u64,
     /// Captures whose signal could not be sent (`pthread_kill` failed).
     pub captures_unsent: u64,
+    /// Samples of stalled polls taken: each one records the thread's cause and, where it can
+    /// be had, its stack (captured with the signal, or read from a thread waiting in a system
+    /// call without interrupting it).
+    pub samples: u64,
+    /// Samples left out because the per-second budget was spent (many threads stalled at once,
+    /// or a very short threshold).
+    pub samples_skipped: u64,
 }
 
-/// A stall stack, folded root first (`a;b;c`), and how many captures found it.
+/// A stall stack, folded root first (`a;b;c`), and how many samples found it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct StackCount {
     /// Frames from the outermost (the first inside the watched poll) to the innermost, joined
     /// by `;`.
     pub stack: String,
-    /// Captures with exactly this stack.
+    /// Samples with exactly this stack.
     pub count: u64,
 }
 
-/// A culprit (the first frame outside the runtime) and how many captures named it.
+/// A culprit (the first frame outside the runtime) and how many samples named it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct CulpritCount {
     /// The function, e.g. `serde_json::ser::to_string` or `my_app::crunch_numbers`.
     pub culprit: String,
-    /// Captures that named it.
+    /// Samples that named it.
     pub count: u64,
+}
+
+/// Why a stalled thread held its executor, and how many samples found it so.
+///
+/// `cause` is one of `"cpu"` (running its own code), `"sleep"` (`nanosleep`,
+/// `clock_nanosleep`), `"lock"` (`futex`: a `std::sync::Mutex`, a channel, a `block_on`), `"io"`
+/// (reads, writes, sends, receives, `poll`/`epoll`/`select`, `connect`, `accept`, `open`,
+/// `fsync`...), `"wait"` (`wait4`/`waitid` on a child process), `"preempted"` (runnable, but it
+/// had less than a quarter of a CPU since the previous sample: the machine is oversubscribed)
+/// or `"syscall"` (any other system call). See the [guide](crate::docs::watchdog).
+///
+/// ```
+/// # fn main() -> Result<(), hogwatch::ConfigError> {
+/// let detector = hogwatch::Detector::builder()
+///     .watchdog(std::time::Duration::from_millis(50))
+///     .build()?;
+/// for entry in &detector.report().entries {
+///     for cause in &entry.causes {
+///         println!("{}: {} samples ({:?})", cause.cause, cause.count, cause.syscall);
+///     }
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct CauseCount {
+    /// `"cpu"`, `"sleep"`, `"lock"`, `"io"`, `"wait"`, `"preempted"` or `"syscall"`.
+    pub cause: &'static str,
+    /// Samples with this cause (and system call).
+    pub count: u64,
+    /// The system call the thread was blocked in (`"read"`, `"futex"`...), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub syscall: Option<String>,
+}
+
+/// One row of a label's sampled profile, like a row of cProfile's table: a function and the
+/// share of the label's stall samples that found it running (self) or on the stack (total).
+///
+/// The self function of a sample is its culprit: the innermost frame outside the runtime, the
+/// code that was running or that called into the library the thread waits in.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct FunctionSamples {
+    /// The function, demangled.
+    pub function: String,
+    /// Samples in which it was the innermost frame outside the runtime.
+    pub self_samples: u64,
+    /// Samples in which it was anywhere on the stack inside the poll.
+    pub total_samples: u64,
+    /// `self_samples` as a percentage of the label's samples (one decimal).
+    pub self_percent: f64,
+    /// `total_samples` as a percentage of the label's samples (one decimal).
+    pub total_percent: f64,
 }
 
 /// The statistics of one label.
@@ -151,6 +211,20 @@ pub struct Entry {
     pub top_stacks: Vec<StackCount>,
     /// The most frequent culprits of those stalls, most frequent first (bounded per label).
     pub top_culprits: Vec<CulpritCount>,
+    /// Samples the watchdog took of those stalls: one when it first sees a stall, then one at
+    /// each check while the poll keeps blocking (within a per-second budget).
+    pub samples: u64,
+    /// What the blocked thread was doing in those samples, most frequent first.
+    pub causes: Vec<CauseCount>,
+    /// The sampled profile of the stalls, by self samples (at most 20 functions).
+    pub functions: Vec<FunctionSamples>,
+    /// Time from each stall's first sample to its last, summed: the part of the stalls the
+    /// watchdog watched.
+    pub stall_wall_us: u64,
+    /// The stalled threads' CPU time over that same time (from `/proc/self/task/TID/schedstat`):
+    /// close to `stall_wall_us` for CPU work, near zero for waiting. Only CPU work must move off
+    /// the executor; waiting must become async.
+    pub stall_cpu_us: u64,
     /// The poll-duration histogram, for renderers that draw or bucket it.
     #[serde(skip)]
     pub histogram: PollHistogram,
@@ -219,6 +293,11 @@ impl Entry {
             stalls: 0,
             top_stacks: Vec::new(),
             top_culprits: Vec::new(),
+            samples: 0,
+            causes: Vec::new(),
+            functions: Vec::new(),
+            stall_wall_us: 0,
+            stall_cpu_us: 0,
             histogram,
         }
     }

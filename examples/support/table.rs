@@ -108,6 +108,56 @@ pub fn verdict(entry: Option<&hogwatch::Entry>) -> [String; 4] {
     }
 }
 
+/// The headings of [`diagnosis`]'s cells.
+pub const DIAGNOSIS_HEADER: [&str; 2] = ["culprit", "cause"];
+
+/// The watchdog's diagnosis of one route's stalls, as table cells: the culprit it named most
+/// often, and the most frequent cause of its samples with that cause's most frequent system
+/// call (`io (recvfrom)`). A route that never stalled prints `-` twice.
+pub fn diagnosis(entry: Option<&hogwatch::Entry>) -> [String; 2] {
+    let Some(entry) = entry.filter(|entry| entry.stalls > 0) else {
+        return ["-".to_owned(), "-".to_owned()];
+    };
+    let culprit = entry
+        .top_culprits
+        .first()
+        .map_or("?".to_owned(), |culprit| short(&culprit.culprit, 56));
+    let mut causes: Vec<(&str, u64)> = Vec::new();
+    for cause in &entry.causes {
+        match causes.iter_mut().find(|(name, _)| *name == cause.cause) {
+            Some((_, count)) => *count += cause.count,
+            None => causes.push((cause.cause, cause.count)),
+        }
+    }
+    causes.sort_by_key(|(_, count)| std::cmp::Reverse(*count));
+    let cause = match causes.first() {
+        None => "?".to_owned(),
+        Some((cause, _)) => {
+            // `entry.causes` is most frequent first: the first of this cause is its top call.
+            match entry
+                .causes
+                .iter()
+                .find(|counted| counted.cause == *cause)
+                .and_then(|counted| counted.syscall.as_deref())
+            {
+                Some(syscall) => format!("{cause} ({syscall})"),
+                None => (*cause).to_owned(),
+            }
+        }
+    };
+    [culprit, cause]
+}
+
+/// `name` cut to its last `max` characters, with `…` in front if it was cut.
+fn short(name: &str, max: usize) -> String {
+    let chars = name.chars().count();
+    if chars <= max {
+        return name.to_owned();
+    }
+    let tail: String = name.chars().skip(chars - (max - 1)).collect();
+    format!("…{tail}")
+}
+
 /// Headings of the columns [`load_cells`] fills, after a variant's name.
 pub const LOAD_HEADER: [&str; 5] = ["req/s", "p50", "p99", "non-2xx", "canary p99"];
 

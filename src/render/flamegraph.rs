@@ -28,7 +28,7 @@ pub(crate) fn render(report: &Report) -> String {
     if !lines.is_empty() {
         let mut options = inferno::flamegraph::Options::default();
         options.title = "hogwatch: stacks of stalled polls".to_string();
-        options.count_name = "captures".to_string();
+        options.count_name = "samples".to_string();
         let mut svg = Vec::new();
         if inferno::flamegraph::from_lines(&mut options, lines.iter().map(String::as_str), &mut svg)
             .is_ok()

@@ -174,6 +174,7 @@ pub(crate) fn render(report: &Report, out: &mut String) {
         entries,
         |entry| entry.stalls,
     );
+    render_samples(entries, out);
     render_watchdog(report, out);
 
     let routes: Vec<&Entry> = entries.iter().filter(|entry| entry.requests > 0).collect();
@@ -259,6 +260,58 @@ fn render_runtime(report: &Report, out: &mut String) {
                 let _ = writeln!(out, "{name} {value}");
             }
         }
+    }
+}
+
+/// The watchdog's samples of stalled polls by label and cause (summed over system calls, so at
+/// most seven series per label), and the stalls' CPU and watched time.
+fn render_samples(entries: &[Entry], out: &mut String) {
+    let stalled: Vec<&Entry> = entries.iter().filter(|entry| entry.samples > 0).collect();
+    if stalled.is_empty() {
+        return;
+    }
+    header(
+        out,
+        "hogwatch_stall_samples_total",
+        "counter",
+        "Samples of stalled polls by what the thread was doing: cpu, sleep, lock, io, wait, preempted or syscall.",
+    );
+    for entry in &stalled {
+        let label = escape(&entry.label);
+        for (cause, count) in super::by_cause(&entry.causes) {
+            let _ = writeln!(
+                out,
+                "hogwatch_stall_samples_total{{label=\"{label}\",cause=\"{cause}\"}} {count}"
+            );
+        }
+    }
+    header(
+        out,
+        "hogwatch_stall_sampled_seconds_total",
+        "counter",
+        "Time from each stall's first sample to its last: the part of the stalls the watchdog watched.",
+    );
+    for entry in &stalled {
+        let _ = writeln!(
+            out,
+            "hogwatch_stall_sampled_seconds_total{{label=\"{}\"}} {}",
+            escape(&entry.label),
+            seconds(entry.stall_wall_us)
+        );
+    }
+    header(
+        out,
+        "hogwatch_stall_cpu_seconds_total",
+        "counter",
+        "The stalled threads' CPU time over that same time: near it for CPU work, near zero for waiting.",
+    );
+    for entry in &stalled {
+        let _ = writeln!(
+            out,
+            "hogwatch_stall_cpu_seconds_total{{label=\"{}\"}} {}",
+            escape(&entry.label),
+            seconds(entry.stall_cpu_us)
+        );
     }
 }
 
@@ -352,6 +405,58 @@ fn escape(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stall_samples_are_counted_by_cause_summed_over_system_calls() {
+        let detector = crate::Detector::builder().build().unwrap();
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(detector.watch("route", async {}));
+        let mut report = detector.report();
+        let mut out = String::new();
+        render(&report, &mut out);
+        assert!(
+            !out.contains("hogwatch_stall_samples_total"),
+            "no samples, no series"
+        );
+        let cause = |cause, count, syscall: Option<&str>| crate::CauseCount {
+            cause,
+            count,
+            syscall: syscall.map(str::to_string),
+        };
+        let entry = &mut report.entries[0];
+        entry.samples = 9;
+        entry.causes = vec![
+            cause("io", 4, Some("read")),
+            cause("cpu", 3, None),
+            cause("io", 2, Some("poll")),
+        ];
+        entry.stall_wall_us = 1_500_000;
+        entry.stall_cpu_us = 250_000;
+        let mut out = String::new();
+        render(&report, &mut out);
+        assert!(
+            out.contains("# TYPE hogwatch_stall_samples_total counter\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("hogwatch_stall_samples_total{label=\"route\",cause=\"io\"} 6\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("hogwatch_stall_samples_total{label=\"route\",cause=\"cpu\"} 3\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("hogwatch_stall_sampled_seconds_total{label=\"route\"} 1.5\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("hogwatch_stall_cpu_seconds_total{label=\"route\"} 0.25\n"),
+            "{out}"
+        );
+    }
 
     #[test]
     fn stalls_and_watchdog_captures_are_counters() {

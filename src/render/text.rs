@@ -115,7 +115,8 @@ pub(crate) fn render(report: &Report, out: &mut String) {
     write_stalls(report, out);
 }
 
-/// One line per label the watchdog caught stalling, with its most frequent culprits.
+/// Per label the watchdog caught stalling: a line with its most frequent culprits, its causes
+/// (with the CPU share and a fix hint for each) and its function table, cProfile-style.
 fn write_stalls(report: &Report, out: &mut String) {
     for entry in report.entries.iter().filter(|entry| entry.stalls > 0) {
         let _ = write!(
@@ -129,6 +130,61 @@ fn write_stalls(report: &Report, out: &mut String) {
             let _ = write!(out, "{separator}{} ({})", culprit.culprit, culprit.count);
         }
         out.push('\n');
+        write_causes(entry, out);
+        write_functions(entry, out);
+    }
+}
+
+/// The causes of a label's samples, the CPU share of its stalls, and a fix hint per cause.
+fn write_causes(entry: &crate::Entry, out: &mut String) {
+    if entry.samples == 0 {
+        return;
+    }
+    let _ = write!(out, "  {} samples", entry.samples);
+    if entry.stall_wall_us > 0 {
+        let _ = write!(
+            out,
+            ", on a CPU {:.0}% of {:.1} ms",
+            entry.stall_cpu_us as f64 * 100.0 / entry.stall_wall_us as f64,
+            entry.stall_wall_us as f64 / 1e3
+        );
+    }
+    out.push_str("; causes:");
+    for (i, cause) in entry.causes.iter().enumerate() {
+        let separator = if i == 0 { " " } else { ", " };
+        let _ = write!(out, "{separator}{} {}", cause.cause, cause.count);
+        if let Some(syscall) = &cause.syscall {
+            let _ = write!(out, " ({})", syscall.escape_debug());
+        }
+    }
+    out.push('\n');
+    for (cause, _) in super::by_cause(&entry.causes) {
+        if let Some(hint) = super::hint(cause) {
+            let _ = writeln!(out, "  fix ({cause}): {hint}");
+        }
+    }
+}
+
+/// The label's sampled profile: self and total samples per function, by self samples.
+fn write_functions(entry: &crate::Entry, out: &mut String) {
+    if entry.functions.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "  {:>6}  {:>6}  {:>6}  {:>6}  function",
+        "self%", "total%", "self", "total"
+    );
+    for function in &entry.functions {
+        let _ = writeln!(
+            out,
+            "  {:>6.1}  {:>6.1}  {:>6}  {:>6}  {}",
+            function.self_percent,
+            function.total_percent,
+            function.self_samples,
+            function.total_samples,
+            function.function.escape_debug()
+        );
     }
 }
 
@@ -171,6 +227,51 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("a\\nb"), "{text}");
+    }
+
+    #[test]
+    fn stalled_labels_show_causes_hints_and_the_function_table() {
+        let detector = Detector::builder().build().unwrap();
+        futures_lite_block_on(detector.watch("GET /slow", async {}));
+        let mut report = detector.report();
+        let entry = &mut report.entries[0];
+        entry.stalls = 1;
+        entry.samples = 10;
+        entry.stall_wall_us = 500_000;
+        entry.stall_cpu_us = 450_000;
+        entry.causes = vec![
+            crate::CauseCount {
+                cause: "cpu",
+                count: 9,
+                syscall: None,
+            },
+            crate::CauseCount {
+                cause: "sleep",
+                count: 1,
+                syscall: Some("clock_nanosleep".to_string()),
+            },
+        ];
+        entry.functions = vec![crate::FunctionSamples {
+            function: "app::encode".to_string(),
+            self_samples: 9,
+            total_samples: 10,
+            self_percent: 90.0,
+            total_percent: 100.0,
+        }];
+        let text = report.to_text();
+        assert!(
+            text.contains("  10 samples, on a CPU 90% of 500.0 ms; causes: cpu 9, sleep 1 (clock_nanosleep)\n"),
+            "{text}"
+        );
+        assert!(text.contains("  fix (cpu): send the cached bytes as they are, or move the work to spawn_blocking / a thread pool\n"), "{text}");
+        assert!(
+            text.contains("  fix (sleep): use tokio::time::sleep\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("    90.0   100.0       9      10  app::encode\n"),
+            "{text}"
+        );
     }
 
     fn futures_lite_block_on<F: std::future::Future>(future: F) -> F::Output {

@@ -2,9 +2,10 @@
 //! code, or blocked in a system call (which a signal would interrupt: the kernel never restarts
 //! `read` on a socket with a timeout, `poll`, `epoll_wait`, `nanosleep`... after a handler).
 //!
-//! Two files of `/proc/self/task/TID` tell: `syscall` says `running` while the thread is on a CPU,
-//! `-1 …` when it is off the CPU in its own code (preempted), and the system call's number and
-//! arguments when it is inside one; `stat`'s third field is the scheduler state (`R` running or
+//! Two files of `/proc/self/task/TID` tell: `syscall` says `running` while the thread is running
+//! or runnable (on a CPU or in a run queue: the file does not tell which), `-1 …` when it is
+//! stopped in its own code, and the system call's number, arguments, stack pointer and
+//! instruction pointer when it is inside one; `stat`'s third field is the scheduler state (`R` running or
 //! runnable, `S` and `D` asleep...). Reading them allocates and does I/O: the watchdog thread
 //! does it, never the watched one.
 
@@ -13,14 +14,30 @@ use std::io::Read;
 /// What a thread was doing when looked at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Activity {
-    /// Running (or runnable) in user space: a signal interrupts only its code.
+    /// Running or runnable in user space: a signal interrupts only its code.
     User,
-    /// Inside the system call with this number.
-    Syscall(libc::c_long),
+    /// Inside the system call with this number, entered with these user registers.
+    Syscall(libc::c_long, Registers),
     /// Changing state between the two reads: look again later.
     Unknown,
     /// `/proc` could not be read (not mounted, or the thread is gone).
     Unreadable,
+}
+
+/// Where a thread blocked in a system call stands: the user stack pointer and the instruction
+/// that made the call (0 when `/proc` does not say), from which its stack can be scanned.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Registers {
+    pub(crate) sp: usize,
+    pub(crate) pc: usize,
+}
+
+/// A thread's scheduler clock from `/proc/self/task/TID/schedstat`: its time on a CPU, in
+/// nanoseconds since it started. (The file's second field, the time spent waiting in a run
+/// queue, grows only when a wait ends: it says nothing of a thread stuck in the queue now.)
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct SchedClocks {
+    pub(crate) cpu_ns: u64,
 }
 
 /// Reads threads' activity, reusing its buffers.
@@ -33,12 +50,12 @@ pub(crate) struct Reader {
 impl Reader {
     /// What thread `tid` of this process is doing.
     pub(crate) fn read(&mut self, tid: i32) -> Activity {
-        let syscall = match self.read_file(tid, "syscall") {
-            Some(text) => parse_syscall(text),
+        let (syscall, registers) = match self.read_file(tid, "syscall") {
+            Some(text) => (parse_syscall(text), parse_registers(text)),
             None => return Activity::Unreadable,
         };
         match syscall {
-            Some(nr) if nr >= 0 => Activity::Syscall(nr),
+            Some(nr) if nr >= 0 => Activity::Syscall(nr, registers),
             // `running` or `-1`: on a CPU, or off it in user space. The state must agree: a
             // thread that went to sleep between the two reads is in a system call by now.
             _ => match self.read_file(tid, "stat").and_then(parse_state) {
@@ -47,6 +64,16 @@ impl Reader {
                 None => Activity::Unreadable,
             },
         }
+    }
+
+    /// Thread `tid`'s scheduler clock, or `None` if `/proc` does not have them (a kernel
+    /// without `CONFIG_SCHED_INFO`, or the thread is gone).
+    pub(crate) fn clocks(&mut self, tid: i32) -> Option<SchedClocks> {
+        let text = self.read_file(tid, "schedstat")?;
+        let mut fields = std::str::from_utf8(text).ok()?.split_ascii_whitespace();
+        Some(SchedClocks {
+            cpu_ns: fields.next()?.parse().ok()?,
+        })
     }
 
     fn read_file(&mut self, tid: i32, name: &str) -> Option<&[u8]> {
@@ -66,6 +93,28 @@ impl Reader {
 fn parse_syscall(text: &[u8]) -> Option<libc::c_long> {
     let first = text.split(|byte| byte.is_ascii_whitespace()).next()?;
     std::str::from_utf8(first).ok()?.parse().ok()
+}
+
+/// The user stack pointer and instruction pointer, the last two fields of `/proc/…/syscall`
+/// for a thread in a system call (`nr arg1 … arg6 sp pc`); zero where absent.
+fn parse_registers(text: &[u8]) -> Registers {
+    let Ok(text) = std::str::from_utf8(text) else {
+        return Registers::default();
+    };
+    let fields: Vec<&str> = text.split_ascii_whitespace().collect();
+    let hex = |field: Option<&&str>| {
+        field
+            .and_then(|field| field.strip_prefix("0x"))
+            .and_then(|digits| usize::from_str_radix(digits, 16).ok())
+            .unwrap_or(0)
+    };
+    if fields.len() < 9 {
+        return Registers::default();
+    }
+    Registers {
+        sp: hex(fields.get(7)),
+        pc: hex(fields.get(8)),
+    }
 }
 
 /// The state letter of `/proc/…/stat`: the field after the command name, which is in parentheses
@@ -121,6 +170,11 @@ pub(crate) fn syscall_name(nr: libc::c_long) -> Option<&'static str> {
         (libc::SYS_mmap, "mmap"),
         (libc::SYS_munmap, "munmap"),
         (libc::SYS_madvise, "madvise"),
+        (libc::SYS_mprotect, "mprotect"),
+        (libc::SYS_mremap, "mremap"),
+        (libc::SYS_brk, "brk"),
+        (libc::SYS_sendfile, "sendfile"),
+        (libc::SYS_splice, "splice"),
     ];
     ARCH.iter()
         .chain(COMMON)
@@ -143,6 +197,14 @@ mod tests {
             parse_syscall(b"0 0x3 0x7f 0x20000 0 0 0 0x7ffc 0x7f\n"),
             Some(0)
         );
+        assert_eq!(
+            parse_registers(b"0 0x3 0x7f 0x20000 0 0 0 0x7ffc 0x7f01\n"),
+            Registers {
+                sp: 0x7ffc,
+                pc: 0x7f01
+            }
+        );
+        assert_eq!(parse_registers(b"running\n"), Registers::default());
         assert_eq!(parse_state(b"42 (a) b) c) S 1 2 3"), Some(b'S'));
         assert_eq!(parse_state(b"42 (worker) R 1"), Some(b'R'));
         assert_eq!(parse_state(b"garbage"), None);
@@ -193,13 +255,16 @@ mod tests {
         let tid = tid_of(&receive.recv().unwrap());
         let read = libc::SYS_read;
         let recv = libc::SYS_recvfrom;
-        let seen = watch(tid, |seen| {
-            seen == Activity::Syscall(read) || seen == Activity::Syscall(recv)
-        });
-        assert!(
-            seen == Activity::Syscall(read) || seen == Activity::Syscall(recv),
-            "{seen:?}"
-        );
+        let in_read = |seen: Activity| {
+            matches!(seen, Activity::Syscall(nr, registers)
+                if (nr == read || nr == recv) && registers.sp != 0 && registers.pc != 0)
+        };
+        let seen = watch(tid, in_read);
+        assert!(in_read(seen), "{seen:?}");
+        let clocks = Reader::default()
+            .clocks(tid)
+            .expect("schedstat is readable");
+        assert!(clocks.cpu_ns > 0, "{clocks:?}");
         std::io::Write::write_all(&mut &writer_end, b"x").unwrap();
         blocked.join().unwrap();
         assert_eq!(Reader::default().read(i32::MAX), Activity::Unreadable);

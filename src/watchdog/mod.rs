@@ -1,10 +1,17 @@
 //! The stall watchdog: catches a poll while it is still blocking, records the blocked thread's
 //! stack and names the culprit. See the [guide](crate::docs::watchdog).
 //!
-//! - `activity`: whether a stalled thread runs its own code or waits in a system call (`/proc`);
+//! - `activity`: whether a stalled thread runs its own code or waits in a system call, and its
+//!   CPU and run-queue clocks (`/proc`);
 //! - `signal`: the only `unsafe` code, interrupting a thread to record its stack;
-//! - `symbols`: names, folded stacks and culprits, on the watchdog thread;
-//! - `stalls`: per-label stall statistics for the report.
+//! - `scan`: the stack of a thread waiting in a system call, read without interrupting it;
+//! - `symbols`: names, folded stacks and culprits, on the naming thread;
+//! - `stalls`: per-label stall statistics for the report: causes, stacks, the sampled profile.
+//!
+//! While a poll stays stalled the watchdog samples it at each check (every quarter of the
+//! threshold), within a budget of [`SAMPLES_PER_SECOND`] for the whole watchdog: each sample
+//! records what the thread was doing (its cause), its stack, and its CPU time since the
+//! previous sample.
 //!
 //! A stall is counted and reported when the watchdog sees it; its stack is captured right away
 //! (unless the thread waits in a system call, which a signal would interrupt), and named by a
@@ -20,6 +27,8 @@
 
 #[cfg(target_os = "linux")]
 mod activity;
+#[cfg(target_os = "linux")]
+mod scan;
 #[cfg(target_os = "linux")]
 mod signal;
 mod stalls;
@@ -67,6 +76,8 @@ pub(crate) struct Watchdog {
     completed: AtomicU64,
     /// Failed captures, one counter per kind of failure (their sum is `captures_failed`).
     failed: FailedCaptures,
+    samples: AtomicU64,
+    skipped: AtomicU64,
     /// The process that built it: in a `fork()` child its thread does not exist.
     pid: u32,
 }
@@ -168,6 +179,8 @@ impl Watchdog {
             requested: AtomicU64::new(0),
             completed: AtomicU64::new(0),
             failed: FailedCaptures::default(),
+            samples: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
             pid: std::process::id(),
         })
     }
@@ -188,6 +201,8 @@ impl Watchdog {
             stalls: take(&self.stall_count),
             captures_requested: take(&self.requested),
             captures_completed: take(&self.completed),
+            samples: take(&self.samples),
+            samples_skipped: take(&self.skipped),
             ..self.failed.stats(take)
         }
     }
@@ -202,6 +217,11 @@ impl Watchdog {
                 entry.stalls = stalls.stalls;
                 entry.top_stacks = stalls.top_stacks();
                 entry.top_culprits = stalls.top_culprits();
+                entry.samples = stalls.samples;
+                entry.causes = stalls.causes.report();
+                entry.functions = stalls.functions.report(stalls.samples);
+                entry.stall_wall_us = stalls.sampled_ns / 1_000;
+                entry.stall_cpu_us = stalls.cpu_ns / 1_000;
             }
         }
         if reset {
@@ -270,8 +290,11 @@ impl WatchdogThread {
             recorder,
             watchdog,
             stalled: HashMap::new(),
+            budget: Budget::default(),
             #[cfg(target_os = "linux")]
             activity: activity::Reader::default(),
+            #[cfg(target_os = "linux")]
+            scanner: scan::Scanner::default(),
             #[cfg(target_os = "linux")]
             namer,
             #[cfg(target_os = "linux")]
@@ -315,18 +338,73 @@ struct Stall {
     next_report_ns: u64,
     reports: u64,
     seen_in: u64,
+    /// The thread's CPU clock and the watchdog's clock (in ns) at this stall's recent
+    /// samples, oldest first: the last one for its CPU time, the oldest (about
+    /// [`PREEMPTION_WINDOW`] ago) to tell preemption from a busy machine's usual sharing.
+    #[cfg(target_os = "linux")]
+    readings: std::collections::VecDeque<(activity::SchedClocks, u64)>,
 }
 
-/// A captured stack to name, record under its label and warn about.
+/// The time over which a thread's run-queue wait and CPU time are compared to call it
+/// `preempted`: several of the scheduler's time slices, so that a thread that shares a CPU
+/// fairly is not called preempted because one short interval fell between its slices.
+#[cfg(target_os = "linux")]
+const PREEMPTION_WINDOW: Duration = Duration::from_millis(100);
+
+impl Stall {
+    fn new(published: Published, threshold_ns: u64, generation: u64) -> Self {
+        Self {
+            label: published.label,
+            start_raw: published.start_raw,
+            next_report_ns: threshold_ns,
+            reports: 0,
+            seen_in: generation,
+            #[cfg(target_os = "linux")]
+            readings: std::collections::VecDeque::new(),
+        }
+    }
+}
+
+/// Samples per second, at most, for one watchdog (all stalled threads together). A stall is
+/// always sampled when it is reported (when first seen, then at 2, 4, 8... times the threshold);
+/// the samples in between come out of this budget.
+pub(crate) const SAMPLES_PER_SECOND: u64 = 100;
+
+/// The sampling budget: credit in nanoseconds, earned with time (up to one second's worth), a
+/// sample costing `1 s / SAMPLES_PER_SECOND`.
+#[derive(Default)]
+struct Budget {
+    credit_ns: u64,
+    last_ns: u64,
+}
+
+impl Budget {
+    const COST_NS: u64 = 1_000_000_000 / SAMPLES_PER_SECOND;
+
+    /// Takes one sample's credit if there is enough at `now_ns` (a report always takes it,
+    /// going into debt no further than zero).
+    fn take(&mut self, now_ns: u64, always: bool) -> bool {
+        let earned = now_ns.saturating_sub(self.last_ns);
+        self.last_ns = self.last_ns.max(now_ns);
+        self.credit_ns = self.credit_ns.saturating_add(earned).min(1_000_000_000);
+        if self.credit_ns >= Self::COST_NS || always {
+            self.credit_ns = self.credit_ns.saturating_sub(Self::COST_NS);
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// A captured stack to name and record under its label, and maybe to warn about.
 #[cfg(target_os = "linux")]
 struct Job {
     raw: signal::RawStack,
-    /// The stall's event, without stack yet.
-    event: HogEvent,
-    /// `Some(suppressed)` if the stall's warning is due.
-    warn: Option<u64>,
+    label: Arc<str>,
+    /// The stall's event, without stack yet, and `Some(suppressed)` if its warning is due.
+    event: Option<(HogEvent, Option<u64>)>,
     /// Where the named stack goes if the watchdog thread still waits for it.
-    reply: std::sync::mpsc::Sender<(Vec<String>, Option<String>)>,
+    reply: Option<std::sync::mpsc::Sender<(Vec<String>, Option<String>)>>,
 }
 
 /// The thread that names captured stacks (`hogwatch-symbols`): reading debug information takes
@@ -356,13 +434,15 @@ impl Namer {
                 while let Ok(job) = receive.recv() {
                     let Job {
                         raw,
-                        mut event,
-                        warn,
+                        label,
+                        event,
                         reply,
                     } = job;
-                    let (stack, culprit) = name(&mut symbolizer, &watchdog, &event.label, &raw);
-                    let _ = reply.send((stack.clone(), culprit.clone()));
-                    if let Some(suppressed) = warn {
+                    let (stack, culprit) = name(&mut symbolizer, &watchdog, &label, &raw);
+                    if let Some(reply) = reply {
+                        let _ = reply.send((stack.clone(), culprit.clone()));
+                    }
+                    if let Some((mut event, Some(suppressed))) = event {
                         event.stack = stack;
                         event.culprit = culprit;
                         warn_stall(&watchdog, &event, suppressed, &event.stack.join("\n  "));
@@ -391,11 +471,22 @@ fn name(
     label: &Arc<str>,
     raw: &signal::RawStack,
 ) -> (Vec<String>, Option<String>) {
-    let frames = symbolizer.frames(&raw.ips, raw.pc);
+    let mut frames = symbolizer.frames(&raw.ips, raw.pc);
+    frames.truncate(signal::MAX_FRAMES);
     let culprit = symbols::culprit(&frames, &watchdog.prefixes);
-    let mut stack: Vec<String> = frames.into_iter().map(|frame| frame.name).collect();
-    stack.truncate(signal::MAX_FRAMES);
-    let folded = symbols::fold(symbols::within_poll(&stack));
+    let stack: Vec<String> = frames.iter().map(|frame| frame.name.clone()).collect();
+    let inside = symbols::within_poll(&stack);
+    let folded = symbols::fold(inside);
+    // The profile's functions: the frames inside the poll that are not the runtime's.
+    let own: Vec<String> = frames[..inside.len()]
+        .iter()
+        .filter(|frame| {
+            !frame.system
+                && frame.name != symbols::UNKNOWN
+                && !symbols::is_runtime(&frame.name, &watchdog.prefixes)
+        })
+        .map(|frame| frame.name.clone())
+        .collect();
     let mut table = watchdog.lock();
     let entry = table.entry(label.clone()).or_default();
     if !stack.is_empty() {
@@ -404,6 +495,7 @@ fn name(
     if let Some(culprit) = &culprit {
         entry.culprits.record(culprit, stalls::TRACKED);
     }
+    entry.functions.record(culprit.as_deref(), &own);
     (stack, culprit)
 }
 
@@ -431,8 +523,11 @@ struct Checker {
     recorder: Arc<Recorder>,
     watchdog: Arc<Watchdog>,
     stalled: HashMap<usize, Stall>,
+    budget: Budget,
     #[cfg(target_os = "linux")]
     activity: activity::Reader,
+    #[cfg(target_os = "linux")]
+    scanner: scan::Scanner,
     #[cfg(target_os = "linux")]
     namer: Namer,
     /// `signal::reinstalled()` when last looked at, to warn when it changes.
@@ -442,11 +537,20 @@ struct Checker {
 
 /// What became of one sample of a stall.
 enum Sample {
-    /// The stack was captured.
+    /// The stack was captured (by the signal) or read (by a scan).
     #[cfg(target_os = "linux")]
     Stack(signal::RawStack),
     /// No stack, for this reason.
     None(String),
+}
+
+/// One sample of a stalled thread.
+struct Taken {
+    sample: Sample,
+    /// What the thread was doing (`None`: it was changing state, or `/proc` is unreadable).
+    cause: Option<stalls::Cause>,
+    /// The thread's CPU time and the time since the previous sample, if both were read.
+    cpu_and_wall_ns: Option<(u64, u64)>,
 }
 
 impl Checker {
@@ -483,9 +587,9 @@ impl Checker {
         }
     }
 
-    /// Looks at one thread: reports its poll if it has run past the threshold (again at each
-    /// doubling: 1x, 2x, 4x... the threshold, so a poll that never returns is reported a few
-    /// times, not every check).
+    /// Looks at one thread: if its poll has run past the threshold, samples it (within the
+    /// budget), and reports it when first seen and again at each doubling (1x, 2x, 4x... the
+    /// threshold), so a poll that never returns is reported a few times, not every check.
     fn check(&mut self, slot: &Arc<slot::Slot>, generation: u64) {
         let Some(published) = slot.read() else {
             return;
@@ -500,55 +604,65 @@ impl Checker {
             return;
         }
         let key = Arc::as_ptr(slot) as usize;
-        let stall = self.stalled.entry(key).or_insert(Stall {
-            label: published.label,
-            start_raw: published.start_raw,
-            next_report_ns: threshold_ns,
-            reports: 0,
-            seen_in: generation,
-        });
+        let stall = self
+            .stalled
+            .entry(key)
+            .or_insert_with(|| Stall::new(published, threshold_ns, generation));
         if stall.label != published.label || stall.start_raw != published.start_raw {
-            *stall = Stall {
-                label: published.label,
-                start_raw: published.start_raw,
-                next_report_ns: threshold_ns,
-                reports: 0,
-                seen_in: generation,
-            };
+            *stall = Stall::new(published, threshold_ns, generation);
         }
         stall.seen_in = generation;
-        if running_ns < stall.next_report_ns {
-            return;
-        }
+        let due = running_ns >= stall.next_report_ns;
         while stall.next_report_ns <= running_ns {
             stall.next_report_ns = stall.next_report_ns.saturating_mul(2);
         }
         let first = stall.reports == 0;
-        stall.reports += 1;
-        self.report(slot, published, running_ns, first);
+        if due {
+            stall.reports += 1;
+        }
+        let now_ns = self.recorder.clock.delta_as_nanos(0, now);
+        if !self.budget.take(now_ns, due) {
+            self.watchdog.skipped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.sample_and_report(slot, key, published, running_ns, first, due);
     }
 
-    /// Counts and reports one stalled poll, with its stack if it can be had (and named) now.
-    fn report(&mut self, slot: &slot::Slot, published: Published, running_ns: u64, first: bool) {
+    /// Samples one stalled poll (its cause, stack and CPU time) and, if `report`, counts it
+    /// (when `first`) and reports it, with its stack if it can be had (and named) now.
+    fn sample_and_report(
+        &mut self,
+        slot: &slot::Slot,
+        key: usize,
+        published: Published,
+        running_ns: u64,
+        first: bool,
+        report: bool,
+    ) {
         let Some(label) = self.recorder.registry.find(published.label) else {
             return;
         };
         let watchdog = self.watchdog.clone();
         // Counted when seen: whatever becomes of its stack, the poll did stall.
-        if first {
+        if first && report {
             watchdog.stall_count.fetch_add(1, Ordering::Relaxed);
             let mut table = watchdog.lock();
             let entry = table.entry(label.name.clone()).or_default();
             entry.stalls = entry.stalls.saturating_add(1);
         }
-        let (sample, cause) = self.sample(slot);
-        // The poll may have ended before the signal arrived: the stack is then someone else's.
+        let Taken {
+            sample,
+            cause,
+            cpu_and_wall_ns,
+        } = self.sample(slot, key, report);
+        watchdog.samples.fetch_add(1, Ordering::Relaxed);
+        // The poll may have ended before the stack was taken: it is then someone else's.
         // (Still the same poll now means the handler ran inside it, or inside a poll nested in
         // it, since a thread only comes back to a poll's start reading by returning to it.)
         let sample = match sample {
             #[cfg(target_os = "linux")]
             Sample::Stack(_) if slot.read() != Some(published) => {
-                Sample::None("the poll returned before its stack was captured".to_string())
+                Sample::None("the poll returned before its stack was taken".to_string())
             }
             sample => sample,
         };
@@ -559,13 +673,21 @@ impl Checker {
         let warn = {
             let mut table = watchdog.lock();
             let entry = table.entry(label.name.clone()).or_default();
+            entry.samples = entry.samples.saturating_add(1);
             if let Some(cause) = cause {
                 entry.causes.record(cause);
             }
-            entry
-                .warn_limiter
-                .try_acquire(now_ns, self.recorder.warn_interval_ns)
+            if let Some((cpu_ns, wall_ns)) = cpu_and_wall_ns {
+                entry.cpu_ns = entry.cpu_ns.saturating_add(cpu_ns);
+                entry.sampled_ns = entry.sampled_ns.saturating_add(wall_ns);
+            }
+            report.then(|| {
+                entry
+                    .warn_limiter
+                    .try_acquire(now_ns, self.recorder.warn_interval_ns)
+            })
         };
+        let warn = warn.flatten();
         #[allow(unused_mut)]
         let mut event = HogEvent {
             kind: HogKind::Stall,
@@ -579,13 +701,24 @@ impl Checker {
         // The reason there is no stack to warn with, if the warning is ours to send.
         let no_stack = match sample {
             #[cfg(target_os = "linux")]
+            Sample::Stack(raw) if !report => {
+                // A sample between reports: named and recorded, nobody waits for it.
+                let _ = self.namer.send(Job {
+                    raw,
+                    label: label.name.clone(),
+                    event: None,
+                    reply: None,
+                });
+                return;
+            }
+            #[cfg(target_os = "linux")]
             Sample::Stack(raw) => {
                 let (reply, named) = std::sync::mpsc::channel();
                 let job = Job {
                     raw,
-                    event: event.clone(),
-                    warn,
-                    reply,
+                    label: label.name.clone(),
+                    event: Some((event.clone(), warn)),
+                    reply: Some(reply),
                 };
                 // The naming thread records the stack and sends the warning; the event gets the
                 // names if they come quickly (no debug information to load, no new address to
@@ -600,6 +733,7 @@ impl Checker {
                     Some("not named: too many stacks waiting for their names".into())
                 }
             }
+            Sample::None(_) if !report => return,
             Sample::None(reason) => Some(reason),
         };
         if let Some(callback) = &self.recorder.on_hog {
@@ -610,9 +744,15 @@ impl Checker {
         }
     }
 
-    /// What the stalled thread is doing, and its stack if it is running its own code.
+    /// What the stalled thread is doing: its cause, its CPU time since the previous sample of
+    /// this stall, and its stack, captured with the signal if it runs its own code, or scanned
+    /// if it waits in a system call (which a signal would interrupt).
+    ///
+    /// A sample between reports waits for the signal's answer no longer than the interval
+    /// between checks: a thread the machine hardly runs must not hold up the watchdog's look
+    /// at the others (a report waits 250 ms, as it always did).
     #[cfg(target_os = "linux")]
-    fn sample(&mut self, slot: &slot::Slot) -> (Sample, Option<stalls::Cause>) {
+    fn sample(&mut self, slot: &slot::Slot, key: usize, report: bool) -> Taken {
         let Some(target) = slot
             .attachment
             .as_deref()
@@ -620,47 +760,110 @@ impl Checker {
         else {
             // Registered before any watchdog existed (cannot happen: only a detector with a
             // watchdog publishes polls); nothing to signal.
-            return (Sample::None("no signal target".to_string()), None);
+            return Taken {
+                sample: Sample::None("no signal target".to_string()),
+                cause: None,
+                cpu_and_wall_ns: None,
+            };
         };
-        let cause = match self.activity.read(target.tid()) {
-            activity::Activity::Syscall(nr) => {
-                let name = activity::syscall_name(nr).unwrap_or("?");
-                let reason = format!(
-                    "blocked in the system call {name} ({nr}); not interrupted for a stack"
-                );
-                return (Sample::None(reason), Some(stalls::Cause::Syscall(nr)));
+        let tid = target.tid();
+        let seen = self.activity.read(tid);
+        // The thread's clocks now, at the previous sample of this stall, and about
+        // PREEMPTION_WINDOW ago.
+        let now_ns = self
+            .recorder
+            .clock
+            .delta_as_nanos(0, self.recorder.clock.raw());
+        let clocks = self.activity.clocks(tid);
+        let (previous, oldest) = match self.stalled.get_mut(&key) {
+            Some(stall) => {
+                let previous = stall.readings.back().copied();
+                let window = PREEMPTION_WINDOW.as_nanos() as u64;
+                while stall.readings.len() > 1
+                    && stall.readings[1].1.saturating_add(window) <= now_ns
+                {
+                    stall.readings.pop_front();
+                }
+                let oldest = stall.readings.front().copied();
+                match clocks {
+                    Some(clocks) => stall.readings.push_back((clocks, now_ns)),
+                    None => stall.readings.clear(),
+                }
+                (previous, oldest)
+            }
+            None => (None, None),
+        };
+        let cpu_and_wall_ns = previous.zip(clocks).map(|((before, then_ns), now)| {
+            let wall_ns = now_ns.saturating_sub(then_ns);
+            (
+                now.cpu_ns.saturating_sub(before.cpu_ns).min(wall_ns),
+                wall_ns,
+            )
+        });
+        let preempted = oldest.zip(clocks).is_some_and(|((before, then_ns), now)| {
+            stalls::preempted(
+                now.cpu_ns.saturating_sub(before.cpu_ns),
+                now_ns.saturating_sub(then_ns),
+            )
+        });
+        let taken = |sample, cause| Taken {
+            sample,
+            cause,
+            cpu_and_wall_ns,
+        };
+        let cause = match seen {
+            activity::Activity::Syscall(nr, registers) => {
+                let sample = match self.scanner.scan(registers) {
+                    Some(raw) => Sample::Stack(raw),
+                    None => {
+                        let name = activity::syscall_name(nr).unwrap_or("?");
+                        Sample::None(format!(
+                            "blocked in the system call {name} ({nr}), whose stack could not \
+                             be read; not interrupted"
+                        ))
+                    }
+                };
+                return taken(sample, Some(stalls::Cause::Syscall(nr)));
             }
             activity::Activity::Unknown => {
                 let reason = "going to sleep or waking up; not interrupted for a stack";
-                return (Sample::None(reason.to_string()), None);
+                return taken(Sample::None(reason.to_string()), None);
             }
+            activity::Activity::User if preempted => Some(stalls::Cause::Preempted),
             activity::Activity::User => Some(stalls::Cause::Cpu),
             // No `/proc`: signal as if it ran its own code (see the guide).
             activity::Activity::Unreadable => None,
         };
         let watchdog = self.watchdog.clone();
         watchdog.requested.fetch_add(1, Ordering::Relaxed);
-        let timeout = Duration::from_millis(250);
+        let timeout = match report {
+            true => Duration::from_millis(250),
+            false => self.interval().min(Duration::from_millis(250)),
+        };
         let captured = signal::capture(target, watchdog.signal, timeout);
         self.warn_if_reinstalled();
         match captured {
             Ok(raw) => {
                 watchdog.completed.fetch_add(1, Ordering::Relaxed);
-                (Sample::Stack(raw), cause)
+                taken(Sample::Stack(raw), cause)
             }
             Err(error) => {
                 watchdog.failed.count(&error);
                 if error == signal::CaptureError::Displaced {
                     self.warn_displaced();
                 }
-                (Sample::None(error.to_string()), cause)
+                taken(Sample::None(error.to_string()), cause)
             }
         }
     }
 
     #[cfg(not(target_os = "linux"))]
-    fn sample(&mut self, _slot: &slot::Slot) -> (Sample, Option<stalls::Cause>) {
-        (Sample::None(NO_STACK.to_string()), None)
+    fn sample(&mut self, _slot: &slot::Slot, _key: usize, _report: bool) -> Taken {
+        Taken {
+            sample: Sample::None(NO_STACK.to_string()),
+            cause: None,
+            cpu_and_wall_ns: None,
+        }
     }
 
     /// Says once per process that another handler took the watchdog's signal.

@@ -428,7 +428,11 @@ extern "C" fn handler(signal: c_int, info: *mut libc::siginfo_t, context: *mut c
         if claimed {
             #[cfg(test)]
             tests::in_handler(signal);
+            #[cfg(test)]
+            let started = tests::handler_clock();
             record(target, context);
+            #[cfg(test)]
+            tests::recorded(started);
             // The watchdog may have given up on this capture (`Stuck`) and handed the thread
             // back: then nothing is published.
             let _ = target.state.compare_exchange(
@@ -623,6 +627,62 @@ mod tests {
         if unsafe { libc::sigaltstack(std::ptr::null(), &mut stack) } == 0 {
             ON_ALT_STACK.store(stack.ss_flags & libc::SS_ONSTACK != 0, Ordering::Release);
         }
+    }
+
+    /// Nanoseconds since the first call, from the monotonic clock (`clock_gettime`, which is
+    /// async-signal-safe); 0 before a test starts timing.
+    pub(super) fn handler_clock() -> u64 {
+        TIMING_BASE
+            .get()
+            .map_or(0, |base| base.elapsed().as_nanos() as u64)
+    }
+
+    /// Adds one handler's recording time (since `started`) to the test's figures.
+    pub(super) fn recorded(started: u64) {
+        if TIMING_BASE.get().is_some() {
+            let took = handler_clock().saturating_sub(started);
+            HANDLER_NS.fetch_add(took as usize, Ordering::Relaxed);
+            HANDLER_MAX_NS.fetch_max(took as usize, Ordering::Relaxed);
+            HANDLER_RUNS.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    static TIMING_BASE: OnceLock<Instant> = OnceLock::new();
+    static HANDLER_NS: AtomicUsize = AtomicUsize::new(0);
+    static HANDLER_MAX_NS: AtomicUsize = AtomicUsize::new(0);
+    static HANDLER_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+    /// What one sample costs the blocked thread: the handler's time recording its stack. The
+    /// figure is printed for `BENCHMARKS.md` (`cargo test --release --lib
+    /// the_handler_holds_the_thread -- --nocapture`); the bound only catches a handler gone
+    /// wrong (it takes tens of microseconds).
+    #[test]
+    fn the_handler_holds_the_thread_for_tens_of_microseconds() {
+        let signal = libc::SIGRTMIN() + 10;
+        install(signal).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (target, handle) = spinning_thread(stop.clone());
+        TIMING_BASE.get_or_init(Instant::now);
+        let captures = 1_000;
+        let started = Instant::now();
+        for _ in 0..captures {
+            capture(&target, signal, Duration::from_secs(5)).unwrap();
+        }
+        let round_trips = started.elapsed();
+        stop.store(true, Ordering::Relaxed);
+        handle.join().unwrap();
+        let runs = HANDLER_RUNS.load(Ordering::Relaxed);
+        let mean_ns = HANDLER_NS.load(Ordering::Relaxed) / runs.max(1);
+        let max_ns = HANDLER_MAX_NS.load(Ordering::Relaxed);
+        println!(
+            "handler: {runs} captures, recording the stack took {:.1} µs on average, {:.1} µs at most; \
+             a capture's round trip (signal sent to stack read) {:.1} µs on average",
+            mean_ns as f64 / 1e3,
+            max_ns as f64 / 1e3,
+            round_trips.as_secs_f64() * 1e6 / captures as f64,
+        );
+        assert_eq!(runs, captures);
+        assert!(mean_ns < 1_000_000, "{mean_ns} ns");
     }
 
     /// Spins on a thread of its own, attached, until told to stop.

@@ -5,7 +5,7 @@
 //! [`MAX_DEPTH`] frames of at most [`MAX_NAME_BYTES`] bytes), [`TRACKED`] culprits of at most
 //! [`MAX_NAME_BYTES`] bytes, and [`MAX_CAUSES`] cause counters: about 136 KiB at worst.
 
-use crate::report::{CulpritCount, StackCount};
+use crate::report::{CauseCount, CulpritCount, FunctionSamples, StackCount};
 
 /// The most frequent keys of a stream, approximately, in at most `capacity` entries
 /// ("space-saving": a new key replaces the rarest one and inherits its count, so a key that is
@@ -35,15 +35,61 @@ impl TopK {
     }
 }
 
-/// What a stalled thread was doing when the watchdog looked at it: one per sample (each report
-/// of a stall). The raw material of a stall's cause; only its counts are kept for now.
+/// What a stalled thread was doing when the watchdog looked at it: one per sample.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Cause {
-    /// Running its own code (on a CPU, or runnable): the thread was signalled for its stack.
+    /// Running its own code: the thread was signalled for its stack.
     Cpu,
+    /// In its own code, but it ran for less than a quarter of the time over its recent
+    /// samples: runnable, waiting for a CPU (see `preempted`).
+    Preempted,
     /// Blocked in the system call with this number (see `activity::syscall_name`): not
     /// signalled, since the signal would interrupt the call.
     Syscall(libc::c_long),
+}
+
+/// Whether a thread found in its own code (running or runnable) is really the machine's victim:
+/// over the last samples of its stall (about 100 ms, `wall_ns`) it ran for less than a quarter
+/// of the time (`cpu_ns`), waiting in the run queue the rest. A thread that merely
+/// shares a busy machine (half a CPU) still counts as `cpu`: its own work is what holds the
+/// executor. (The run-queue wait of `schedstat` is no help here: the kernel adds a wait to it
+/// only when the wait ends, so a thread stuck in the queue shows none.)
+pub(crate) fn preempted(cpu_ns: u64, wall_ns: u64) -> bool {
+    cpu_ns.saturating_mul(4) < wall_ns
+}
+
+impl Cause {
+    /// The cause's name in the report, and the system call's name where there is one.
+    pub(crate) fn describe(self) -> (&'static str, Option<String>) {
+        let Cause::Syscall(nr) = self else {
+            return (
+                if self == Cause::Cpu {
+                    "cpu"
+                } else {
+                    "preempted"
+                },
+                None,
+            );
+        };
+        #[cfg(target_os = "linux")]
+        let name = super::activity::syscall_name(nr);
+        #[cfg(not(target_os = "linux"))]
+        let name: Option<&str> = None;
+        let Some(name) = name else {
+            return ("syscall", Some(format!("syscall {nr}")));
+        };
+        let kind = match name {
+            "nanosleep" | "clock_nanosleep" | "pause" => "sleep",
+            "futex" => "lock",
+            "wait4" | "waitid" => "wait",
+            "read" | "write" | "readv" | "writev" | "pread64" | "pwrite64" | "open" | "openat"
+            | "close" | "fsync" | "fdatasync" | "poll" | "ppoll" | "select" | "pselect6"
+            | "epoll_wait" | "epoll_pwait" | "connect" | "accept" | "accept4" | "sendto"
+            | "recvfrom" | "sendmsg" | "recvmsg" | "flock" | "sendfile" | "splice" => "io",
+            _ => "syscall",
+        };
+        (kind, Some(name.to_string()))
+    }
 }
 
 /// How many samples had each cause, in at most [`MAX_CAUSES`] counters (the rest in `other`).
@@ -65,12 +111,107 @@ impl Causes {
     }
 
     /// Each cause with its sample count, most frequent first, and the samples whose cause did
-    /// not fit. (Read by tests only until the report shows causes.)
-    #[cfg_attr(not(test), allow(dead_code))]
+    /// not fit.
     pub(crate) fn counts(&self) -> (Vec<(Cause, u64)>, u64) {
         let mut counts = self.counts.clone();
         counts.sort_by_key(|(_, count)| std::cmp::Reverse(*count));
         (counts, self.other)
+    }
+
+    /// For the report: most frequent first, the samples that did not fit as `syscall`
+    /// `"other"`.
+    pub(crate) fn report(&self) -> Vec<CauseCount> {
+        let (counts, other) = self.counts();
+        let mut report: Vec<CauseCount> = counts
+            .into_iter()
+            .map(|(cause, count)| {
+                let (cause, syscall) = cause.describe();
+                CauseCount {
+                    cause,
+                    syscall,
+                    count,
+                }
+            })
+            .collect();
+        if other > 0 {
+            report.push(CauseCount {
+                cause: "syscall",
+                syscall: Some("other".to_string()),
+                count: other,
+            });
+            report.sort_by_key(|cause| std::cmp::Reverse(cause.count));
+        }
+        report
+    }
+}
+
+/// The sampled profile of a label's stalls, per function, like cProfile's table: how many
+/// samples had the function as the innermost frame outside the runtime (`self`: the code the
+/// thread was running, or that called into the library it waits in) and how many had it
+/// anywhere on the stack inside the poll (`total`). At most [`TRACKED_FUNCTIONS`] functions
+/// (space-saving on `total`, like [`TopK`]).
+#[derive(Debug, Default)]
+pub(crate) struct Functions {
+    /// `(function, self samples, total samples)`.
+    entries: Vec<(String, u64, u64)>,
+}
+
+impl Functions {
+    /// Records one sample's stack: `culprit` is its self function, `stack` the frames inside
+    /// the poll that are not the runtime's (innermost first).
+    pub(crate) fn record(&mut self, culprit: Option<&str>, stack: &[String]) {
+        let mut seen: Vec<&str> = Vec::new();
+        for frame in stack {
+            if !seen.contains(&frame.as_str()) {
+                seen.push(frame);
+            }
+        }
+        if let Some(culprit) = culprit {
+            if !seen.contains(&culprit) {
+                seen.push(culprit);
+            }
+        }
+        for function in seen {
+            let own = u64::from(Some(function) == culprit);
+            if let Some(entry) = self.entries.iter_mut().find(|(f, _, _)| f == function) {
+                entry.1 = entry.1.saturating_add(own);
+                entry.2 = entry.2.saturating_add(1);
+            } else if self.entries.len() < TRACKED_FUNCTIONS {
+                self.entries.push((function.to_string(), own, 1));
+            } else if let Some(rarest) = self.entries.iter_mut().min_by_key(|(_, _, total)| *total)
+            {
+                *rarest = (
+                    function.to_string(),
+                    rarest.1.saturating_add(own),
+                    rarest.2.saturating_add(1),
+                );
+            }
+        }
+    }
+
+    /// The table for the report, by self samples then total samples, at most [`SHOWN_FUNCTIONS`]
+    /// rows; percentages of `samples`, the label's samples.
+    pub(crate) fn report(&self, samples: u64) -> Vec<FunctionSamples> {
+        let mut sorted = self.entries.clone();
+        sorted.sort_by(|a, b| (b.1, b.2).cmp(&(a.1, a.2)).then_with(|| a.0.cmp(&b.0)));
+        sorted.truncate(SHOWN_FUNCTIONS);
+        let percent = |count: u64| {
+            if samples == 0 {
+                0.0
+            } else {
+                (count as f64 * 1000.0 / samples as f64).round() / 10.0
+            }
+        };
+        sorted
+            .into_iter()
+            .map(|(function, own, total)| FunctionSamples {
+                self_percent: percent(own),
+                total_percent: percent(total),
+                function,
+                self_samples: own,
+                total_samples: total,
+            })
+            .collect()
     }
 }
 
@@ -80,8 +221,16 @@ pub(crate) struct LabelStalls {
     pub(crate) stalls: u64,
     pub(crate) stacks: TopK,
     pub(crate) culprits: TopK,
+    /// Samples taken (each look at a stalled thread: at least one per stall).
+    pub(crate) samples: u64,
     /// What the blocked thread was doing, per sample.
     pub(crate) causes: Causes,
+    /// The sampled profile, per function.
+    pub(crate) functions: Functions,
+    /// The stalled threads' CPU time between samples, summed (nanoseconds).
+    pub(crate) cpu_ns: u64,
+    /// The time between those samples, summed (nanoseconds).
+    pub(crate) sampled_ns: u64,
     /// Stall warnings have their own rate limit: a slow-poll warning must not hide the stack.
     pub(crate) warn_limiter: crate::event::RateLimiter,
 }
@@ -98,6 +247,10 @@ pub(crate) const MAX_DEPTH: usize = 64;
 pub(crate) const MAX_STACK_BYTES: usize = 4096;
 /// Distinct causes counted per label.
 pub(crate) const MAX_CAUSES: usize = 16;
+/// Functions tracked per label in the sampled profile.
+pub(crate) const TRACKED_FUNCTIONS: usize = 64;
+/// Functions shown per label in a report's table.
+pub(crate) const SHOWN_FUNCTIONS: usize = 20;
 
 /// `name` cut to at most [`MAX_NAME_BYTES`] bytes, at a character boundary, ending in `…` if
 /// cut.
@@ -158,6 +311,53 @@ mod tests {
         assert_eq!(counts.len(), MAX_CAUSES);
         assert_eq!(counts[0], (Cause::Cpu, 2));
         assert_eq!(other, 100 - (MAX_CAUSES as u64 - 1));
+        let report = causes.report();
+        assert_eq!(report.iter().map(|c| c.count).sum::<u64>(), 102);
+        assert!(report.windows(2).all(|w| w[0].count >= w[1].count));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn system_calls_are_grouped_into_causes() {
+        let kind = |nr| Cause::Syscall(nr).describe();
+        assert_eq!(kind(libc::SYS_clock_nanosleep).0, "sleep");
+        assert_eq!(kind(libc::SYS_futex).0, "lock");
+        assert_eq!(
+            kind(libc::SYS_recvfrom),
+            ("io", Some("recvfrom".to_string()))
+        );
+        assert_eq!(kind(libc::SYS_waitid).0, "wait");
+        assert_eq!(kind(libc::SYS_getrandom).0, "syscall");
+        assert_eq!(
+            kind(100_000),
+            ("syscall", Some("syscall 100000".to_string()))
+        );
+        assert_eq!(Cause::Cpu.describe(), ("cpu", None));
+        assert!(preempted(10, 41) && !preempted(10, 40) && !preempted(0, 0));
+    }
+
+    #[test]
+    fn the_function_table_counts_self_and_total_once_per_sample() {
+        let mut functions = Functions::default();
+        let stack = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        for _ in 0..3 {
+            functions.record(
+                Some("app::leaf"),
+                &stack(&["app::leaf", "app::mid", "app::leaf"]),
+            );
+        }
+        functions.record(Some("app::mid"), &stack(&["app::mid"]));
+        let table = functions.report(8);
+        assert_eq!(table[0].function, "app::leaf");
+        assert_eq!((table[0].self_samples, table[0].total_samples), (3, 3));
+        assert_eq!(table[0].self_percent, 37.5);
+        assert_eq!(table[1].function, "app::mid");
+        assert_eq!((table[1].self_samples, table[1].total_samples), (1, 4));
+        assert_eq!(table[1].total_percent, 50.0);
+        for i in 0..1_000 {
+            functions.record(Some(&format!("rare{i}")), &[]);
+        }
+        assert!(functions.entries.len() <= TRACKED_FUNCTIONS);
     }
 
     #[test]

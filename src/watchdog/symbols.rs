@@ -151,20 +151,37 @@ pub(crate) struct Frame {
 /// The first frame (innermost first) that is not the runtime's, within the poll: the frames below
 /// hogwatch's `Watched::poll`, or below tokio's task harness for a task poll (the executor, the
 /// program's `main`, a test harness) did not block anything.
+///
+/// If every frame within the poll is the runtime's (the handler's own code was inlined into
+/// the runtime's poll functions, as `async fn`s often are in a release build), the culprit is
+/// the standard library function the poll called: the outermost of the innermost run of
+/// `std::` frames (`std::thread::sleep`, not the `std::sys::…` function it calls).
 pub(crate) fn culprit(frames: &[Frame], prefixes: &[String]) -> Option<String> {
-    frames
-        .iter()
-        .take_while(|frame| !is_poll_boundary(&frame.name))
-        .find(|frame| !frame.system && frame.name != UNKNOWN && !is_runtime(&frame.name, prefixes))
+    let inside = || {
+        frames
+            .iter()
+            .take_while(|frame| !is_poll_boundary(&frame.name))
+            .filter(|frame| !frame.system && frame.name != UNKNOWN)
+    };
+    if let Some(frame) = inside().find(|frame| !is_runtime(&frame.name, prefixes)) {
+        return Some(frame.name.clone());
+    }
+    inside()
+        .skip_while(|frame| !frame.name.starts_with("std::"))
+        .take_while(|frame| frame.name.starts_with("std::"))
+        .last()
         .map(|frame| frame.name.clone())
 }
 
-/// Whether `name` is where a poll hogwatch watches begins: hogwatch's `Watched::poll`, or the
-/// functions of tokio's task harness that poll a task's future (for the polls the task hooks
-/// publish). The frames below it are the executor's.
+/// Whether `name` is where a poll hogwatch watches begins: hogwatch's `Watched::poll`, the
+/// layer's `HogFuture::poll` (a route's poll), or the functions of tokio's task harness that
+/// poll a task's future (for the polls the task hooks publish). The frames below it are the
+/// executor's (and, in a scanned stack, whatever the HTTP stack left behind).
 fn is_poll_boundary(name: &str) -> bool {
     let name = name.trim_start_matches('<');
-    name.starts_with("hogwatch::watch::Watched") || is_task_harness(name)
+    name.starts_with("hogwatch::watch::Watched")
+        || name.starts_with("hogwatch::layer::HogFuture")
+        || is_task_harness(name)
 }
 
 /// The functions of tokio's task harness between the worker and a task's future, as they appear
@@ -505,7 +522,12 @@ mod tests {
             "tokio::runtime::scheduler::current_thread::CoreGuard::block_on",
             "runtime::hooks::the_test",
         ]);
-        assert_eq!(culprit(&stuck_in_runtime, &defaults()), None);
+        // Nothing of the user's inside the poll: the std function it called is named.
+        assert_eq!(
+            culprit(&stuck_in_runtime, &defaults()).as_deref(),
+            Some("std::thread::sleep")
+        );
+        assert_eq!(culprit(&stuck_in_runtime[1..], &defaults()), None);
         // Release builds without debug information: `Core::poll` inlined away, v0 names.
         let user = frames(&[
             "core::hint::spin_loop",
@@ -529,6 +551,9 @@ mod tests {
         ));
         assert!(is_poll_boundary(
             "tokio::runtime::task::harness::Harness<T,S>::poll_inner"
+        ));
+        assert!(is_poll_boundary(
+            "<hogwatch::layer::HogFuture<F> as core::future::future::Future>::poll"
         ));
     }
 }

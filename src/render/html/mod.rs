@@ -211,7 +211,7 @@ fn render_stall_summary(report: &Report, html: &mut Html<'_>) {
             name(culprit, html);
             html.raw("</code>").text(format_args!(
                 " ({count} {}).",
-                plural(count, "capture", "captures")
+                plural(count, "sample", "samples")
             ));
         }
         None => {
@@ -454,6 +454,8 @@ fn render_stalls(report: &Report, entry: &Entry, html: &mut Html<'_>) {
             plural(entry.stalls, "stall", "stalls"),
         ))
         .raw("</p>\n");
+    render_causes(entry, html);
+    render_functions(entry, html);
     if entry.top_stacks.is_empty() && entry.top_culprits.is_empty() {
         html.raw("<p class=\"muted\">")
             .text("No stack was captured: ")
@@ -486,7 +488,7 @@ fn render_stalls(report: &Report, entry: &Entry, html: &mut Html<'_>) {
                 .text(format_args!(
                     "{} {}",
                     stack.count,
-                    plural(stack.count, "capture", "captures")
+                    plural(stack.count, "sample", "samples")
                 ))
                 .raw("</span>");
             render_stack(entry, &stack.stack, html);
@@ -504,6 +506,80 @@ fn render_stalls(report: &Report, entry: &Entry, html: &mut Html<'_>) {
         }
     }
     html.raw("</section>\n");
+}
+
+/// What the blocked thread was doing in the label's samples: each cause with its share of the
+/// samples and a fix hint, and how much of the watched stall time was on a CPU.
+fn render_causes(entry: &Entry, html: &mut Html<'_>) {
+    if entry.samples == 0 {
+        return;
+    }
+    html.raw("<h4>Causes <span class=\"muted\">(")
+        .text(format_args!(
+            "{} {}",
+            entry.samples,
+            plural(entry.samples, "sample", "samples")
+        ));
+    if entry.stall_wall_us > 0 {
+        html.text(format_args!(
+            "; on a CPU {} of {}",
+            percent(entry.stall_cpu_us as f64 / entry.stall_wall_us as f64),
+            duration(entry.stall_wall_us)
+        ));
+    }
+    html.raw(
+        ")</span></h4>\n<table class=\"causes\"><thead><tr><th>cause</th><th>samples</th>\
+              <th>system calls</th><th>what to do</th></tr></thead><tbody>",
+    );
+    for (cause, count) in super::by_cause(&entry.causes) {
+        html.raw("<tr><td><strong>")
+            .text(cause)
+            .raw("</strong></td><td class=\"num\">")
+            .text(format_args!(
+                "{count} ({})",
+                percent(count as f64 / entry.samples as f64)
+            ))
+            .raw("</td><td><code>");
+        let calls: Vec<&str> = entry
+            .causes
+            .iter()
+            .filter(|counted| counted.cause == cause)
+            .filter_map(|counted| counted.syscall.as_deref())
+            .collect();
+        html.text(calls.join(", "))
+            .raw("</code></td><td>")
+            .text(super::hint(cause).unwrap_or("see the system call"))
+            .raw("</td></tr>");
+    }
+    html.raw("</tbody></table>\n");
+}
+
+/// The label's sampled profile, cProfile-style: self and total samples per function.
+fn render_functions(entry: &Entry, html: &mut Html<'_>) {
+    if entry.functions.is_empty() {
+        return;
+    }
+    html.raw(
+        "<h4>Functions <span class=\"muted\">(by self samples: the sample's innermost frame \
+         outside the runtime; total: anywhere on its stack)</span></h4>\n<table class=\"functions\">\
+         <thead><tr><th>self</th><th>total</th><th>function</th></tr></thead><tbody>",
+    );
+    for function in &entry.functions {
+        html.raw("<tr><td class=\"num\">")
+            .text(format_args!(
+                "{:.1} % ({})",
+                function.self_percent, function.self_samples
+            ))
+            .raw("</td><td class=\"num\">")
+            .text(format_args!(
+                "{:.1} % ({})",
+                function.total_percent, function.total_samples
+            ))
+            .raw("</td><td><code>");
+        name(&function.function, html);
+        html.raw("</code></td></tr>");
+    }
+    html.raw("</tbody></table>\n");
 }
 
 /// One folded stack (`outer;...;inner`) as a list of frames, innermost first; a long stack keeps
@@ -822,6 +898,58 @@ mod tests {
     }
 
     #[test]
+    fn stalls_section_shows_causes_with_hints_and_the_function_table() {
+        let mut report = with_stalls(
+            report(&[("slow", Duration::from_millis(120))]),
+            1,
+            &[("app::<load>", 3)],
+            &[("app::<load>", 3)],
+        );
+        let entry = &mut report.entries[0];
+        entry.samples = 4;
+        entry.stall_wall_us = 200_000;
+        entry.stall_cpu_us = 2_000;
+        let cause = |cause, count, syscall: &str| crate::CauseCount {
+            cause,
+            count,
+            syscall: Some(syscall.to_string()),
+        };
+        entry.causes = vec![
+            cause("io", 2, "read"),
+            cause("lock", 1, "futex"),
+            cause("io", 1, "poll"),
+        ];
+        entry.functions = vec![crate::FunctionSamples {
+            function: "app::<load>".to_string(),
+            self_samples: 3,
+            total_samples: 4,
+            self_percent: 75.0,
+            total_percent: 100.0,
+        }];
+        let page = report.to_html();
+        let section = stalls_section(&page);
+        assert!(
+            section.contains("4 samples; on a CPU 1.0 % of 200 ms"),
+            "{section}"
+        );
+        assert!(
+            section.contains("<tr><td><strong>io</strong></td><td class=\"num\">3 (75 %)</td><td><code>read, poll</code></td><td>use the async API (tokio::fs, an async client), or spawn_blocking</td></tr>"),
+            "{section}"
+        );
+        assert!(
+            section.contains("shorten the critical section, or use tokio::sync::Mutex"),
+            "{section}"
+        );
+        assert!(
+            section.contains("<td class=\"num\">75.0 % (3)</td><td class=\"num\">100.0 % (4)</td><td><code>app::&lt;load&gt;</code>"),
+            "{section}"
+        );
+        let causes = section.find("<h4>Causes").unwrap();
+        let functions = section.find("<h4>Functions").unwrap();
+        assert!(causes < functions && functions < section.find("<h4>Top culprits").unwrap());
+    }
+
+    #[test]
     fn stalls_section_shows_count_culprits_and_stacks_innermost_first() {
         let deep: Vec<String> = (0..20).map(|i| format!("frame{i}")).collect();
         let deep = deep.join(";");
@@ -855,7 +983,7 @@ mod tests {
         // Innermost first, the culprit marked.
         assert!(
             section.contains(
-                "<span class=\"muted\">2 captures</span><ol class=\"frames\">\
+                "<span class=\"muted\">2 samples</span><ol class=\"frames\">\
              <li><code>core::fmt::write</code></li>\
              <li class=\"culprit\"><code>serde_json::ser::to_string</code></li>\
              <li><code>app::handler</code></li></ol>"
@@ -871,7 +999,7 @@ mod tests {
         assert!(
             page.contains(
                 " <strong class=\"hot\">3</strong> stalls caught in 1 label; top culprit \
-             <code>serde_json::ser::to_string</code> (2 captures)."
+             <code>serde_json::ser::to_string</code> (2 samples)."
             ),
             "{page}"
         );
