@@ -130,3 +130,20 @@ fn a_detector_dropped_on_a_runtime_worker_right_after_build_drops_at_once() {
     assert!(took < DROP_BOUND, "drop took {took:?}");
     assert_eq!(wait_for_watchdog_threads(0), 0, "the thread was joined");
 }
+
+#[test]
+fn a_detector_dropped_right_after_build_does_not_wait_for_the_symbols() {
+    let _serial = THREAD_COUNT
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let detector = hogwatch::Detector::builder()
+        .watchdog(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    let start = Instant::now();
+    drop(detector);
+    let took = start.elapsed();
+    eprintln!("dropped {took:?} after build");
+    assert!(took < DROP_BOUND, "drop took {took:?}");
+    assert_eq!(wait_for_watchdog_threads(0), 0, "the thread was joined");
+}
