@@ -116,9 +116,11 @@ fn stress_ten_thousand_captures_of_threads_that_allocate() {
         stats.captures_completed + stats.captures_failed,
         "{stats:?}"
     );
-    // A capture times out when the signalled thread does not answer within 250 ms, which a
-    // machine busy with other builds can cause now and then: allow a handful in 10,000. A stuck
-    // handler or a capture overlapping another is a bug: none.
+    // A capture times out when the signalled thread does not answer in time: 250 ms for a
+    // report's, one check interval (here 250 µs, at a 1 ms threshold) for a sample between
+    // reports, which a loaded 2-core machine misses now and then: allow 1 in 100 (a clean-clone
+    // CI run here saw 11 in 10,007). A stuck handler or a capture overlapping another is a
+    // bug: none.
     assert_eq!(stats.captures_stuck, 0, "{stats:?}");
     assert_eq!(stats.captures_busy, 0, "{stats:?}");
     assert_eq!(
@@ -127,7 +129,7 @@ fn stress_ten_thousand_captures_of_threads_that_allocate() {
         "{stats:?}"
     );
     assert!(
-        stats.captures_timeout * 1000 <= stats.captures_requested,
+        stats.captures_timeout * 100 <= stats.captures_requested,
         "{stats:?}"
     );
     // Every stack kept is the churning poll's own (one that ended before the handler ran is
