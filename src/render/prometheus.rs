@@ -335,11 +335,21 @@ fn render_watchdog(report: &Report, out: &mut String) {
         out,
         "hogwatch_watchdog_captures_total",
         "counter",
-        "Stack captures of stalled polls, by result: completed (a stack) or failed (none).",
+        "Stack captures of stalled polls, by result: completed (a stack), timeout (the thread did \
+         not answer in time: a loaded machine) or failed (the signal taken by another handler, \
+         not sent, or a capture stuck or overlapping another).",
     );
+    // Timeouts apart: a sample between two reports waits one check interval at most, so a
+    // loaded machine times some out, which is no fault of the setup an alert should page on.
     for (result, count) in [
         ("completed", watchdog.captures_completed),
-        ("failed", watchdog.captures_failed),
+        ("timeout", watchdog.captures_timeout),
+        (
+            "failed",
+            watchdog
+                .captures_failed
+                .saturating_sub(watchdog.captures_timeout),
+        ),
     ] {
         let _ = writeln!(
             out,
@@ -483,7 +493,8 @@ mod tests {
         report.watchdog = Some(crate::WatchdogStats {
             threshold_us: 30_000,
             captures_completed: 2,
-            captures_failed: 1,
+            captures_failed: 4,
+            captures_timeout: 3,
             ..Default::default()
         });
         let mut out = String::new();
@@ -494,6 +505,7 @@ mod tests {
         );
         assert!(out.contains("# TYPE hogwatch_watchdog_captures_total counter\n"));
         assert!(out.contains("hogwatch_watchdog_captures_total{result=\"completed\"} 2\n"));
+        assert!(out.contains("hogwatch_watchdog_captures_total{result=\"timeout\"} 3\n"));
         assert!(out.contains("hogwatch_watchdog_captures_total{result=\"failed\"} 1\n"));
     }
 
