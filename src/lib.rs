@@ -75,3 +75,6 @@ pub use recorder::{Bucket, LabelKind, PollHistogram, CUT_MARKER, MAX_LABEL_BYTES
 pub use report::{CulpritCount, Entry, Report, Responses, StackCount, WatchdogStats};
 pub use runtime::{EventLoopLag, RuntimeFigures};
 pub use watch::{FutureTiming, Watched};
+#[cfg(feature = "watchdog")]
+#[cfg_attr(docsrs, doc(cfg(feature = "watchdog")))]
+pub use watchdog::NoWatchdog;

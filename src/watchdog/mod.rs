@@ -24,6 +24,9 @@ mod activity;
 mod signal;
 mod stalls;
 mod symbols;
+// issue 19: the runtime watchdog (`Detector::watch_runtime`), in its own module.
+mod workers;
+pub use workers::NoWatchdog;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -69,6 +72,8 @@ pub(crate) struct Watchdog {
     failed: FailedCaptures,
     /// The process that built it: in a `fork()` child its thread does not exist.
     pid: u32,
+    /// issue 19 hook: the runtimes `Detector::watch_runtime` watches (see `workers`).
+    runtimes: Arc<workers::Runtimes>,
 }
 
 /// Failed captures by kind: a `Timeout` under load is expected now and then, a `Stuck` or a
@@ -152,8 +157,13 @@ impl Watchdog {
             let attached = signal::Attached::current_thread();
             (attached.target().clone(), Box::new(attached))
         });
+        // issue 19 hook: `watch_runtime` finds this watchdog's runtime list by its id.
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let runtimes = Arc::new(workers::Runtimes::default());
+        workers::register(id, &runtimes);
         Ok(Self {
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            id,
+            runtimes,
             threshold_ns: threshold.as_nanos().try_into().unwrap_or(u64::MAX),
             threshold_us: threshold.as_micros().try_into().unwrap_or(u64::MAX),
             signal,
@@ -267,6 +277,8 @@ impl WatchdogThread {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let checker = Checker {
+            // issue 19 hook: the runtime watchdog's sampler.
+            workers: workers::Sampler::new(watchdog.runtimes.clone()),
             recorder,
             watchdog,
             stalled: HashMap::new(),
@@ -428,6 +440,8 @@ fn warn_stall(watchdog: &Watchdog, event: &HogEvent, suppressed: u64, stack: &st
 
 /// The watchdog thread's state.
 struct Checker {
+    /// issue 19 hook: samples the workers of the runtimes `watch_runtime` watches.
+    workers: workers::Sampler,
     recorder: Arc<Recorder>,
     watchdog: Arc<Watchdog>,
     stalled: HashMap<usize, Stall>,
@@ -480,6 +494,10 @@ impl Checker {
                 self.check(slot, generation);
             }
             self.stalled.retain(|_, stall| stall.seen_in == generation);
+            // issue 19 hook: then every watched runtime's workers.
+            if !stop.load(Ordering::Acquire) {
+                self.workers.check(&self.recorder, &self.watchdog);
+            }
         }
     }
 
