@@ -9,7 +9,6 @@ use hogwatch::{Detector, HogEvent, HogKind};
 
 const WATCHDOG: Duration = Duration::from_millis(100);
 const BLOCK: Duration = Duration::from_secs(1);
-const WARM_UP: Duration = Duration::from_secs(2);
 
 /// What `on_hog` saw: each stall event with the time it arrived.
 type Seen = Arc<Mutex<Vec<(Instant, HogEvent)>>>;
@@ -33,15 +32,17 @@ fn detector() -> (Detector, Seen) {
 #[inline(never)]
 fn sleep_in_refresh(duration: Duration) {
     std::thread::sleep(duration);
-    // Not a tail call: this frame stays on the stack.
-    std::hint::black_box(());
+    // Not a tail call: this frame stays on the stack. The two functions differ in this constant:
+    // identical functions are merged into one by the optimizer (MergeFunctions), and their
+    // stacks would name the same one.
+    std::hint::black_box(1u32);
 }
 
 #[inline(never)]
 fn sleep_in_consume(duration: Duration) {
     std::thread::sleep(duration);
     // Not a tail call: this frame stays on the stack.
-    std::hint::black_box(());
+    std::hint::black_box(2u64);
 }
 
 /// Two unwrapped background tasks, each blocking its worker for one second.
@@ -62,15 +63,21 @@ fn is_std_sleep(frame: &str) -> bool {
 
 /// Runs both tasks on `rt` and checks each stall: reported within 2x the watchdog threshold of
 /// the task's start, named after the task's function, with a stack containing the sleep.
-fn both_stalls_are_reported(rt: tokio::runtime::Runtime, detector: &Detector, seen: &Seen) {
+fn both_stalls_are_reported(
+    rt: tokio::runtime::Runtime,
+    detector: &Detector,
+    seen: &Seen,
+    first_park: bool,
+) {
     let refresh_started = Arc::new(Mutex::new(None));
     let consume_started = Arc::new(Mutex::new(None));
     let (refresh, consume) = (refresh_started.clone(), consume_started.clone());
     rt.block_on(async move {
-        // Workers are watched from their first park, and a task stall's label is named from its
-        // stack: start once the runtime went idle and the detector's symbol warm-up (about a
-        // second in a debug build, see the guide) is over.
-        tokio::time::sleep(WARM_UP).await;
+        if first_park {
+            // A current-thread runtime's thread is known from its first park (tokio has no
+            // stable callback for the thread that calls `block_on` before that): 1 ms idle.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         let a = tokio::spawn(refresh_cache(refresh));
         let b = tokio::spawn(consume_queue(consume));
         a.await.unwrap();
@@ -89,9 +96,15 @@ fn both_stalls_are_reported(rt: tokio::runtime::Runtime, detector: &Detector, se
             .find(|(_, event)| *event.label == *label)
             .unwrap_or_else(|| panic!("no stall for {label}: {events:#?}"));
         let late = at.duration_since(started);
-        // Release: the target, 2x the watchdog threshold. Debug: naming a new stack's frames on
-        // the watchdog thread takes hundreds of milliseconds (a known gap, see the CHANGELOG).
-        let bound = if cfg!(debug_assertions) { 10 * WATCHDOG } else { 2 * WATCHDOG };
+        // Release: 2x the watchdog threshold. Debug: the first task stall of a process waits for
+        // the program's debug information to load (the naming thread starts loading it at
+        // `build()`; the label needs the names): measured 330-345 ms after the stall's start
+        // when this test runs alone, under 2x once loaded. Bounded at 5x, not hidden.
+        let bound = if cfg!(debug_assertions) {
+            5 * WATCHDOG
+        } else {
+            2 * WATCHDOG
+        };
         assert!(late <= bound, "{label} reported {late:?} after its start");
         assert!(
             event.stack.iter().any(|frame| is_std_sleep(frame)),
@@ -118,8 +131,12 @@ fn two_blocked_workers_are_both_reported_and_named() {
     let (detector, seen) = detector();
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.worker_threads(2).enable_all();
-    let rt = detector.watch_runtime(&mut builder).unwrap().build().unwrap();
-    both_stalls_are_reported(rt, &detector, &seen);
+    let rt = detector
+        .watch_runtime(&mut builder)
+        .unwrap()
+        .build()
+        .unwrap();
+    both_stalls_are_reported(rt, &detector, &seen, false);
 }
 
 #[test]
@@ -127,8 +144,12 @@ fn the_current_thread_runtime_is_watched_too() {
     let (detector, seen) = detector();
     let mut builder = tokio::runtime::Builder::new_current_thread();
     builder.enable_all();
-    let rt = detector.watch_runtime(&mut builder).unwrap().build().unwrap();
-    both_stalls_are_reported(rt, &detector, &seen);
+    let rt = detector
+        .watch_runtime(&mut builder)
+        .unwrap()
+        .build()
+        .unwrap();
+    both_stalls_are_reported(rt, &detector, &seen, true);
 }
 
 #[test]
@@ -136,7 +157,11 @@ fn parked_workers_are_never_sampled() {
     let (detector, seen) = detector();
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.worker_threads(2).enable_all();
-    let rt = detector.watch_runtime(&mut builder).unwrap().build().unwrap();
+    let rt = detector
+        .watch_runtime(&mut builder)
+        .unwrap()
+        .build()
+        .unwrap();
     rt.block_on(async {
         // Idle for 20 thresholds: the workers park and stay parked.
         tokio::time::sleep(20 * WATCHDOG).await;

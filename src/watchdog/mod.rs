@@ -365,6 +365,8 @@ impl Namer {
             .spawn(move || {
                 let mut symbolizer = symbols::Symbolizer::default();
                 symbolizer.warm_up();
+                // issue 19 hook: the C library's symbols too (a task stall's first stack).
+                workers::warm_up(&mut symbolizer);
                 while let Ok(job) = receive.recv() {
                     let Job {
                         raw,

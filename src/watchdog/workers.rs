@@ -115,16 +115,10 @@ impl Detector {
                 handle_sent: AtomicBool::new(false),
             });
             runtimes.add(&runtime);
-            let (start, stop, park, unpark) = (
-                runtime.clone(),
-                runtime.clone(),
-                runtime.clone(),
-                runtime,
-            );
+            let (start, stop, park, unpark) =
+                (runtime.clone(), runtime.clone(), runtime.clone(), runtime);
             builder
-                .on_thread_start(move || {
-                    start.register();
-                })
+                .on_thread_start(move || start.started())
                 .on_thread_stop(move || stop.unregister())
                 .on_thread_park(move || park.parked())
                 .on_thread_unpark(move || unpark.unparked());
@@ -147,7 +141,9 @@ static REGISTRY: Mutex<Vec<(u64, Weak<Runtimes>)>> = Mutex::new(Vec::new());
 
 /// Makes the runtime list of watchdog `id` findable by `watch_runtime`.
 pub(crate) fn register(id: u64, runtimes: &Arc<Runtimes>) {
-    let mut registry = REGISTRY.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut registry = REGISTRY
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     registry.retain(|(_, runtimes)| runtimes.strong_count() > 0);
     registry.push((id, Arc::downgrade(runtimes)));
 }
@@ -167,14 +163,20 @@ fn find(id: u64) -> Option<Arc<Runtimes>> {
 #[cfg(target_os = "linux")]
 impl Runtimes {
     fn add(&self, runtime: &Arc<Runtime>) {
-        let mut list = self.list.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut list = self
+            .list
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         list.retain(|runtime| runtime.strong_count() > 0);
         list.push(Arc::downgrade(runtime));
     }
 
     fn snapshot(&self, into: &mut Vec<Arc<Runtime>>) {
         into.clear();
-        let list = self.list.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let list = self
+            .list
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         into.extend(list.iter().filter_map(Weak::upgrade));
     }
 }
@@ -196,9 +198,12 @@ struct Worker {
     /// Its recorder slot: the signal target, and the watched poll it publishes, if any.
     slot: Arc<Slot>,
     tid: i32,
-    /// Clock reading at its last unpark; 0 while parked or before it first parked (a thread of
-    /// the blocking pool never parks: it is never looked at).
+    /// Clock reading at its start or last unpark; 0 while parked.
     running_since: AtomicU64,
+    /// It has parked at least once, so it is one of the runtime's workers. A thread that has
+    /// not may be a thread of the blocking pool (tokio calls `on_thread_start` for both, and
+    /// only workers park): it is reported only with a stack inside a task poll.
+    parked_once: AtomicBool,
     /// Its thread has stopped or exited.
     gone: AtomicBool,
 }
@@ -252,13 +257,14 @@ impl Runtime {
         slot::poll_ended(previous);
         let mut slots = Vec::new();
         slot::snapshot(&mut slots);
-        let slot = slots.into_iter().find(|slot| {
-            target_of(slot).is_some_and(|target| target.tid() == tid)
-        })?;
+        let slot = slots
+            .into_iter()
+            .find(|slot| target_of(slot).is_some_and(|target| target.tid() == tid))?;
         let worker = Arc::new(Worker {
             slot,
             tid,
             running_since: AtomicU64::new(0),
+            parked_once: AtomicBool::new(false),
             gone: AtomicBool::new(false),
         });
         REGISTERED
@@ -287,14 +293,29 @@ impl Runtime {
             .retain(|worker| !worker.gone.load(Ordering::Acquire));
     }
 
+    /// A new thread of the runtime runs from its start: a worker may pick up a task spawned
+    /// before it ever parked (a task spawned right after `build()`).
+    fn started(self: &Arc<Self>) {
+        if let Some(worker) = self.register() {
+            let now = self.recorder.clock.raw().max(1);
+            let _ =
+                worker
+                    .running_since
+                    .compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire);
+        }
+    }
+
     fn parked(self: &Arc<Self>) {
         if !self.handle_sent.swap(true, Ordering::Relaxed) {
             if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                *self.handle.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) =
-                    Some(handle);
+                *self
+                    .handle
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(handle);
             }
         }
         if let Some(worker) = self.register() {
+            worker.parked_once.store(true, Ordering::Release);
             worker.running_since.store(0, Ordering::Release);
         }
     }
@@ -306,6 +327,18 @@ impl Runtime {
             worker.running_since.store(now, Ordering::Release);
         }
     }
+}
+
+/// Loads the C library's symbols into `backtrace`'s global cache (on the naming thread, when it
+/// starts). Every stack a signal captures has the C library's signal trampoline in it, and a
+/// sleeping worker's has its `clock_nanosleep`: loading that library's symbols the first time
+/// took 90 ms on the watchdog thread in a release build, which delayed the first task stall
+/// past twice the threshold. `clock_nanosleep`'s address is the C library's own (Rust loads
+/// the address of a shared library's function from the GOT, not a PLT stub).
+#[cfg(target_os = "linux")]
+pub(crate) fn warm_up(symbolizer: &mut symbols::Symbolizer) {
+    let in_libc = libc::clock_nanosleep as usize;
+    symbolizer.frames(&[in_libc], 0);
 }
 
 /// The calling thread's kernel id, from `/proc/thread-self` (`PID/task/TID`).
@@ -423,7 +456,10 @@ impl Sampler {
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .clone();
-            if workers.iter().all(|worker| worker.gone.load(Ordering::Acquire)) {
+            if workers
+                .iter()
+                .all(|worker| worker.gone.load(Ordering::Acquire))
+            {
                 // A stopped runtime: let its handle go.
                 self.handles.remove(&key);
             }
@@ -434,7 +470,8 @@ impl Sampler {
         runtimes.clear();
         self.scratch = runtimes;
         let generation = self.generation;
-        self.states.retain(|_, state| state.generation == generation);
+        self.states
+            .retain(|_, state| state.generation == generation);
     }
 
     fn check_worker(
@@ -508,11 +545,18 @@ impl Sampler {
                         watchdog.completed.fetch_add(1, Ordering::Relaxed);
                         (stack_key(&raw), Some(raw), Some(stalls::Cause::Cpu))
                     }
-                    Err(_) => {
-                        watchdog.failed.fetch_add(1, Ordering::Relaxed);
+                    Err(error) => {
+                        watchdog.failed.count(&error);
                         return;
                     }
                 }
+            }
+            // A thread that never parked and waits in a system call may be an idle thread of
+            // the blocking pool: only a sleep, whose stack can be had, is looked at.
+            Activity::Syscall(nr)
+                if !worker.parked_once.load(Ordering::Acquire) && !is_sleep(nr) =>
+            {
+                return
             }
             Activity::Syscall(nr) => match syscall_key(&mut self.buffer, worker.tid) {
                 Some(key) => (key, None, Some(stalls::Cause::Syscall(nr))),
@@ -534,12 +578,23 @@ impl Sampler {
                 // Some worker's busy time stood still: one of them did not finish a poll.
                 seen.busy.is_empty()
                     || busy.is_empty()
-                    || seen.busy.iter().zip(&busy).any(|(before, after)| before == after)
+                    || seen
+                        .busy
+                        .iter()
+                        .zip(&busy)
+                        .any(|(before, after)| before == after)
             }
             _ => false,
         };
         if !confirmed {
-            let earliest_raw = state.seen.as_ref().map_or(since, |seen| seen.at_raw);
+            // The same poll seen again keeps its earliest start.
+            let earliest_raw = state.seen.as_ref().map_or(since, |seen| {
+                if seen.key == key {
+                    seen.earliest_raw
+                } else {
+                    seen.at_raw
+                }
+            });
             state.seen = Some(Seen {
                 at_raw: now,
                 key,
@@ -549,7 +604,7 @@ impl Sampler {
             });
             return;
         }
-        if state.reported.as_ref().is_some_and(|reported| same_call(reported, &key)) {
+        if state.reported.as_ref() == Some(&key) {
             return;
         }
         state.reported = Some(key);
@@ -560,23 +615,73 @@ impl Sampler {
         let stack = stack.or(seen.stack);
         let stack = match (stack, cause) {
             (None, Some(stalls::Cause::Syscall(nr))) if is_sleep(nr) => {
-                self.sleep_stack(watchdog, worker, target)
+                let stack = self.sleep_stack(watchdog, worker, target);
+                if stack.is_some() {
+                    // `std::thread::sleep` restarted the call on the time slice the signal
+                    // woke it for (counted before the handler ran): that is the call later
+                    // samples show. A second sleep, even an identical one, comes on a new slice.
+                    if let (Some(again), Some(state)) = (
+                        syscall_key(&mut self.buffer, worker.tid),
+                        self.states.get_mut(&(Arc::as_ptr(worker) as usize)),
+                    ) {
+                        state.reported = Some(again);
+                    }
+                }
+                stack
             }
             (stack, _) => stack,
         };
+        // A thread not known to be a worker is reported only with a stack inside a task poll.
+        if !worker.parked_once.load(Ordering::Acquire)
+            && !stack.as_ref().is_some_and(|raw| self.in_task(raw))
+        {
+            if let Some(state) = self.states.get_mut(&(Arc::as_ptr(worker) as usize)) {
+                state.not_a_task = true;
+            }
+            return;
+        }
         self.report(recorder, watchdog, worker, stack, cause, running_ns);
     }
 
     /// Whether `raw` was taken inside a task poll (tokio's task harness on the stack, and no
     /// `block_in_place` or blocking task above it).
     fn in_task(&mut self, raw: &signal::RawStack) -> bool {
-        let frames = self.symbolizer.frames(&raw.ips, raw.pc);
+        let frames = self.to_harness(raw);
         let names: Vec<String> = frames.into_iter().map(|frame| frame.name).collect();
         let within = symbols::within_poll(&names);
         within.len() < names.len()
             && !within.iter().any(|name| {
                 name.contains("block_in_place") || name.contains("::blocking::task::BlockingTask")
             })
+    }
+
+    /// The names of `raw`'s frames from the interrupted one to tokio's task harness (or all of
+    /// them, without the harness). The executor's frames below the harness name nothing of the
+    /// task and are left unnamed: naming a new address costs tens of milliseconds the first
+    /// time in a debug build (a test harness's frames, a `main`), on the watchdog thread, and a
+    /// task stall's label must wait for the names.
+    fn to_harness(&mut self, raw: &signal::RawStack) -> Vec<symbols::Frame> {
+        // Without the interrupted instruction, `frames` finds the handler's end among the first
+        // 32 addresses.
+        let first = raw
+            .ips
+            .iter()
+            .position(|ip| *ip == raw.pc)
+            .map_or(40, |at| at + 8);
+        let mut end = first.min(raw.ips.len());
+        loop {
+            let mut frames = self.symbolizer.frames(&raw.ips[..end], raw.pc);
+            let names: Vec<String> = frames.iter().map(|frame| frame.name.clone()).collect();
+            let within = symbols::within_poll(&names).len();
+            if within < names.len() {
+                frames.truncate(within + 1);
+                return frames;
+            }
+            if end == raw.ips.len() {
+                return frames;
+            }
+            end = (end + 8).min(raw.ips.len());
+        }
     }
 
     /// The stack of a worker sleeping in `std::thread::sleep` (one signal, which that sleep
@@ -615,8 +720,8 @@ impl Sampler {
                 watchdog.completed.fetch_add(1, Ordering::Relaxed);
                 Some(raw)
             }
-            Err(_) => {
-                watchdog.failed.fetch_add(1, Ordering::Relaxed);
+            Err(error) => {
+                watchdog.failed.count(&error);
                 None
             }
         }
@@ -634,7 +739,7 @@ impl Sampler {
     ) {
         let frames = raw
             .as_ref()
-            .map(|raw| self.symbolizer.frames(&raw.ips, raw.pc))
+            .map(|raw| self.to_harness(raw))
             .unwrap_or_default();
         let culprit = symbols::culprit(&frames, &watchdog.prefixes);
         let mut stack: Vec<String> = frames.iter().map(|frame| frame.name.clone()).collect();
@@ -717,16 +822,6 @@ pub(crate) fn task_label(frames: &[symbols::Frame], prefixes: &[String]) -> Stri
                 format!("task {name}")
             },
         )
-}
-
-/// Whether two samples show the same blocked call, for reporting a stall once: a sleep that
-/// `std::thread::sleep` restarted after the stack's signal is the same call, on a new time slice.
-#[cfg(target_os = "linux")]
-fn same_call(a: &Key, b: &Key) -> bool {
-    match (a, b) {
-        (Key::Syscall(a, _), Key::Syscall(b, _)) => a == b,
-        (a, b) => a == b,
-    }
 }
 
 /// A user-code sample's identity: its return addresses, without the interrupted instruction
