@@ -179,3 +179,74 @@ fn without_a_watchdog_it_is_a_typed_error() {
     assert!(matches!(error, hogwatch::NoWatchdog { .. }));
     assert!(error.to_string().contains("Builder::watchdog"), "{error}");
 }
+
+/// A short poll's work: about 100 µs on the CPU.
+#[inline(never)]
+fn short_work() {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_micros(100) {
+        std::hint::spin_loop();
+    }
+}
+
+#[test]
+fn a_load_of_short_polls_is_never_a_stall() {
+    let (detector, seen) = detector();
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.worker_threads(2).enable_all();
+    let rt = detector
+        .watch_runtime(&mut builder)
+        .unwrap()
+        .build()
+        .unwrap();
+    const LOAD: Duration = Duration::from_secs(4);
+    let started = Instant::now();
+    rt.block_on(async {
+        // Two drivers, each keeping 64 short tasks in flight: both workers stay busy, running
+        // the same code at the same stack depth poll after poll, and never park.
+        let drivers: Vec<_> = (0..2)
+            .map(|_| {
+                tokio::spawn(async move {
+                    let mut polls = 0u64;
+                    while started.elapsed() < LOAD {
+                        let batch: Vec<_> = (0..64)
+                            .map(|_| tokio::spawn(async { short_work() }))
+                            .collect();
+                        for task in batch {
+                            task.await.unwrap();
+                        }
+                        polls += 64;
+                    }
+                    polls
+                })
+            })
+            .collect();
+        let mut polls = 0;
+        for driver in drivers {
+            polls += driver.await.unwrap();
+        }
+        assert!(polls > 10_000, "{polls} polls");
+    });
+    let elapsed = started.elapsed();
+    drop(rt);
+    let stats = detector.watchdog_stats().unwrap();
+    // The workers were busy long enough to be sampled: the test would see a false stall.
+    assert!(stats.captures_requested > 0, "{stats:?}");
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "{:#?}",
+        seen.lock().unwrap()
+    );
+    let report = detector.report();
+    assert!(
+        report.entries.iter().all(|entry| entry.stalls == 0),
+        "{report:#?}"
+    );
+    eprintln!(
+        "load: {:?}, {} signals ({:.1}/s), {} completed",
+        elapsed,
+        stats.captures_requested,
+        stats.captures_requested as f64 / elapsed.as_secs_f64(),
+        stats.captures_completed
+    );
+}

@@ -296,6 +296,7 @@ impl Runtime {
     /// A new thread of the runtime runs from its start: a worker may pick up a task spawned
     /// before it ever parked (a task spawned right after `build()`).
     fn started(self: &Arc<Self>) {
+        self.send_handle();
         if let Some(worker) = self.register() {
             let now = self.recorder.clock.raw().max(1);
             let _ =
@@ -305,15 +306,24 @@ impl Runtime {
         }
     }
 
-    fn parked(self: &Arc<Self>) {
-        if !self.handle_sent.swap(true, Ordering::Relaxed) {
-            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+    /// Hands the runtime's handle to the watchdog thread, once: from the first thread that
+    /// starts (the runtime's context is entered there) or, for a current-thread runtime, parks.
+    fn send_handle(&self) {
+        if self.handle_sent.load(Ordering::Relaxed) {
+            return;
+        }
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            if !self.handle_sent.swap(true, Ordering::Relaxed) {
                 *self
                     .handle
                     .lock()
                     .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(handle);
             }
         }
+    }
+
+    fn parked(self: &Arc<Self>) {
+        self.send_handle();
         if let Some(worker) = self.register() {
             worker.parked_once.store(true, Ordering::Release);
             worker.running_since.store(0, Ordering::Release);
@@ -464,7 +474,7 @@ impl Sampler {
                 self.handles.remove(&key);
             }
             for worker in &workers {
-                self.check_worker(recorder, watchdog, key, worker);
+                self.check_worker(recorder, watchdog, key, worker, &workers);
             }
         }
         runtimes.clear();
@@ -480,6 +490,7 @@ impl Sampler {
         watchdog: &Arc<Watchdog>,
         runtime: usize,
         worker: &Arc<Worker>,
+        workers: &[Arc<Worker>],
     ) {
         if worker.gone.load(Ordering::Acquire) {
             return;
@@ -575,14 +586,29 @@ impl Sampler {
         }
         let confirmed = match &state.seen {
             Some(seen) if seen.key == key && busy_ns >= threshold_ns => {
-                // Some worker's busy time stood still: one of them did not finish a poll.
-                seen.busy.is_empty()
-                    || busy.is_empty()
-                    || seen
+                if seen.busy.is_empty() || busy.is_empty() {
+                    // No stable worker metrics here (no 64-bit atomics): the stacks decide.
+                    true
+                } else {
+                    // More workers' busy times stood still than there are parked workers
+                    // (a parked worker's stands still too): a running one did not finish a
+                    // poll. A worker running short polls publishes its busy time every 61.
+                    let parked = workers
+                        .iter()
+                        .filter(|worker| {
+                            worker.parked_once.load(Ordering::Acquire)
+                                && !worker.gone.load(Ordering::Acquire)
+                                && worker.running_since.load(Ordering::Acquire) == 0
+                        })
+                        .count();
+                    let still = seen
                         .busy
                         .iter()
                         .zip(&busy)
-                        .any(|(before, after)| before == after)
+                        .filter(|(before, after)| before == after)
+                        .count();
+                    still > parked
+                }
             }
             _ => false,
         };
