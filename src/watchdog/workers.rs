@@ -3,25 +3,34 @@
 //!
 //! tokio's stable builder callbacks tell which threads are the runtime's (`on_thread_start` /
 //! `on_thread_stop`) and which of them are idle (`on_thread_park` / `on_thread_unpark`): each
-//! worker keeps the clock reading of its last unpark, 0 while parked, so a parked worker costs the
-//! watchdog one atomic load. Registering a thread registers its recorder slot, which gives it its
+//! worker keeps the clock reading of its start or last unpark, 0 while parked, so a parked worker
+//! costs the watchdog one atomic load. tokio calls `on_thread_start` for the blocking pool's
+//! threads too, and only workers park: a thread that never parked is reported only with a stack
+//! inside a task poll (in user code, or in `std::thread::sleep`, below). A current-thread
+//! runtime's only thread is the one that calls `block_on`, which tokio tells about from its first
+//! park on. Registering a thread registers its recorder slot, which gives it its
 //! signal target (`slot::attach_with`): one target per thread, shared with the wrapped paths.
 //!
 //! Each check, a worker that has not parked for half a watchdog threshold is *sampled* like a
 //! stalled watched poll (`/proc` first: a thread in a system call is not signalled; a thread in
-//! its own code is signalled for its stack), at most once per quarter threshold. Two samples at
-//! least a quarter threshold apart that show the same poll, on a worker that has not parked for a
-//! whole threshold, make a stall (reported once):
+//! its own code is signalled for its stack), at most once per half threshold. Two samples at
+//! least half a threshold apart that show the same poll, the second after a whole threshold
+//! without a park, make a stall (reported once; at most 1.25 thresholds after the poll began,
+//! plus one check interval):
 //!
 //! - in user code, the same stack: the same instruction pointers from the thread's entry up to the
 //!   interrupted function's caller (hence the same task-poll frame of tokio's scheduler, at the
 //!   same depth, with the same frames above it); only the interrupted instruction may differ;
 //! - in a system call, the same call (`/proc/…/syscall`: number, arguments, stack and instruction
 //!   pointers) and no new time slice since (`/proc/…/schedstat`: the thread never left it);
-//! - and, where tokio's stable worker metrics are readable, some worker of the runtime whose busy
-//!   time did not move between the samples. tokio publishes a worker's busy time only between
-//!   polls (every 61 polls by default, and when it parks), so a worker running many short polls of
-//!   the same code, whose stacks look alike, moves it and is not reported.
+//! - and, where tokio's stable worker metrics are readable, a running worker whose busy time did
+//!   not move between the samples. tokio publishes a worker's busy time only between polls
+//!   (every 61 polls by default, and when it parks), so a worker running many short polls of the
+//!   same code, whose stacks look alike, moves it and is not reported. tokio does not say which
+//!   worker is which thread: more busy times must have stood still than there are other workers
+//!   that could not have moved theirs (parked, or given less than half the time on a CPU:
+//!   preempted on a busy machine, blocked in a system call). On an oversubscribed machine a stall
+//!   may then be confirmed a sample or two later.
 //!
 //! The stall is then named from its stack: the label is `task ` and the first frame above tokio's
 //! task harness that is not the runtime's (the future's own function: `task my_app::refresh`
@@ -67,7 +76,7 @@ impl Detector {
     /// ([`HogKind::Stall`] to [`on_hog`](crate::Builder::on_hog), a warning, and the stall,
     /// stack, culprit and cause in the report) under the label `task <the future's function>`
     /// (see [the guide](crate::docs::watchdog#every-worker-without-wrapping-watch_runtime)).
-    /// Parked workers cost nothing; a busy worker is sampled at most four times per threshold.
+    /// Parked workers cost nothing; a busy worker is sampled at most twice per threshold.
     ///
     /// Installs tokio's `on_thread_start`, `on_thread_stop`, `on_thread_park` and
     /// `on_thread_unpark` callbacks, replacing any set on `builder` before (tokio keeps one of
@@ -347,7 +356,7 @@ impl Runtime {
 /// the address of a shared library's function from the GOT, not a PLT stub).
 #[cfg(target_os = "linux")]
 pub(crate) fn warm_up(symbolizer: &mut symbols::Symbolizer) {
-    let in_libc = libc::clock_nanosleep as usize;
+    let in_libc = libc::clock_nanosleep as *const () as usize;
     symbolizer.frames(&[in_libc], 0);
 }
 
@@ -387,6 +396,8 @@ struct Seen {
     earliest_raw: u64,
     /// The runtime's workers' busy time at the sample (empty: not readable).
     busy: Vec<Duration>,
+    /// The other workers' CPU time at the sample, by worker.
+    cpu: Vec<(usize, u64)>,
 }
 
 /// What the watchdog thread remembers of one worker.
@@ -540,7 +551,7 @@ impl Sampler {
             }
         }
         if let Some(seen) = &state.seen {
-            if recorder.clock.delta_as_nanos(seen.at_raw, now) < threshold_ns / 4 {
+            if recorder.clock.delta_as_nanos(seen.at_raw, now) < threshold_ns / 2 {
                 return;
             }
         }
@@ -548,6 +559,14 @@ impl Sampler {
             return;
         };
         let busy = busy_times(self.handles.get(&runtime));
+        let mut cpu = Vec::with_capacity(workers.len());
+        for other in workers {
+            if !Arc::ptr_eq(other, worker) && !other.gone.load(Ordering::Acquire) {
+                if let Some(ns) = cpu_ns(&mut self.buffer, other.tid) {
+                    cpu.push((Arc::as_ptr(other) as usize, ns));
+                }
+            }
+        }
         let (key, stack, cause) = match self.reader.read(worker.tid) {
             Activity::User => {
                 watchdog.requested.fetch_add(1, Ordering::Relaxed);
@@ -585,20 +604,42 @@ impl Sampler {
             return;
         }
         let confirmed = match &state.seen {
-            Some(seen) if seen.key == key && busy_ns >= threshold_ns => {
+            // The same poll, not yet a threshold long: wait, keeping the first sample.
+            Some(seen) if seen.key == key && busy_ns < threshold_ns => return,
+            Some(seen) if seen.key == key => {
                 if seen.busy.is_empty() || busy.is_empty() {
                     // No stable worker metrics here (no 64-bit atomics): the stacks decide.
                     true
                 } else {
-                    // More workers' busy times stood still than there are parked workers
-                    // (a parked worker's stands still too): a running one did not finish a
-                    // poll. A worker running short polls publishes its busy time every 61.
-                    let parked = workers
+                    // tokio publishes a worker's busy time every 61 polls and when it parks,
+                    // but says not which worker is which thread: a running worker whose busy
+                    // time stood still since the first sample did not finish a poll. Stood
+                    // still: more workers than are parked, or got (almost) no CPU time since
+                    // (preempted, blocked in a system call: they cannot have polled), other
+                    // than this one. A worker running short polls of the same code, whose
+                    // stacks look alike, is then never a stall, even when another worker of a
+                    // busy machine waits for a CPU.
+                    let span_ns = recorder.clock.delta_as_nanos(seen.at_raw, now);
+                    let idle = workers
                         .iter()
-                        .filter(|worker| {
-                            worker.parked_once.load(Ordering::Acquire)
-                                && !worker.gone.load(Ordering::Acquire)
-                                && worker.running_since.load(Ordering::Acquire) == 0
+                        .filter(|other| !Arc::ptr_eq(other, worker))
+                        .filter(|other| {
+                            if other.gone.load(Ordering::Acquire) {
+                                return false;
+                            }
+                            if other.running_since.load(Ordering::Acquire) == 0 {
+                                return true;
+                            }
+                            let id = Arc::as_ptr(other) as usize;
+                            let before = seen.cpu.iter().find(|(at, _)| *at == id);
+                            let after = cpu.iter().find(|(at, _)| *at == id);
+                            match (before, after) {
+                                (Some((_, before)), Some((_, after))) => {
+                                    after.saturating_sub(*before) < span_ns / 2
+                                }
+                                // Not readable: it may have stood still.
+                                _ => true,
+                            }
                         })
                         .count();
                     let still = seen
@@ -607,26 +648,21 @@ impl Sampler {
                         .zip(&busy)
                         .filter(|(before, after)| before == after)
                         .count();
-                    still > parked
+                    still > idle
                 }
             }
             _ => false,
         };
         if !confirmed {
-            // The same poll seen again keeps its earliest start.
-            let earliest_raw = state.seen.as_ref().map_or(since, |seen| {
-                if seen.key == key {
-                    seen.earliest_raw
-                } else {
-                    seen.at_raw
-                }
-            });
+            // Another poll, or workers' busy times moved: this sample is the new first one.
+            let earliest_raw = state.seen.as_ref().map_or(since, |seen| seen.at_raw);
             state.seen = Some(Seen {
                 at_raw: now,
                 key,
                 stack,
                 earliest_raw,
                 busy,
+                cpu,
             });
             return;
         }
@@ -860,6 +896,18 @@ fn stack_key(raw: &signal::RawStack) -> Key {
         .position(|ip| *ip == raw.pc)
         .map_or(0, |at| at + 1);
     Key::Stack(raw.ips[start.min(raw.ips.len())..].to_vec())
+}
+
+/// The CPU time a thread has had so far (`/proc/…/schedstat`, first field, in nanoseconds).
+#[cfg(target_os = "linux")]
+fn cpu_ns(buffer: &mut Vec<u8>, tid: i32) -> Option<u64> {
+    let schedstat = read_proc(buffer, tid, "schedstat")?;
+    std::str::from_utf8(&schedstat)
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// A system-call sample's identity: the call (number, arguments, stack and instruction
