@@ -277,3 +277,100 @@ fn watchdog_cpu() -> u64 {
     }
     total
 }
+
+/// The stalls of `detector`'s report: (label, stalls) of each entry with any.
+fn stalled(detector: &Detector) -> Vec<(String, u64)> {
+    detector
+        .report()
+        .entries
+        .iter()
+        .filter(|entry| entry.stalls > 0)
+        .map(|entry| (entry.label.to_string(), entry.stalls))
+        .collect()
+}
+
+fn watched_runtime(detector: &Detector) -> tokio::runtime::Runtime {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.worker_threads(2).enable_all();
+    detector
+        .watch_runtime(&mut builder)
+        .unwrap()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn a_watched_future_stall_is_counted_once_under_its_own_label() {
+    let (detector, seen) = detector();
+    let rt = watched_runtime(&detector);
+    let watched = detector.watch("refresh", async { sleep_in_refresh(BLOCK) });
+    rt.block_on(async move { tokio::spawn(watched).await.unwrap() });
+    drop(rt);
+    // The watched poll is published in the worker's slot: the watchdog reports it under its
+    // label, and the runtime watchdog leaves that worker alone while it is published.
+    assert_eq!(stalled(&detector), [("refresh".to_string(), 1)]);
+    assert_eq!(detector.watchdog_stats().unwrap().stalls, 1);
+    let events = seen.lock().unwrap();
+    assert!(
+        events.iter().all(|(_, event)| *event.label == *"refresh"),
+        "{events:#?}"
+    );
+}
+
+#[cfg(feature = "axum")]
+#[test]
+fn a_stalled_route_is_counted_once_under_its_route() {
+    use tower::ServiceExt;
+
+    let (detector, _seen) = detector();
+    let rt = watched_runtime(&detector);
+    let app = axum::Router::new()
+        .route(
+            "/block",
+            axum::routing::get(|| async {
+                sleep_in_consume(BLOCK);
+                "done"
+            }),
+        )
+        .layer(detector.layer());
+    let status = rt.block_on(async move {
+        tokio::spawn(async move {
+            let request = axum::http::Request::get("/block")
+                .body(axum::body::Body::empty())
+                .unwrap();
+            app.oneshot(request).await.unwrap().status()
+        })
+        .await
+        .unwrap()
+    });
+    drop(rt);
+    assert_eq!(status, 200);
+    assert_eq!(stalled(&detector), [("GET /block".to_string(), 1)]);
+    assert_eq!(detector.watchdog_stats().unwrap().stalls, 1);
+}
+
+/// With tokio's task hooks too, a task's poll is published under its spawn location: one stall,
+/// under that label, not a second one under the task's function.
+#[cfg(tokio_unstable)]
+#[test]
+fn with_instrument_runtime_a_task_stall_is_counted_once() {
+    let (detector, _seen) = detector();
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.worker_threads(2).enable_all();
+    detector.instrument_runtime(&mut builder);
+    let rt = detector
+        .watch_runtime(&mut builder)
+        .unwrap()
+        .build()
+        .unwrap();
+    let line = rt.block_on(async {
+        let line = line!() + 1;
+        let task = tokio::spawn(async { sleep_in_refresh(BLOCK) });
+        task.await.unwrap();
+        line
+    });
+    drop(rt);
+    let label = format!("task {}:{line}", file!());
+    assert_eq!(stalled(&detector), [(label, 1)]);
+    assert_eq!(detector.watchdog_stats().unwrap().stalls, 1);
+}

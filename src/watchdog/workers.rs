@@ -679,15 +679,7 @@ impl Sampler {
             (None, Some(stalls::Cause::Syscall(nr))) if is_sleep(nr) => {
                 let stack = self.sleep_stack(watchdog, worker, target);
                 if stack.is_some() {
-                    // `std::thread::sleep` restarted the call on the time slice the signal
-                    // woke it for (counted before the handler ran): that is the call later
-                    // samples show. A second sleep, even an identical one, comes on a new slice.
-                    if let (Some(again), Some(state)) = (
-                        syscall_key(&mut self.buffer, worker.tid),
-                        self.states.get_mut(&(Arc::as_ptr(worker) as usize)),
-                    ) {
-                        state.reported = Some(again);
-                    }
+                    self.note_restarted_sleep(worker);
                 }
                 stack
             }
@@ -743,6 +735,32 @@ impl Sampler {
                 return frames;
             }
             end = (end + 8).min(raw.ips.len());
+        }
+    }
+
+    /// After the signal that took a sleeping worker's stack: `std::thread::sleep` restarts the
+    /// same call (same arguments, same stack) on the time slice the signal woke it for, and
+    /// later samples show that call, which must not be reported again. A second sleep, even an
+    /// identical one, comes on a new slice. Waits (2 ms at most) for the thread to be back in
+    /// the call, which takes longer in a debug build; if it is not, a later sample may report
+    /// the same sleep twice.
+    fn note_restarted_sleep(&mut self, worker: &Arc<Worker>) {
+        let id = Arc::as_ptr(worker) as usize;
+        let Some(Some(Key::Syscall(line, _))) =
+            self.states.get(&id).map(|state| state.reported.clone())
+        else {
+            return;
+        };
+        for _ in 0..20 {
+            if let Some(Key::Syscall(again, slices)) = syscall_key(&mut self.buffer, worker.tid) {
+                if again == line {
+                    if let Some(state) = self.states.get_mut(&id) {
+                        state.reported = Some(Key::Syscall(again, slices));
+                    }
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_micros(100));
         }
     }
 
