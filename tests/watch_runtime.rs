@@ -96,12 +96,15 @@ fn both_stalls_are_reported(
             .find(|(_, event)| *event.label == *label)
             .unwrap_or_else(|| panic!("no stall for {label}: {events:#?}"));
         let late = at.duration_since(started);
-        // Release: 2x the watchdog threshold. Debug: the first task stall of a process waits for
-        // the program's debug information to load (the naming thread starts loading it at
-        // `build()`; the label needs the names): measured 330-345 ms after the stall's start
-        // when this test runs alone, under 2x once loaded. Bounded at 5x, not hidden.
+        // Release: 2x the watchdog threshold. Debug: the first task stall of a process is
+        // named (the label needs the names) once the naming thread has loaded the program's
+        // debug information and the C library's symbols, which it starts at `build()`: about
+        // 350 ms in a debug build, the C library's 250 ms of it (90 ms in release). Measured
+        // 337-511 ms after the stall's start when this test runs alone; under 2x in a process
+        // whose symbols are loaded (the tests of this file run together). Bounded at 6x in
+        // debug: the floor, not hidden.
         let bound = if cfg!(debug_assertions) {
-            5 * WATCHDOG
+            6 * WATCHDOG
         } else {
             2 * WATCHDOG
         };

@@ -358,7 +358,20 @@ impl Runtime {
 pub(crate) fn warm_up(symbolizer: &mut symbols::Symbolizer) {
     let in_libc = libc::clock_nanosleep as *const () as usize;
     symbolizer.frames(&[in_libc], 0);
+    WARM.store(true, Ordering::Release);
 }
+
+/// A naming thread has loaded the program's and the C library's symbols (`backtrace`'s cache is
+/// the process's): from then on naming a stack on the watchdog thread takes microseconds for
+/// known addresses, not the whole load. Before, the watchdog thread would wait for the load
+/// behind `backtrace`'s lock, holding up every check, the wrapped polls' included.
+#[cfg(target_os = "linux")]
+static WARM: AtomicBool = AtomicBool::new(false);
+
+/// How long the runtime watchdog waits for a naming thread's warm-up before it names stacks
+/// itself (a naming thread that could not start never warms anything).
+#[cfg(target_os = "linux")]
+const WARM_UP_WAIT: Duration = Duration::from_secs(5);
 
 /// The calling thread's kernel id, from `/proc/thread-self` (`PID/task/TID`).
 #[cfg(target_os = "linux")]
@@ -427,6 +440,8 @@ pub(crate) struct Sampler {
     sleep_callers: HashMap<usize, bool>,
     buffer: Vec<u8>,
     generation: u64,
+    /// When the sampler started, for [`WARM_UP_WAIT`].
+    started: std::time::Instant,
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -454,7 +469,13 @@ impl Sampler {
             sleep_callers: HashMap::new(),
             buffer: Vec::new(),
             generation: 0,
+            started: std::time::Instant::now(),
         }
+    }
+
+    /// Whether stacks can be named now without waiting for the symbols to load (see [`WARM`]).
+    fn can_name(&self) -> bool {
+        WARM.load(Ordering::Acquire) || self.started.elapsed() >= WARM_UP_WAIT
     }
 
     /// One check of every watched runtime's workers.
@@ -594,6 +615,10 @@ impl Sampler {
             },
             Activity::Unknown | Activity::Unreadable => return,
         };
+        if stack.is_some() && !self.can_name() {
+            // Sampled again at the next check, once the symbols are loaded.
+            return;
+        }
         let in_task = stack.as_ref().is_none_or(|raw| self.in_task(raw));
         let Some(state) = self.states.get_mut(&(Arc::as_ptr(worker) as usize)) else {
             return;
@@ -666,6 +691,13 @@ impl Sampler {
             });
             return;
         }
+        if !self.can_name() {
+            // Confirmed again at the next check, once the symbols are loaded.
+            return;
+        }
+        let Some(state) = self.states.get_mut(&(Arc::as_ptr(worker) as usize)) else {
+            return;
+        };
         if state.reported.as_ref() == Some(&key) {
             return;
         }
@@ -715,16 +747,16 @@ impl Sampler {
     /// time in a debug build (a test harness's frames, a `main`), on the watchdog thread, and a
     /// task stall's label must wait for the names.
     fn to_harness(&mut self, raw: &signal::RawStack) -> Vec<symbols::Frame> {
-        // Without the interrupted instruction, `frames` finds the handler's end among the first
-        // 32 addresses.
-        let first = raw
-            .ips
-            .iter()
-            .position(|ip| *ip == raw.pc)
-            .map_or(40, |at| at + 8);
-        let mut end = first.min(raw.ips.len());
+        // From the interrupted instruction on: the signal handler's frames before it (and the C
+        // library's signal trampoline) are never named. Without it, `frames` finds the
+        // handler's end among the first 32 addresses.
+        let (start, mut end) = match raw.ips.iter().position(|ip| *ip == raw.pc) {
+            Some(at) => (at, at + 8),
+            None => (0, 40),
+        };
+        end = end.min(raw.ips.len());
         loop {
-            let mut frames = self.symbolizer.frames(&raw.ips[..end], raw.pc);
+            let mut frames = self.symbolizer.frames(&raw.ips[start..end], raw.pc);
             let names: Vec<String> = frames.iter().map(|frame| frame.name.clone()).collect();
             let within = symbols::within_poll(&names).len();
             if within < names.len() {
