@@ -732,7 +732,7 @@ impl Sampler {
     /// Whether `raw` was taken inside a task poll (tokio's task harness on the stack, and no
     /// `block_in_place` or blocking task above it).
     fn in_task(&mut self, raw: &signal::RawStack) -> bool {
-        let frames = self.to_harness(raw);
+        let frames = self.named_to_harness(raw);
         let names: Vec<String> = frames.into_iter().map(|frame| frame.name).collect();
         let within = symbols::within_poll(&names);
         within.len() < names.len()
@@ -746,7 +746,7 @@ impl Sampler {
     /// task and are left unnamed: naming a new address costs tens of milliseconds the first
     /// time in a debug build (a test harness's frames, a `main`), on the watchdog thread, and a
     /// task stall's label must wait for the names.
-    fn to_harness(&mut self, raw: &signal::RawStack) -> Vec<symbols::Frame> {
+    fn named_to_harness(&mut self, raw: &signal::RawStack) -> Vec<symbols::Frame> {
         // From the interrupted instruction on: the signal handler's frames before it (and the C
         // library's signal trampoline) are never named. Without it, `frames` finds the
         // handler's end among the first 32 addresses.
@@ -851,7 +851,7 @@ impl Sampler {
     ) {
         let frames = raw
             .as_ref()
-            .map(|raw| self.to_harness(raw))
+            .map(|raw| self.named_to_harness(raw))
             .unwrap_or_default();
         let culprit = symbols::culprit(&frames, &watchdog.prefixes);
         let mut stack: Vec<String> = frames.iter().map(|frame| frame.name.clone()).collect();
