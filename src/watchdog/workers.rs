@@ -96,7 +96,8 @@ impl Detector {
     /// let mut builder = tokio::runtime::Builder::new_multi_thread();
     /// let rt = detector.watch_runtime(builder.enable_all())?.build()?;
     /// rt.block_on(async {
-    ///     tokio::spawn(async { std::thread::sleep(Duration::from_millis(300)) })
+    ///     // Longer than the symbols take to load in a debug build (see the guide).
+    ///     tokio::spawn(async { std::thread::sleep(Duration::from_secs(1)) })
     ///         .await
     ///         .unwrap();
     /// });
