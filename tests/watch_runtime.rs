@@ -377,3 +377,35 @@ fn with_instrument_runtime_a_task_stall_is_counted_once() {
     assert_eq!(stalled(&detector), [(label, 1)]);
     assert_eq!(detector.watchdog_stats().unwrap().stalls, 1);
 }
+
+/// A background task blocking its worker for 300 ms.
+async fn warm_cache() {
+    sleep_in_refresh(Duration::from_millis(300));
+}
+
+/// A stall that starts right after `build()` and ends before the symbols are loaded (in a debug
+/// build, about 350 ms when this test runs alone) is still counted, named and reported, once.
+#[test]
+fn an_early_short_stall_is_reported_once_the_symbols_are_loaded() {
+    let (detector, seen) = detector();
+    let rt = watched_runtime(&detector);
+    rt.block_on(async { tokio::spawn(warm_cache()).await.unwrap() });
+    drop(rt);
+    // Longer than the symbols take to load: the stall's report may come after it ended.
+    std::thread::sleep(Duration::from_secs(1));
+    let events = seen.lock().unwrap();
+    assert_eq!(events.len(), 1, "{events:#?}");
+    let label = events[0].1.label.to_string();
+    // A release build without debug information inlines this small `async fn` into tokio's
+    // harness: its stack then names the function it calls (see the guide).
+    assert!(
+        label == "task watch_runtime::warm_cache"
+            || (!cfg!(debug_assertions) && label == "task watch_runtime::sleep_in_refresh"),
+        "{label}"
+    );
+    assert!(
+        events[0].1.stack.iter().any(|frame| is_std_sleep(frame)),
+        "{events:#?}"
+    );
+    assert_eq!(stalled(&detector), [(label, 1)]);
+}

@@ -443,7 +443,22 @@ pub(crate) struct Sampler {
     generation: u64,
     /// When the sampler started, for [`WARM_UP_WAIT`].
     started: std::time::Instant,
+    /// Stalls confirmed before the symbols were loaded, to name and report then.
+    pending: Vec<Pending>,
 }
+
+/// A stall confirmed before the symbols were loaded.
+#[cfg(target_os = "linux")]
+struct Pending {
+    worker: Arc<Worker>,
+    stack: Option<signal::RawStack>,
+    cause: Option<stalls::Cause>,
+    running_ns: u64,
+}
+
+/// Stalls kept for when the symbols are loaded, at most (later ones are dropped).
+#[cfg(target_os = "linux")]
+const MAX_PENDING: usize = 64;
 
 #[cfg(not(target_os = "linux"))]
 pub(crate) struct Sampler;
@@ -471,6 +486,7 @@ impl Sampler {
             buffer: Vec::new(),
             generation: 0,
             started: std::time::Instant::now(),
+            pending: Vec::new(),
         }
     }
 
@@ -482,6 +498,17 @@ impl Sampler {
     /// One check of every watched runtime's workers.
     pub(crate) fn check(&mut self, recorder: &Recorder, watchdog: &Arc<Watchdog>) {
         self.generation = self.generation.wrapping_add(1);
+        if !self.pending.is_empty() && self.can_name() {
+            for pending in std::mem::take(&mut self.pending) {
+                let Pending {
+                    worker,
+                    stack,
+                    cause,
+                    running_ns,
+                } = pending;
+                self.name_and_report(recorder, watchdog, &worker, stack, cause, running_ns);
+            }
+        }
         let mut runtimes = std::mem::take(&mut self.scratch);
         self.runtimes.snapshot(&mut runtimes);
         for runtime in &runtimes {
@@ -616,11 +643,9 @@ impl Sampler {
             },
             Activity::Unknown | Activity::Unreadable => return,
         };
-        if stack.is_some() && !self.can_name() {
-            // Sampled again at the next check, once the symbols are loaded.
-            return;
-        }
-        let in_task = stack.as_ref().is_none_or(|raw| self.in_task(raw));
+        // Before the symbols are loaded, a stack is taken as a task's; a stall is then checked
+        // and named when they are (`pending`).
+        let in_task = !self.can_name() || stack.as_ref().is_none_or(|raw| self.in_task(raw));
         let Some(state) = self.states.get_mut(&(Arc::as_ptr(worker) as usize)) else {
             return;
         };
@@ -692,13 +717,6 @@ impl Sampler {
             });
             return;
         }
-        if !self.can_name() {
-            // Confirmed again at the next check, once the symbols are loaded.
-            return;
-        }
-        let Some(state) = self.states.get_mut(&(Arc::as_ptr(worker) as usize)) else {
-            return;
-        };
         if state.reported.as_ref() == Some(&key) {
             return;
         }
@@ -718,10 +736,37 @@ impl Sampler {
             }
             (stack, _) => stack,
         };
-        // A thread not known to be a worker is reported only with a stack inside a task poll.
-        if !worker.parked_once.load(Ordering::Acquire)
-            && !stack.as_ref().is_some_and(|raw| self.in_task(raw))
-        {
+        if !self.can_name() {
+            // Counted and reported when the symbols are loaded: the label needs the names.
+            if self.pending.len() < MAX_PENDING {
+                self.pending.push(Pending {
+                    worker: worker.clone(),
+                    stack,
+                    cause,
+                    running_ns,
+                });
+            }
+            return;
+        }
+        self.name_and_report(recorder, watchdog, worker, stack, cause, running_ns);
+    }
+
+    /// Reports a confirmed stall, unless its stack shows it was not a task's.
+    fn name_and_report(
+        &mut self,
+        recorder: &Recorder,
+        watchdog: &Arc<Watchdog>,
+        worker: &Arc<Worker>,
+        stack: Option<signal::RawStack>,
+        cause: Option<stalls::Cause>,
+        running_ns: u64,
+    ) {
+        let in_task = match &stack {
+            Some(raw) => self.in_task(raw),
+            // A thread not known to be a worker is reported only with a stack inside a task.
+            None => worker.parked_once.load(Ordering::Acquire),
+        };
+        if !in_task {
             if let Some(state) = self.states.get_mut(&(Arc::as_ptr(worker) as usize)) {
                 state.not_a_task = true;
             }
@@ -807,7 +852,35 @@ impl Sampler {
     ) -> Option<signal::RawStack> {
         let sp = syscall_stack_pointer(&mut self.buffer, worker.tid)?;
         let words = read_stack(sp, 512)?;
-        let from_std = words.into_iter().any(|word| {
+        let from_std = if self.can_name() {
+            self.called_from_std_sleep(words)
+        } else {
+            // Before the symbols are loaded: a return address just after the start of
+            // `std::thread::sleep`, into which std's sleep loop is inlined (the frame above the
+            // C library's `clock_nanosleep` in std's builds); otherwise no signal.
+            let sleep = std::thread::sleep as fn(Duration) as *const () as usize;
+            words.iter().any(|word| word.wrapping_sub(sleep) < 512)
+        };
+        if !from_std {
+            return None;
+        }
+        watchdog.requested.fetch_add(1, Ordering::Relaxed);
+        match signal::capture(target, watchdog.signal, Duration::from_millis(250)) {
+            Ok(raw) => {
+                watchdog.completed.fetch_add(1, Ordering::Relaxed);
+                Some(raw)
+            }
+            Err(error) => {
+                watchdog.failed.count(&error);
+                None
+            }
+        }
+    }
+
+    /// Whether a word of `words` is a return address in `std::thread::sleep` (or std's sleep
+    /// it calls), by name.
+    fn called_from_std_sleep(&mut self, words: Vec<usize>) -> bool {
+        words.into_iter().any(|word| {
             if let Some(known) = self.sleep_callers.get(&word) {
                 return *known;
             }
@@ -823,21 +896,7 @@ impl Sampler {
             }
             self.sleep_callers.insert(word, found);
             found
-        });
-        if !from_std {
-            return None;
-        }
-        watchdog.requested.fetch_add(1, Ordering::Relaxed);
-        match signal::capture(target, watchdog.signal, Duration::from_millis(250)) {
-            Ok(raw) => {
-                watchdog.completed.fetch_add(1, Ordering::Relaxed);
-                Some(raw)
-            }
-            Err(error) => {
-                watchdog.failed.count(&error);
-                None
-            }
-        }
+        })
     }
 
     /// Counts and reports one stall, named from its stack.
