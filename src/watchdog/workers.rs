@@ -643,9 +643,14 @@ impl Sampler {
             },
             Activity::Unknown | Activity::Unreadable => return,
         };
-        // Before the symbols are loaded, a stack is taken as a task's; a stall is then checked
-        // and named when they are (`pending`).
-        let in_task = !self.can_name() || stack.as_ref().is_none_or(|raw| self.in_task(raw));
+        if stack.is_some() && !self.can_name() {
+            // A worker in its own code is sampled again once the symbols are loaded: before,
+            // alike stacks of a loaded runtime's workers were taken for stalls (the load test,
+            // all tests of its file at once). A sleeping worker's stall is confirmed, and kept
+            // for then (`pending`).
+            return;
+        }
+        let in_task = stack.as_ref().is_none_or(|raw| self.in_task(raw));
         let Some(state) = self.states.get_mut(&(Arc::as_ptr(worker) as usize)) else {
             return;
         };
