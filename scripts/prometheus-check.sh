@@ -74,16 +74,6 @@ for base in "$a" "$b"; do
   load "$base/health" --rate 100/s
 done
 
-# A free loopback port for Prometheus (nothing answers on it).
-port=
-for candidate in $(shuf -i 20000-60000 -n 50); do
-  if ! (exec 3<>"/dev/tcp/127.0.0.1/$candidate") 2>/dev/null; then
-    port=$candidate
-    break
-  fi
-done
-[ -n "$port" ] || { echo "prometheus check FAILED: no free port" >&2; exit 1; }
-
 sed 's/for: 5m/for: 10s/' prometheus/hogwatch.rules.yml >"$work/rules.yml"
 cat >"$work/prometheus.yml" <<CONFIG
 global:
@@ -97,15 +87,40 @@ scrape_configs:
     static_configs:
       - targets: ["${a#http://}", "${b#http://}"]
 CONFIG
-prometheus --config.file="$work/prometheus.yml" --storage.tsdb.path="$work/data" \
-  --web.listen-address="127.0.0.1:$port" --log.level=warn >"$work/prometheus.log" 2>&1 &
-pids+=($!)
-api="http://127.0.0.1:$port"
-for _ in $(seq 1 100); do
-  curl -fs --max-time 2 "$api/-/ready" >/dev/null 2>&1 && break
-  sleep 0.1
+# A loopback port for Prometheus: below the kernel's ephemeral range (the load's client sockets
+# take ports there), and free of listeners. Another process may still take it between the probe
+# and Prometheus' bind: then try another, three times at most.
+free_port() {
+  local candidate
+  for candidate in $(shuf -i 20000-32000 -n 50); do
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$candidate") 2>/dev/null; then
+      echo "$candidate"
+      return 0
+    fi
+  done
+  return 1
+}
+started=
+for attempt in 1 2 3; do
+  port=$(free_port) || { echo "prometheus check FAILED: no free port" >&2; exit 1; }
+  rm -rf "$work/data"
+  prometheus --config.file="$work/prometheus.yml" --storage.tsdb.path="$work/data" \
+    --web.listen-address="127.0.0.1:$port" --log.level=warn >"$work/prometheus.log" 2>&1 &
+  pids+=($!)
+  api="http://127.0.0.1:$port"
+  for _ in $(seq 1 100); do
+    curl -fs --max-time 2 "$api/-/ready" >/dev/null 2>&1 && break
+    grep -q "address already in use" "$work/prometheus.log" && break
+    sleep 0.1
+  done
+  if curl -fs --max-time 2 "$api/-/ready" >/dev/null 2>&1; then
+    started=1
+    break
+  fi
+  grep -q "address already in use" "$work/prometheus.log" || break
+  echo "port $port was taken before prometheus bound it (attempt $attempt); trying another" >&2
 done
-if ! curl -fs --max-time 2 "$api/-/ready" >/dev/null 2>&1; then
+if [ -z "$started" ]; then
   cat "$work/prometheus.log" >&2
   echo "prometheus check FAILED: prometheus did not come up on 127.0.0.1:$port" >&2
   exit 1
