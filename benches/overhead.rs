@@ -211,31 +211,36 @@ fn per_future(c: &mut Criterion) {
     group.finish();
 }
 
+/// A `GET /instruments/42` with an empty body.
+fn request() -> axum::http::Request<axum::body::Body> {
+    axum::http::Request::get("/instruments/42")
+        .body(axum::body::Body::empty())
+        .expect("valid request")
+}
+
+/// One request through `service`, in process: ready, call, one poll (the handler is ready at
+/// once).
+fn call<S, B>(service: &mut S)
+where
+    S: tower::Service<axum::http::Request<axum::body::Body>, Response = axum::http::Response<B>>,
+    S::Error: std::fmt::Debug,
+{
+    use tower::ServiceExt;
+    let mut cx = Context::from_waker(Waker::noop());
+    let ready = pin!(service.ready());
+    let Poll::Ready(Ok(service)) = ready.poll(&mut cx) else {
+        panic!("the service is always ready")
+    };
+    let future = pin!(service.call(request()));
+    assert!(future.poll(&mut cx).is_ready());
+}
+
 /// One request through the axum layer in-process (no sockets): a `tower::service_fn` handler, and
 /// a one-route axum `Router` (where the label comes from `MatchedPath`), bare and layered.
 fn per_request(c: &mut Criterion) {
     use axum::body::Body;
     use axum::http::{Request, Response};
-    use tower::{Layer, Service, ServiceExt};
-
-    fn request() -> Request<Body> {
-        Request::get("/instruments/42")
-            .body(Body::empty())
-            .expect("valid request")
-    }
-    fn call<S, B>(service: &mut S)
-    where
-        S: Service<Request<Body>, Response = Response<B>>,
-        S::Error: std::fmt::Debug,
-    {
-        let mut cx = Context::from_waker(Waker::noop());
-        let ready = pin!(service.ready());
-        let Poll::Ready(Ok(service)) = ready.poll(&mut cx) else {
-            panic!("the service is always ready")
-        };
-        let future = pin!(service.call(request()));
-        assert!(future.poll(&mut cx).is_ready());
-    }
+    use tower::Layer;
 
     let handler = || {
         tower::service_fn(|_: Request<Body>| async {
@@ -300,29 +305,11 @@ criterion_main!(benches);
 fn per_request_peers(c: &mut Criterion) {
     use axum::body::Body;
     use axum::extract::MatchedPath;
-    use axum::http::{Request, Response};
-    use tower::{Service, ServiceExt};
+    use axum::http::Request;
+
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::Layer;
 
-    fn request() -> Request<Body> {
-        Request::get("/instruments/42")
-            .body(Body::empty())
-            .expect("valid request")
-    }
-    fn call<S>(service: &mut S)
-    where
-        S: Service<Request<Body>, Response = Response<Body>>,
-        S::Error: std::fmt::Debug,
-    {
-        let mut cx = Context::from_waker(Waker::noop());
-        let ready = pin!(service.ready());
-        let Poll::Ready(Ok(service)) = ready.poll(&mut cx) else {
-            panic!("the service is always ready")
-        };
-        let future = pin!(service.call(request()));
-        assert!(future.poll(&mut cx).is_ready());
-    }
     let router = || {
         axum::Router::new().route(
             "/instruments/{id}",
