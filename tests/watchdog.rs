@@ -73,25 +73,6 @@ fn assert_reported_within(event: &HogEvent, latency: Duration) {
     );
 }
 
-/// `label`'s report entry once its stacks are named (10 s at most): a stack is captured while
-/// the poll blocks, and named by the watchdog's naming thread, which may still be loading the
-/// debug information.
-fn named_entry(detector: &Detector, label: &str) -> hogwatch::Entry {
-    let start = Instant::now();
-    loop {
-        let entry = detector.report().entry(label).cloned();
-        if let Some(entry) = entry.filter(|entry| !entry.top_stacks.is_empty()) {
-            return entry;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "no named stack for {label} within 10 s: {:?}",
-            detector.watchdog_stats()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 /// This thread's name as the watchdog gives it (the test's name under libtest).
 fn thread_name() -> String {
     let current = std::thread::current();
@@ -156,7 +137,7 @@ fn a_spinning_handler_is_caught_and_named_while_it_spins() {
     black_box(runtime.block_on(detector.watch("warm-up", async {
         common::crunch_numbers(Duration::from_millis(300))
     })));
-    named_entry(&detector, "warm-up");
+    common::named_entry(&detector, "warm-up");
     detector.report_and_reset();
     stalls.0.lock().unwrap().clear();
 
@@ -203,7 +184,7 @@ fn a_spinning_handler_is_caught_and_named_while_it_spins() {
         named.stack
     );
 
-    let entry = named_entry(&detector, "crunch");
+    let entry = common::named_entry(&detector, "crunch");
     assert_eq!(entry.stalls, 1, "one stall, however many reports");
     assert!(entry.top_culprits[0].culprit.ends_with("crunch_numbers"));
     assert!(entry.top_stacks[0].stack.contains("crunch_numbers"));
@@ -298,7 +279,7 @@ fn right_after_build_a_spin_is_counted_reported_within_three_thresholds_and_name
         latency <= 3 * threshold,
         "reported {latency:?} after the poll started (threshold {threshold:?})"
     );
-    let entry = named_entry(&detector, "fresh");
+    let entry = common::named_entry(&detector, "fresh");
     assert!(
         entry.top_stacks[0].stack.contains("crunch_numbers"),
         "{:?}",
@@ -451,7 +432,7 @@ fn a_json_round_trip_is_blamed_on_serde_json() {
     assert!(bytes > 10_000_000, "{bytes}");
     stalls.assert_reported_promptly("json", started);
     let events = stalls.events();
-    named_entry(&detector, "json");
+    common::named_entry(&detector, "json");
     // The naming thread may still be naming the last few stacks: let it finish (they are part
     // of the sample below).
     std::thread::sleep(Duration::from_millis(200));
@@ -631,7 +612,7 @@ fn another_signal_works_and_custom_prefixes_move_the_culprit() {
         started
     }));
     stalls.assert_reported_promptly("rt-signal", started);
-    let entry = named_entry(&detector, "rt-signal");
+    let entry = common::named_entry(&detector, "rt-signal");
     assert!(
         entry.top_stacks[0].stack.contains("crunch_numbers"),
         "{entry:?}"
@@ -734,7 +715,7 @@ mod tasks {
         );
 
         // The stack is only kept if the thread was still in that poll when it was captured.
-        let entry = named_entry(&detector, &label);
+        let entry = common::named_entry(&detector, &label);
         assert_eq!(entry.stalls, 1);
         assert!(entry.top_culprits[0]
             .culprit
@@ -784,9 +765,9 @@ mod tasks {
             task_stall >= Duration::from_millis(300) && task_stall <= Duration::from_millis(450),
             "the task first reported {task_stall:?} into its poll"
         );
-        let inner = named_entry(&detector, "inner");
+        let inner = common::named_entry(&detector, "inner");
         assert!(inner.top_culprits[0].culprit.ends_with("stuck_in_watched"));
-        let task = named_entry(&detector, &label);
+        let task = common::named_entry(&detector, &label);
         assert!(task.top_culprits[0]
             .culprit
             .ends_with("stuck_in_background"));

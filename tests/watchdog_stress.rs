@@ -11,28 +11,13 @@ use std::time::{Duration, Instant};
 
 use hogwatch::Detector;
 
+mod common;
+
 fn current_thread() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap()
-}
-
-/// `label`'s report entry once its stacks are named (10 s at most).
-fn named_entry(detector: &Detector, label: &str) -> hogwatch::Entry {
-    let start = Instant::now();
-    loop {
-        let entry = detector.report().entry(label).cloned();
-        if let Some(entry) = entry.filter(|entry| !entry.top_stacks.is_empty()) {
-            return entry;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "no named stack for {label} within 10 s: {:?}",
-            detector.watchdog_stats()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 /// Allocates and frees in a loop for `duration`.
@@ -134,7 +119,7 @@ fn stress_ten_thousand_captures_of_threads_that_allocate() {
     );
     // Every stack kept is the churning poll's own (one that ended before the handler ran is
     // dropped), and the allocator's frames are never the culprit.
-    let entry = named_entry(&detector, "churn");
+    let entry = common::named_entry(&detector, "churn");
     assert!(entry.stalls > 0);
     for stack in &entry.top_stacks {
         assert!(stack.stack.contains("churn"), "{:?}", entry.top_stacks);

@@ -99,3 +99,22 @@ impl std::future::Future for Spin {
         std::task::Poll::Ready(())
     }
 }
+
+/// `label`'s report entry once the watchdog's naming thread has named its stacks (10 s at most:
+/// the first names wait for the program's debug information).
+#[cfg(feature = "watchdog")]
+pub fn named_entry(detector: &hogwatch::Detector, label: &str) -> hogwatch::Entry {
+    let start = std::time::Instant::now();
+    loop {
+        let entry = detector.report().entry(label).cloned();
+        if let Some(entry) = entry.filter(|entry| !entry.top_stacks.is_empty()) {
+            return entry;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "no named stack for {label} within 10 s: {:?}",
+            detector.watchdog_stats()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
