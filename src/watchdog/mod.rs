@@ -33,6 +33,8 @@ mod scan;
 mod signal;
 mod stalls;
 mod symbols;
+#[cfg(target_os = "linux")]
+mod symtab;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
