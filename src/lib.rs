@@ -77,3 +77,6 @@ pub use report::{
 };
 pub use runtime::{EventLoopLag, RuntimeFigures};
 pub use watch::{FutureTiming, Watched};
+#[cfg(feature = "watchdog")]
+#[cfg_attr(docsrs, doc(cfg(feature = "watchdog")))]
+pub use watchdog::NoWatchdog;

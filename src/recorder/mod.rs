@@ -81,7 +81,7 @@ impl Ticks {
     }
 
     /// The ticks of `ns` nanoseconds (rounded down).
-    fn of_ns(self, ns: u64) -> u64 {
+    pub(crate) fn of_ns(self, ns: u64) -> u64 {
         saturating_u64((u128::from(ns) << 32) / u128::from(self.ns_per_2_32))
     }
 }

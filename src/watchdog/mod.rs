@@ -6,7 +6,11 @@
 //! - `signal`: the only `unsafe` code, interrupting a thread to record its stack;
 //! - `scan`: the stack of a thread waiting in a system call, read without interrupting it;
 //! - `symbols`: names, folded stacks and culprits, on the naming thread;
-//! - `stalls`: per-label stall statistics for the report: causes, stacks, the sampled profile.
+//! - `stalls`: per-label stall statistics for the report: causes, stacks, the sampled profile;
+//! - `symtab`: function names from the program's ELF symbol table, in milliseconds (the
+//!   runtime watchdog's names before the debug information is loaded);
+//! - `workers`: the runtime watchdog (`Detector::watch_runtime`): stalls of any task of a
+//!   runtime, found by sampling its busy workers, named from their stacks.
 //!
 //! While a poll stays stalled the watchdog samples it at each check (every quarter of the
 //! threshold), within a budget of [`SAMPLES_PER_SECOND`] for the whole watchdog: each sample
@@ -35,6 +39,8 @@ mod stalls;
 mod symbols;
 #[cfg(target_os = "linux")]
 mod symtab;
+mod workers;
+pub use workers::NoWatchdog;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -82,6 +88,8 @@ pub(crate) struct Watchdog {
     skipped: AtomicU64,
     /// The process that built it: in a `fork()` child its thread does not exist.
     pid: u32,
+    /// The runtimes `Detector::watch_runtime` watches (see `workers`).
+    runtimes: Arc<workers::Runtimes>,
 }
 
 /// Failed captures by kind: a `Timeout` under load is expected now and then, a `Stuck` or a
@@ -165,8 +173,14 @@ impl Watchdog {
             let attached = signal::Attached::current_thread();
             (attached.target().clone(), Box::new(attached))
         });
+        // `watch_runtime` finds this watchdog's runtime list by its id (the recorder knows the
+        // id, not the watchdog).
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let runtimes = Arc::new(workers::Runtimes::default());
+        workers::register(id, &runtimes);
         Ok(Self {
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            id,
+            runtimes,
             threshold_ns: threshold.as_nanos().try_into().unwrap_or(u64::MAX),
             threshold_us: threshold.as_micros().try_into().unwrap_or(u64::MAX),
             signal,
@@ -289,6 +303,7 @@ impl WatchdogThread {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let checker = Checker {
+            workers: workers::Sampler::new(watchdog.runtimes.clone()),
             recorder,
             watchdog,
             stalled: HashMap::new(),
@@ -433,6 +448,8 @@ impl Namer {
             .spawn(move || {
                 let mut symbolizer = symbols::Symbolizer::default();
                 symbolizer.warm_up();
+                // The C library's symbols too: every stack a signal captures passes through it.
+                workers::warm_up(&mut symbolizer);
                 while let Ok(job) = receive.recv() {
                     let Job {
                         raw,
@@ -522,6 +539,8 @@ fn warn_stall(watchdog: &Watchdog, event: &HogEvent, suppressed: u64, stack: &st
 
 /// The watchdog thread's state.
 struct Checker {
+    /// Samples the workers of the runtimes `watch_runtime` watches.
+    workers: workers::Sampler,
     recorder: Arc<Recorder>,
     watchdog: Arc<Watchdog>,
     stalled: HashMap<usize, Stall>,
@@ -586,6 +605,10 @@ impl Checker {
                 self.check(slot, generation);
             }
             self.stalled.retain(|_, stall| stall.seen_in == generation);
+            // Then every watched runtime's workers.
+            if !stop.load(Ordering::Acquire) {
+                self.workers.check(&self.recorder, &self.watchdog);
+            }
         }
     }
 

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use super::activity::Registers;
 use super::signal::{RawStack, MAX_FRAMES};
+use super::symtab::SymbolTable;
 
 /// The most stack bytes read from the stack pointer up: deep enough for the frames between a
 /// watched poll and the system call in a debug build, small enough to read in microseconds.
@@ -42,6 +43,9 @@ const MAX_CACHED: usize = 65_536;
 /// The longest function a direct call is believed to land in (from its start to the address of
 /// the frame inside it). Large async state machines reach tens of kilobytes.
 const MAX_FUNCTION_BYTES: usize = 256 * 1024;
+
+/// How many kept frames a checked call may reach back over (see `Scanner::scan_checked`).
+const BACKTRACK: usize = 8;
 
 /// What precedes an address in code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,6 +75,19 @@ impl Scanner {
     /// instruction first, then the return addresses found from the stack pointer up (innermost
     /// first). `None` if the stack cannot be read.
     pub(crate) fn scan(&mut self, registers: Registers) -> Option<RawStack> {
+        self.scan_checked(registers, None)
+    }
+
+    /// [`scan`](Self::scan), checking direct calls against the program's symbol table where it
+    /// knows the function a frame is in: the call must be to that function's very start, not
+    /// anywhere in the [`MAX_FUNCTION_BYTES`] before it. In a debug build the program's functions
+    /// lie close together, and a stale return address passed the looser check often enough to
+    /// lead the chain astray (the runtime watchdog names the task from this stack).
+    pub(crate) fn scan_checked(
+        &mut self,
+        registers: Registers,
+        table: Option<&SymbolTable>,
+    ) -> Option<RawStack> {
         if registers.sp == 0 || registers.pc == 0 {
             return None;
         }
@@ -104,9 +121,25 @@ impl Scanner {
             let fits = match self.call_before(address) {
                 Call::None => continue,
                 Call::Indirect => true,
-                Call::Direct(target) => callees
-                    .iter()
-                    .any(|callee| self.calls_into(target, *callee)),
+                Call::Direct(target) => {
+                    callees
+                        .iter()
+                        .any(|callee| self.calls_into(target, *callee, table))
+                        || table.is_some_and(|table| {
+                            // Checked exactly, a call into a frame kept before the last one
+                            // says the frames kept since were stale (a chain left behind by
+                            // calls that returned, through an indirect call, which cannot be
+                            // checked): they are dropped.
+                            let inner = ips.len().saturating_sub(BACKTRACK)..ips.len();
+                            let back = inner.rev().skip(1).find(|at| {
+                                table.start_of(ips[*at].saturating_sub(1)) == Some(target)
+                            });
+                            if let Some(at) = back {
+                                ips.truncate(at + 1);
+                            }
+                            back.is_some()
+                        })
+                }
             };
             if fits {
                 ips.push(address);
@@ -119,6 +152,7 @@ impl Scanner {
         Some(RawStack {
             pc: registers.pc,
             ips,
+            task: 0,
         })
     }
 
@@ -163,7 +197,11 @@ impl Scanner {
     /// Whether a direct call to `target` may have led to `callee`: the call cannot be checked
     /// if they lie in different mappings (a call through a stub into another object), and
     /// otherwise `callee` must be in the function that starts at `target`.
-    fn calls_into(&self, target: usize, callee: usize) -> bool {
+    fn calls_into(&self, target: usize, callee: usize, table: Option<&SymbolTable>) -> bool {
+        // A return address may lie just past its function's end (a call that never returns).
+        if let Some(start) = table.and_then(|table| table.start_of(callee.saturating_sub(1))) {
+            return target == start;
+        }
         match (self.mapping(target), self.mapping(callee)) {
             (Some(a), Some(b)) if a == b => {
                 target <= callee && callee - target <= MAX_FUNCTION_BYTES

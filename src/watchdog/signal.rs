@@ -26,8 +26,9 @@
 #![allow(unsafe_code)]
 
 use std::ffi::{c_int, c_void};
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{
-    compiler_fence, AtomicBool, AtomicI32, AtomicPtr, AtomicU32, AtomicUsize, Ordering,
+    compiler_fence, AtomicBool, AtomicI32, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering,
 };
 use std::sync::{Arc, Mutex, Once, OnceLock};
 use std::time::{Duration, Instant};
@@ -58,6 +59,10 @@ pub(crate) struct Target {
     in_handler: AtomicBool,
     /// The interrupted instruction pointer, from the signal context (0: unknown).
     pc: AtomicUsize,
+    /// Whether the handler also reads the tokio task this thread polls (`reads_task`).
+    reads_task: AtomicBool,
+    /// That task's id (0: none, or not read).
+    task: AtomicU64,
     depth: AtomicUsize,
     frames: [AtomicUsize; MAX_FRAMES],
 }
@@ -69,6 +74,8 @@ pub(crate) struct RawStack {
     pub(crate) pc: usize,
     /// Instruction pointers, innermost first: the handler's own frames come before `pc`.
     pub(crate) ips: Vec<usize>,
+    /// The id of the tokio task the thread was polling, if the target reads it (0: none).
+    pub(crate) task: u64,
 }
 
 /// Why a capture produced no stack.
@@ -126,6 +133,8 @@ impl Attached {
             state: AtomicU32::new(IDLE),
             in_handler: AtomicBool::new(false),
             pc: AtomicUsize::new(0),
+            reads_task: AtomicBool::new(false),
+            task: AtomicU64::new(0),
             depth: AtomicUsize::new(0),
             frames: std::array::from_fn(|_| AtomicUsize::new(0)),
         });
@@ -166,6 +175,40 @@ impl Target {
     pub(crate) fn tid(&self) -> i32 {
         self.tid.load(Ordering::Relaxed)
     }
+
+    /// From now on the handler also reads which tokio task the thread is polling (the runtime
+    /// watchdog tells two polls of alike stacks apart by it). Call it on the target's own
+    /// thread: it reads tokio's thread-local once here, so that the handler never is the first
+    /// to touch it (a first touch registers its destructor, which may allocate).
+    pub(crate) fn read_task_here(&self) {
+        let _ = current_task();
+        self.reads_task.store(true, Ordering::Release);
+    }
+}
+
+/// The id of the tokio task the calling thread is polling, as a number (0: none). tokio's `Id`
+/// has no numeric accessor; its `Hash` writes the one `u64` it holds, which this hasher keeps:
+/// a thread-local read and no allocation, fit for the handler once the thread-local is live.
+fn current_task() -> u64 {
+    struct Keep(u64);
+    impl Hasher for Keep {
+        fn finish(&self) -> u64 {
+            self.0
+        }
+        fn write(&mut self, bytes: &[u8]) {
+            for byte in bytes {
+                self.0 = self.0.rotate_left(8) ^ u64::from(*byte);
+            }
+        }
+        fn write_u64(&mut self, value: u64) {
+            self.0 = value;
+        }
+    }
+    tokio::task::try_id().map_or(0, |id| {
+        let mut keep = Keep(0);
+        id.hash(&mut keep);
+        keep.0.max(1)
+    })
 }
 
 /// The calling thread's kernel id.
@@ -393,6 +436,7 @@ pub(crate) fn capture(
     let depth = target.depth.load(Ordering::Relaxed).min(MAX_FRAMES);
     let stack = RawStack {
         pc: target.pc.load(Ordering::Relaxed),
+        task: target.task.load(Ordering::Relaxed),
         ips: target.frames[..depth]
             .iter()
             .map(|frame| frame.load(Ordering::Relaxed))
@@ -490,6 +534,11 @@ fn record(target: &Target, context: *mut c_void) {
     target
         .pc
         .store(interrupted_pc(context.cast_const()), Ordering::Relaxed);
+    let task = match target.reads_task.load(Ordering::Acquire) {
+        true => current_task(),
+        false => 0,
+    };
+    target.task.store(task, Ordering::Relaxed);
     let mut depth = 0;
     if full_unwind() {
         let frames = &target.frames;

@@ -10,9 +10,6 @@
 //! the ELF header, the section headers, `.symtab` and `.strtab` are read from the file, never its
 //! code or debug sections.
 
-// The runtime watchdog (`workers.rs`) is its user; until it lands only the tests call this.
-#![cfg_attr(not(test), allow(dead_code))]
-
 use std::ffi::CStr;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -85,6 +82,19 @@ impl SymbolTable {
             },
             Err(_) => String::from_utf8_lossy(mangled).into_owned(),
         })
+    }
+
+    /// The address where the function containing `ip` starts, if it is one of the executable's.
+    pub(crate) fn start_of(&self, ip: usize) -> Option<usize> {
+        self.function(ip).map(|function| function.start)
+    }
+
+    /// Lets the names go, keeping where each function starts and ends ([`start_of`]): `name`
+    /// answers `None` from then on.
+    ///
+    /// [`start_of`]: Self::start_of
+    pub(crate) fn forget_names(&mut self) {
+        self.names = Vec::new();
     }
 
     fn function(&self, ip: usize) -> Option<&Function> {

@@ -1,0 +1,599 @@
+//! `Detector::watch_runtime`: stalls of unwrapped tasks on stable Rust, named by the task's
+//! function, with no false stall under a load of short polls.
+#![cfg(target_os = "linux")]
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hogwatch::{Detector, HogEvent, HogKind};
+
+const WATCHDOG: Duration = Duration::from_millis(100);
+const BLOCK: Duration = Duration::from_secs(1);
+
+/// What `on_hog` saw: each stall event with the time it arrived.
+type Seen = Arc<Mutex<Vec<(Instant, HogEvent)>>>;
+
+fn detector() -> (Detector, Seen) {
+    detector_with(WATCHDOG)
+}
+
+fn detector_with(watchdog: Duration) -> (Detector, Seen) {
+    let seen: Seen = Arc::default();
+    let sink = seen.clone();
+    let detector = Detector::builder()
+        .threshold(Duration::from_millis(50))
+        .watchdog(watchdog)
+        .on_hog(move |event| {
+            if event.kind == HogKind::Stall {
+                sink.lock().unwrap().push((Instant::now(), event.clone()));
+            }
+        })
+        .build()
+        .unwrap();
+    (detector, seen)
+}
+
+#[inline(never)]
+fn sleep_in_refresh(duration: Duration) {
+    std::thread::sleep(duration);
+    // Not a tail call: this frame stays on the stack. The two functions differ in this constant:
+    // identical functions are merged into one by the optimizer (MergeFunctions), and their
+    // stacks would name the same one.
+    std::hint::black_box(1u32);
+}
+
+#[inline(never)]
+fn sleep_in_consume(duration: Duration) {
+    std::thread::sleep(duration);
+    // Not a tail call: this frame stays on the stack.
+    std::hint::black_box(2u64);
+}
+
+/// Two unwrapped background tasks, each blocking its worker for one second.
+async fn refresh_cache(started: Arc<Mutex<Option<Instant>>>) {
+    *started.lock().unwrap() = Some(Instant::now());
+    sleep_in_refresh(BLOCK);
+}
+
+async fn consume_queue(started: Arc<Mutex<Option<Instant>>>) {
+    *started.lock().unwrap() = Some(Instant::now());
+    sleep_in_consume(BLOCK);
+}
+
+/// `std::thread::sleep`, or the function of std it is (`std::thread::functions::sleep`).
+fn is_std_sleep(frame: &str) -> bool {
+    frame.starts_with("std::thread::") && frame.ends_with("::sleep")
+}
+
+/// Runs both tasks on `rt` and checks each stall: reported within 2x the watchdog threshold of
+/// the task's start, named after the task's function, with a stack containing the sleep.
+fn both_stalls_are_reported(rt: tokio::runtime::Runtime, detector: &Detector, seen: &Seen) {
+    let refresh_started = Arc::new(Mutex::new(None));
+    let consume_started = Arc::new(Mutex::new(None));
+    let (refresh, consume) = (refresh_started.clone(), consume_started.clone());
+    rt.block_on(async move {
+        let a = tokio::spawn(refresh_cache(refresh));
+        let b = tokio::spawn(consume_queue(consume));
+        a.await.unwrap();
+        b.await.unwrap();
+    });
+    drop(rt);
+    let events = seen.lock().unwrap().clone();
+    for (function, culprit, started) in [
+        ("refresh_cache", "sleep_in_refresh", &refresh_started),
+        ("consume_queue", "sleep_in_consume", &consume_started),
+    ] {
+        let label = format!("task watch_runtime::{function}");
+        let started = started.lock().unwrap().expect("the task ran");
+        let (at, event) = events
+            .iter()
+            .find(|(_, event)| *event.label == *label)
+            .unwrap_or_else(|| panic!("no stall for {label}: {events:#?}"));
+        let late = at.duration_since(started);
+        assert!(
+            late <= 2 * WATCHDOG,
+            "{label} reported {late:?} after its start"
+        );
+        assert!(
+            event.stack.iter().any(|frame| is_std_sleep(frame)),
+            "{label}: {:#?}",
+            event.stack
+        );
+        assert_eq!(
+            event.culprit.as_deref(),
+            Some(format!("watch_runtime::{culprit}").as_str())
+        );
+        let report = detector.report();
+        let entry = report.entry(&label).expect("the stall is in the report");
+        assert_eq!(entry.stalls, 1, "{entry:#?}");
+        assert!(
+            entry.top_stacks[0].stack.split(';').any(is_std_sleep),
+            "{entry:#?}"
+        );
+    }
+    assert_eq!(events.len(), 2, "one event per stall: {events:#?}");
+}
+
+#[test]
+fn two_blocked_workers_are_both_reported_and_named() {
+    let (detector, seen) = detector();
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.worker_threads(2).enable_all();
+    let rt = detector
+        .watch_runtime(&mut builder)
+        .unwrap()
+        .build()
+        .unwrap();
+    both_stalls_are_reported(rt, &detector, &seen);
+}
+
+#[test]
+fn the_current_thread_runtime_is_watched_too() {
+    let (detector, seen) = detector();
+    let mut builder = tokio::runtime::Builder::new_current_thread();
+    builder.enable_all();
+    let rt = detector
+        .watch_runtime(&mut builder)
+        .unwrap()
+        .build()
+        .unwrap();
+    both_stalls_are_reported(rt, &detector, &seen);
+}
+
+#[test]
+fn parked_workers_are_never_sampled() {
+    let (detector, seen) = detector();
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.worker_threads(2).enable_all();
+    let rt = detector
+        .watch_runtime(&mut builder)
+        .unwrap()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        // Idle for 20 thresholds: the workers park and stay parked.
+        tokio::time::sleep(20 * WATCHDOG).await;
+    });
+    let stats = detector.watchdog_stats().unwrap();
+    assert_eq!(stats.captures_requested, 0, "{stats:?}");
+    assert!(seen.lock().unwrap().is_empty());
+}
+
+#[test]
+fn without_a_watchdog_it_is_a_typed_error() {
+    let detector = Detector::builder().build().unwrap();
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    let error = detector.watch_runtime(&mut builder).unwrap_err();
+    assert!(matches!(error, hogwatch::NoWatchdog { .. }));
+    assert!(error.to_string().contains("Builder::watchdog"), "{error}");
+}
+
+/// A short poll's work: about 100 µs on the CPU.
+#[inline(never)]
+fn short_work() {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_micros(100) {
+        std::hint::spin_loop();
+    }
+}
+
+#[test]
+fn a_load_of_short_polls_is_never_a_stall() {
+    // At the shortest threshold the guide suggests: the most samples, the most chances of a
+    // false stall, the highest cost.
+    const THRESHOLD: Duration = Duration::from_millis(50);
+    let (detector, seen) = detector_with(THRESHOLD);
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.worker_threads(2).enable_all();
+    let rt = detector
+        .watch_runtime(&mut builder)
+        .unwrap()
+        .build()
+        .unwrap();
+    const LOAD: Duration = Duration::from_secs(4);
+    let watchdog_before = watchdog_cpu();
+    let started = Instant::now();
+    rt.block_on(async {
+        // Two drivers, each keeping 64 short tasks in flight: both workers stay busy, running
+        // the same code at the same stack depth poll after poll, and never park.
+        let drivers: Vec<_> = (0..2)
+            .map(|_| {
+                tokio::spawn(async move {
+                    let mut polls = 0u64;
+                    while started.elapsed() < LOAD {
+                        let batch: Vec<_> = (0..64)
+                            .map(|_| tokio::spawn(async { short_work() }))
+                            .collect();
+                        for task in batch {
+                            task.await.unwrap();
+                        }
+                        polls += 64;
+                    }
+                    polls
+                })
+            })
+            .collect();
+        let mut polls = 0;
+        for driver in drivers {
+            polls += driver.await.unwrap();
+        }
+        assert!(polls > 10_000, "{polls} polls");
+    });
+    let elapsed = started.elapsed();
+    let watchdog_ns = watchdog_cpu().saturating_sub(watchdog_before);
+    drop(rt);
+    let stats = detector.watchdog_stats().unwrap();
+    // The workers were busy long enough to be sampled: the test would see a false stall.
+    assert!(stats.captures_requested > 0, "{stats:?}");
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "{:#?}",
+        seen.lock().unwrap()
+    );
+    let report = detector.report();
+    assert!(
+        report.entries.iter().all(|entry| entry.stalls == 0),
+        "{report:#?}"
+    );
+    // At most one sample per worker per half threshold.
+    let per_worker = stats.captures_requested as f64 / elapsed.as_secs_f64() / 2.0;
+    assert!(
+        per_worker <= 2.2 / THRESHOLD.as_secs_f64(),
+        "{per_worker}/s"
+    );
+    // The figures for BENCHMARKS.md (run this test alone: the watchdog threads of other tests
+    // would be counted too).
+    eprintln!(
+        "load: {elapsed:?}, {} signals ({per_worker:.1}/s per worker), {} completed; \
+         watchdog threads' CPU {:.2} ms ({:.3} % of a core, {:.1} µs per signal)",
+        stats.captures_requested,
+        stats.captures_completed,
+        watchdog_ns as f64 / 1e6,
+        watchdog_ns as f64 / elapsed.as_nanos() as f64 * 100.0,
+        watchdog_ns as f64 / 1e3 / stats.captures_requested.max(1) as f64,
+    );
+}
+
+/// Spins on the CPU for `duration`.
+#[inline(never)]
+fn medium_work(duration: Duration) {
+    let start = Instant::now();
+    while start.elapsed() < duration {
+        std::hint::spin_loop();
+    }
+}
+
+/// Polls of a tenth of the threshold back to back: tokio publishes a worker's busy time every 61
+/// polls, so it stands still for 300 ms at a time, longer than two samples apart, while the
+/// stacks match sample after sample. Only the polled task's id tells these polls apart.
+#[test]
+fn a_load_of_polls_a_tenth_of_the_threshold_each_is_never_a_stall() {
+    let (detector, seen) = detector_with(Duration::from_millis(50));
+    let rt = watched_runtime(&detector);
+    let started = Instant::now();
+    rt.block_on(async {
+        let drivers: Vec<_> = (0..2)
+            .map(|_| {
+                tokio::spawn(async move {
+                    while started.elapsed() < Duration::from_secs(2) {
+                        let batch: Vec<_> = (0..8)
+                            .map(|_| tokio::spawn(async { medium_work(Duration::from_millis(5)) }))
+                            .collect();
+                        for task in batch {
+                            task.await.unwrap();
+                        }
+                    }
+                })
+            })
+            .collect();
+        for driver in drivers {
+            driver.await.unwrap();
+        }
+    });
+    drop(rt);
+    let stats = detector.watchdog_stats().unwrap();
+    assert!(stats.captures_requested > 0, "{stats:?}");
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "{:#?}",
+        seen.lock().unwrap()
+    );
+}
+
+/// The CPU time of this process's `hogwatch-watchdog` threads so far (`/proc`, in ns).
+fn watchdog_cpu() -> u64 {
+    let mut total = 0;
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim() != "hogwatch-watchd" {
+            continue;
+        }
+        let schedstat = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
+        total += schedstat
+            .split_whitespace()
+            .next()
+            .and_then(|ns| ns.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    total
+}
+
+/// The stalls of `detector`'s report: (label, stalls) of each entry with any.
+fn stalled(detector: &Detector) -> Vec<(String, u64)> {
+    detector
+        .report()
+        .entries
+        .iter()
+        .filter(|entry| entry.stalls > 0)
+        .map(|entry| (entry.label.to_string(), entry.stalls))
+        .collect()
+}
+
+fn watched_runtime(detector: &Detector) -> tokio::runtime::Runtime {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.worker_threads(2).enable_all();
+    detector
+        .watch_runtime(&mut builder)
+        .unwrap()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn a_watched_future_stall_is_counted_once_under_its_own_label() {
+    let (detector, seen) = detector();
+    let rt = watched_runtime(&detector);
+    let watched = detector.watch("refresh", async { sleep_in_refresh(BLOCK) });
+    rt.block_on(async move { tokio::spawn(watched).await.unwrap() });
+    drop(rt);
+    // The watched poll is published in the worker's slot: the watchdog reports it under its
+    // label, and the runtime watchdog leaves that worker alone while it is published.
+    assert_eq!(stalled(&detector), [("refresh".to_string(), 1)]);
+    assert_eq!(detector.watchdog_stats().unwrap().stalls, 1);
+    let events = seen.lock().unwrap();
+    assert!(
+        events.iter().all(|(_, event)| *event.label == *"refresh"),
+        "{events:#?}"
+    );
+}
+
+#[cfg(feature = "axum")]
+#[test]
+fn a_stalled_route_is_counted_once_under_its_route() {
+    use tower::ServiceExt;
+
+    let (detector, _seen) = detector();
+    let rt = watched_runtime(&detector);
+    let app = axum::Router::new()
+        .route(
+            "/block",
+            axum::routing::get(|| async {
+                sleep_in_consume(BLOCK);
+                "done"
+            }),
+        )
+        .layer(detector.layer());
+    let status = rt.block_on(async move {
+        tokio::spawn(async move {
+            let request = axum::http::Request::get("/block")
+                .body(axum::body::Body::empty())
+                .unwrap();
+            app.oneshot(request).await.unwrap().status()
+        })
+        .await
+        .unwrap()
+    });
+    drop(rt);
+    assert_eq!(status, 200);
+    assert_eq!(stalled(&detector), [("GET /block".to_string(), 1)]);
+    assert_eq!(detector.watchdog_stats().unwrap().stalls, 1);
+}
+
+/// With tokio's task hooks too, a task's poll is published under its spawn location: one stall,
+/// under that label, not a second one under the task's function.
+#[cfg(tokio_unstable)]
+#[test]
+fn with_instrument_runtime_a_task_stall_is_counted_once() {
+    let (detector, _seen) = detector();
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.worker_threads(2).enable_all();
+    detector.instrument_runtime(&mut builder);
+    let rt = detector
+        .watch_runtime(&mut builder)
+        .unwrap()
+        .build()
+        .unwrap();
+    let line = rt.block_on(async {
+        let line = line!() + 1;
+        let task = tokio::spawn(async { sleep_in_refresh(BLOCK) });
+        task.await.unwrap();
+        line
+    });
+    drop(rt);
+    let label = format!("task {}:{line}", file!());
+    assert_eq!(stalled(&detector), [(label, 1)]);
+    assert_eq!(detector.watchdog_stats().unwrap().stalls, 1);
+}
+
+/// A background task blocking its worker for 300 ms.
+async fn warm_cache() {
+    sleep_in_refresh(Duration::from_millis(300));
+}
+
+/// A 300 ms stall right after `build()` (before a debug build's debug information is loaded) is
+/// reported while it lasts, named, once.
+#[test]
+fn a_300_ms_stall_right_after_build_is_reported_while_it_lasts() {
+    let (detector, seen) = detector();
+    let rt = watched_runtime(&detector);
+    let started = Instant::now();
+    rt.block_on(async { tokio::spawn(warm_cache()).await.unwrap() });
+    let ended = Instant::now();
+    drop(rt);
+    let events = seen.lock().unwrap();
+    assert_eq!(events.len(), 1, "{events:#?}");
+    let (at, event) = &events[0];
+    assert!(
+        *at < ended,
+        "reported {:?} after the stall ended",
+        *at - ended
+    );
+    assert!(
+        at.duration_since(started) <= 2 * WATCHDOG,
+        "reported {:?} after build()",
+        at.duration_since(started)
+    );
+    let label = event.label.to_string();
+    // A release build without debug information inlines this small `async fn` into tokio's
+    // harness: its stack then names the function it calls (see the guide).
+    assert!(
+        label == "task watch_runtime::warm_cache"
+            || (!cfg!(debug_assertions) && label == "task watch_runtime::sleep_in_refresh"),
+        "{label}"
+    );
+    assert!(
+        event.stack.iter().any(|frame| is_std_sleep(frame)),
+        "{events:#?}"
+    );
+    assert_eq!(stalled(&detector), [(label, 1)]);
+}
+
+/// Spins on the CPU for `duration`.
+#[inline(never)]
+fn crunch_in_rebuild(duration: Duration) {
+    let start = Instant::now();
+    while start.elapsed() < duration {
+        std::hint::spin_loop();
+    }
+}
+
+async fn rebuild_index(started: Arc<Mutex<Option<Instant>>>) {
+    *started.lock().unwrap() = Some(Instant::now());
+    crunch_in_rebuild(BLOCK);
+}
+
+/// A task on the CPU (signalled for its stack) is reported within 2x, named, cause `cpu`.
+#[test]
+fn a_task_spinning_on_the_cpu_is_reported_and_named() {
+    let (detector, seen) = detector();
+    let rt = watched_runtime(&detector);
+    let started = Arc::new(Mutex::new(None));
+    let task = rebuild_index(started.clone());
+    rt.block_on(async { tokio::spawn(task).await.unwrap() });
+    drop(rt);
+    let started = started.lock().unwrap().expect("the task ran");
+    let events = seen.lock().unwrap();
+    assert_eq!(events.len(), 1, "{events:#?}");
+    let (at, event) = &events[0];
+    let late = at.duration_since(started);
+    assert!(late <= 2 * WATCHDOG, "reported {late:?} after its start");
+    let label = "task watch_runtime::rebuild_index";
+    assert!(
+        &*event.label == label
+            || (!cfg!(debug_assertions)
+                && &*event.label == "task watch_runtime::crunch_in_rebuild"),
+        "{events:#?}"
+    );
+    assert_eq!(
+        event.culprit.as_deref(),
+        Some("watch_runtime::crunch_in_rebuild"),
+        "{events:#?}"
+    );
+    let report = detector.report();
+    let entry = report
+        .entry(&event.label)
+        .expect("the stall is in the report");
+    assert_eq!(entry.stalls, 1, "{entry:#?}");
+    assert_eq!(
+        entry.causes.first().map(|count| count.cause),
+        Some("cpu"),
+        "{entry:#?}"
+    );
+}
+
+/// Waits for a byte that never comes, for `duration` (a blocking read with a timeout).
+#[inline(never)]
+fn read_in_fetch(duration: Duration) -> std::io::Result<usize> {
+    use std::io::Read;
+    let (mut socket, _peer) = std::os::unix::net::UnixStream::pair()?;
+    socket.set_read_timeout(Some(duration))?;
+    let read = socket.read(&mut [0u8; 1]);
+    std::hint::black_box(3u8);
+    read
+}
+
+async fn fetch_config() -> std::io::Result<usize> {
+    read_in_fetch(BLOCK)
+}
+
+/// A task blocked in a system call other than a sleep, on a worker that has not parked yet
+/// (right after `build()`): reported from its scanned stack, never signalled (the read times
+/// out as it should, not with `EINTR`).
+#[test]
+fn a_blocking_read_right_after_build_is_reported_and_not_interrupted() {
+    let (detector, seen) = detector();
+    let rt = watched_runtime(&detector);
+    let started = Instant::now();
+    let read = rt.block_on(async { tokio::spawn(fetch_config()).await.unwrap() });
+    drop(rt);
+    let error = read.expect_err("nothing was written");
+    assert_eq!(error.kind(), std::io::ErrorKind::WouldBlock, "{error}");
+    let events = seen.lock().unwrap();
+    assert_eq!(events.len(), 1, "{events:#?}");
+    let (at, event) = &events[0];
+    let late = at.duration_since(started);
+    assert!(late <= 2 * WATCHDOG, "reported {late:?} after build()");
+    assert!(
+        &*event.label == "task watch_runtime::fetch_config"
+            || (!cfg!(debug_assertions) && &*event.label == "task watch_runtime::read_in_fetch"),
+        "{events:#?}"
+    );
+    assert!(
+        event
+            .stack
+            .iter()
+            .any(|frame| frame.contains("read_in_fetch")),
+        "{events:#?}"
+    );
+    let stats = detector.watchdog_stats().unwrap();
+    assert_eq!(
+        stats.captures_requested, 0,
+        "a thread in a system call is never signalled"
+    );
+}
+
+/// One worker blocked while the other serves short requests now and then, parking in between:
+/// the other worker's busy time moves at each park, which must not hide the stall.
+#[test]
+fn a_stall_beside_a_worker_that_serves_and_parks_is_reported() {
+    let (detector, seen) = detector();
+    let rt = watched_runtime(&detector);
+    let started = Arc::new(Mutex::new(None));
+    let task = refresh_cache(started.clone());
+    rt.block_on(async {
+        let blocked = tokio::spawn(task);
+        // A short request every 5 ms on the other worker until the block is over.
+        let serving = tokio::spawn(async {
+            let until = Instant::now() + BLOCK;
+            while Instant::now() < until {
+                tokio::spawn(async { short_work() }).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        blocked.await.unwrap();
+        serving.await.unwrap();
+    });
+    drop(rt);
+    let started = started.lock().unwrap().expect("the task ran");
+    let events = seen.lock().unwrap();
+    let (at, event) = events
+        .iter()
+        .find(|(_, event)| &*event.label == "task watch_runtime::refresh_cache")
+        .unwrap_or_else(|| panic!("no stall for refresh_cache: {events:#?}"));
+    let late = at.duration_since(started);
+    assert!(
+        late <= 2 * WATCHDOG,
+        "reported {late:?} after its start: {event:#?}"
+    );
+    assert_eq!(events.len(), 1, "{events:#?}");
+}
