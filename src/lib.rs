@@ -61,6 +61,8 @@ mod report;
 mod runtime;
 mod watch;
 #[cfg(feature = "watchdog")]
+mod watch_runtime;
+#[cfg(feature = "watchdog")]
 mod watchdog;
 
 #[cfg(feature = "metrics")]

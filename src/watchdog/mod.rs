@@ -40,6 +40,7 @@ mod symbols;
 #[cfg(target_os = "linux")]
 mod symtab;
 mod workers;
+pub(crate) use workers::install as install_workers;
 pub use workers::NoWatchdog;
 
 use std::collections::HashMap;

@@ -1,0 +1,333 @@
+//! The runtime watchdog (`Detector::watch_runtime`): every stalled task poll of a runtime's
+//! workers, on stable Rust, without wrapping anything.
+//!
+//! tokio's stable builder callbacks tell which threads are the runtime's (`on_thread_start` /
+//! `on_thread_stop`) and which of them are idle (`on_thread_park` / `on_thread_unpark`): each
+//! worker keeps the clock reading of its start or last unpark, 0 while parked, so a parked worker
+//! costs the watchdog one atomic load. tokio calls `on_thread_start` for the blocking pool's
+//! threads too, and only workers park: a sample of a thread that never parked that shows no task
+//! poll leaves it alone until it parks. A current-thread runtime's only thread is the one that
+//! calls `block_on`, of which tokio says nothing until it parks: the thread that calls
+//! `watch_runtime` is taken for it until then (it usually builds the runtime and runs it).
+//! Registering a thread registers its recorder slot, which gives it its signal target
+//! (`slot::attach_with`): one target per thread, shared with the wrapped paths.
+//!
+//! Each check, a worker that has not parked for half a watchdog threshold is *sampled* like a
+//! stalled watched poll, at most once per half threshold: a thread in a system call is never
+//! signalled (the call could fail with `EINTR`), its stack is scanned (`scan`); a thread in its
+//! own code is signalled for its stack, and the handler also reads the id of the tokio task it
+//! polls. Two samples at least half a threshold apart that show the same poll, the second after
+//! a whole threshold without a park, make a stall (reported once; at most 1.25 thresholds after
+//! the poll began, plus one check interval):
+//!
+//! - in user code, the same task, polled from the same place: the same task id and the same
+//!   return addresses from tokio's task harness to the thread's start (the frames above the
+//!   harness change as a poll on the CPU goes from function to function);
+//! - in a system call, the same call (`/proc/…/syscall`: number, arguments, stack and instruction
+//!   pointers) and no new time slice since (`/proc/…/schedstat`: the thread never left it);
+//! - and, where tokio's stable worker metrics are readable, busy times that stood still (see
+//!   `stood_still`): one task re-polled without a park has the same id at every poll.
+//!
+//! The stall is then named from its stack: the label is `task ` and the first frame above tokio's
+//! task harness that is not the runtime's (the future's own function: `task my_app::refresh`
+//! for `tokio::spawn(refresh())`, `task my_app::main` for an `async` block written in `main`),
+//! without `{{closure}}` suffixes; its culprit is the innermost such frame. A stack without the
+//! task harness (the future given to `block_on`, a thread between tasks, `block_in_place`, a
+//! `spawn_blocking` closure) is not a task stall. Names come from the program's symbol table
+//! (`symtab`) until the naming thread has loaded the debug information, then from `backtrace`.
+
+mod names;
+mod sampler;
+
+pub(crate) use names::warm_up;
+pub(crate) use sampler::Sampler;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use super::signal;
+use crate::recorder::slot::{self, Slot};
+use crate::recorder::Recorder;
+
+/// `Detector::watch_runtime` was called on a detector without a watchdog.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("watch_runtime needs a detector built with Builder::watchdog")]
+#[non_exhaustive]
+pub struct NoWatchdog;
+
+/// Watches the runtime `builder` builds with the watchdog of `recorder`'s detector: installs
+/// tokio's thread callbacks (`Detector::watch_runtime`).
+pub(crate) fn install(
+    recorder: &Arc<Recorder>,
+    builder: &mut tokio::runtime::Builder,
+) -> Result<(), NoWatchdog> {
+    let Some(runtimes) = find(recorder.watchdog_id) else {
+        return Err(NoWatchdog);
+    };
+    #[cfg(target_os = "linux")]
+    {
+        let runtime = Arc::new(Runtime {
+            recorder: recorder.clone(),
+            workers: Mutex::new(Vec::new()),
+            handle: Mutex::new(None),
+            handle_sent: AtomicBool::new(false),
+        });
+        runtimes.add(&runtime);
+        runtime.caller();
+        let (start, stop, park, unpark) =
+            (runtime.clone(), runtime.clone(), runtime.clone(), runtime);
+        builder
+            .on_thread_start(move || start.started())
+            .on_thread_stop(move || stop.unregister())
+            .on_thread_park(move || park.parked())
+            .on_thread_unpark(move || unpark.unparked());
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (runtimes, builder);
+    Ok(())
+}
+
+/// The runtimes one watchdog watches (`Watchdog::runtimes`).
+#[derive(Default)]
+pub(crate) struct Runtimes {
+    #[cfg(target_os = "linux")]
+    list: Mutex<Vec<Weak<Runtime>>>,
+}
+
+/// Every watchdog's runtimes, by watchdog id: how `watch_runtime` finds its detector's.
+static REGISTRY: Mutex<Vec<(u64, Weak<Runtimes>)>> = Mutex::new(Vec::new());
+
+/// Makes the runtime list of watchdog `id` findable by `watch_runtime`.
+pub(crate) fn register(id: u64, runtimes: &Arc<Runtimes>) {
+    let mut registry = REGISTRY
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    registry.retain(|(_, runtimes)| runtimes.strong_count() > 0);
+    registry.push((id, Arc::downgrade(runtimes)));
+}
+
+fn find(id: u64) -> Option<Arc<Runtimes>> {
+    if id == 0 {
+        return None;
+    }
+    REGISTRY
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .iter()
+        .find(|(found, _)| *found == id)
+        .and_then(|(_, runtimes)| runtimes.upgrade())
+}
+
+#[cfg(target_os = "linux")]
+impl Runtimes {
+    fn add(&self, runtime: &Arc<Runtime>) {
+        let mut list = self
+            .list
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        list.retain(|runtime| runtime.strong_count() > 0);
+        list.push(Arc::downgrade(runtime));
+    }
+
+    fn snapshot(&self, into: &mut Vec<Arc<Runtime>>) {
+        into.clear();
+        let list = self
+            .list
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        into.extend(list.iter().filter_map(Weak::upgrade));
+    }
+}
+
+/// One watched runtime: owned by its callbacks, read by the watchdog thread.
+#[cfg(target_os = "linux")]
+struct Runtime {
+    recorder: Arc<Recorder>,
+    workers: Mutex<Vec<Arc<Worker>>>,
+    /// The runtime's handle, for its stable worker metrics, until the watchdog thread takes it
+    /// (the watchdog keeps it, not the runtime's own callbacks, which would make a cycle).
+    handle: Mutex<Option<tokio::runtime::Handle>>,
+    handle_sent: AtomicBool,
+}
+
+/// One thread of a watched runtime.
+#[cfg(target_os = "linux")]
+struct Worker {
+    /// Its recorder slot: the signal target, and the watched poll it publishes, if any.
+    slot: Arc<Slot>,
+    tid: i32,
+    /// Clock reading at its start or last unpark; 0 while parked.
+    running_since: AtomicU64,
+    /// How many times it has unparked: a worker parked at two samples with the same count
+    /// stayed parked between them.
+    unparks: AtomicU64,
+    /// It has parked at least once, so it is one of the runtime's workers. A thread that has
+    /// not may be a thread of the blocking pool (tokio calls `on_thread_start` for both, and
+    /// only workers park): it is reported only with a stack inside a task poll.
+    parked_once: AtomicBool,
+    /// Its thread has stopped or exited.
+    gone: AtomicBool,
+}
+
+#[cfg(target_os = "linux")]
+thread_local! {
+    /// The runtimes this thread is registered with (a thread may serve nested runtimes), and its
+    /// worker in each; marks them gone when the thread exits.
+    static REGISTERED: Registered = const { Registered(std::cell::RefCell::new(Vec::new())) };
+}
+
+#[cfg(target_os = "linux")]
+struct Registered(std::cell::RefCell<Vec<(usize, Arc<Worker>)>>);
+
+#[cfg(target_os = "linux")]
+impl Drop for Registered {
+    fn drop(&mut self) {
+        for (_, worker) in self.0.borrow().iter() {
+            worker.gone.store(true, Ordering::Release);
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+impl Runtime {
+    fn key(self: &Arc<Self>) -> usize {
+        Arc::as_ptr(self) as usize
+    }
+
+    /// This thread's worker of this runtime, registered on first sight. Off the hot path: once
+    /// per thread, then a thread-local lookup per park and unpark.
+    fn register(self: &Arc<Self>) -> Option<Arc<Worker>> {
+        let key = self.key();
+        let found = REGISTERED
+            .try_with(|registered| {
+                registered
+                    .0
+                    .borrow()
+                    .iter()
+                    .find(|(runtime, _)| *runtime == key)
+                    .map(|(_, worker)| worker.clone())
+            })
+            .ok()?;
+        if found.is_some() {
+            return found;
+        }
+        let tid = current_tid()?;
+        // Registers this thread's recorder slot (which attaches its signal target), publishing
+        // nothing: what was published before is put back at once.
+        let previous = slot::poll_started(0, 0, 0)?;
+        slot::poll_ended(previous);
+        let mut slots = Vec::new();
+        slot::snapshot(&mut slots);
+        let slot = slots
+            .into_iter()
+            .find(|slot| target_of(slot).is_some_and(|target| target.tid() == tid))?;
+        // Samples in its own code tell polls apart by the task they poll (see `Key`).
+        target_of(&slot)?.read_task_here();
+        let worker = Arc::new(Worker {
+            slot,
+            tid,
+            running_since: AtomicU64::new(0),
+            unparks: AtomicU64::new(0),
+            parked_once: AtomicBool::new(false),
+            gone: AtomicBool::new(false),
+        });
+        REGISTERED
+            .try_with(|registered| registered.0.borrow_mut().push((key, worker.clone())))
+            .ok()?;
+        self.workers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(worker.clone());
+        Some(worker)
+    }
+
+    fn unregister(self: &Arc<Self>) {
+        let key = self.key();
+        let _ = REGISTERED.try_with(|registered| {
+            registered.0.borrow_mut().retain(|(runtime, worker)| {
+                if *runtime == key {
+                    worker.gone.store(true, Ordering::Release);
+                }
+                *runtime != key
+            })
+        });
+        self.workers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .retain(|worker| !worker.gone.load(Ordering::Acquire));
+    }
+
+    /// A new thread of the runtime runs from its start: a worker may pick up a task spawned
+    /// before it ever parked (a task spawned right after `build()`).
+    fn started(self: &Arc<Self>) {
+        self.send_handle();
+        if let Some(worker) = self.register() {
+            let now = self.recorder.clock.raw().max(1);
+            let _ =
+                worker
+                    .running_since
+                    .compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire);
+        }
+    }
+
+    /// The thread that calls `watch_runtime`, taken for the one that will call `block_on` on a
+    /// current-thread runtime: tokio says nothing of that thread before it parks, and a task
+    /// spawned right away would block it unseen. On a multi-thread runtime it is sampled once,
+    /// shows no task poll, and is left alone from then on.
+    fn caller(self: &Arc<Self>) {
+        if let Some(worker) = self.register() {
+            let now = self.recorder.clock.raw().max(1);
+            let _ =
+                worker
+                    .running_since
+                    .compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire);
+        }
+    }
+
+    /// Hands the runtime's handle to the watchdog thread, once: from the first thread that
+    /// starts (the runtime's context is entered there) or, for a current-thread runtime, parks.
+    fn send_handle(&self) {
+        if self.handle_sent.load(Ordering::Relaxed) {
+            return;
+        }
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            if !self.handle_sent.swap(true, Ordering::Relaxed) {
+                *self
+                    .handle
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(handle);
+            }
+        }
+    }
+
+    fn parked(self: &Arc<Self>) {
+        self.send_handle();
+        if let Some(worker) = self.register() {
+            worker.parked_once.store(true, Ordering::Release);
+            worker.running_since.store(0, Ordering::Release);
+        }
+    }
+
+    fn unparked(self: &Arc<Self>) {
+        if let Some(worker) = self.register() {
+            // Never 0, which means parked.
+            let now = self.recorder.clock.raw().max(1);
+            worker.unparks.fetch_add(1, Ordering::Relaxed);
+            worker.running_since.store(now, Ordering::Release);
+        }
+    }
+}
+
+/// The calling thread's kernel id, from `/proc/thread-self` (`PID/task/TID`).
+#[cfg(target_os = "linux")]
+fn current_tid() -> Option<i32> {
+    let path = std::fs::read_link("/proc/thread-self").ok()?;
+    path.file_name()?.to_str()?.parse().ok()
+}
+
+#[cfg(target_os = "linux")]
+fn target_of(slot: &Slot) -> Option<&signal::Target> {
+    slot.attachment
+        .as_deref()
+        .and_then(|attachment| attachment.downcast_ref::<signal::Target>())
+}

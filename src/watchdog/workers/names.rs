@@ -1,0 +1,175 @@
+//! Names for the runtime watchdog's stacks, and a task stall's label: from the program's symbol
+//! table until the naming thread has loaded the debug information, then from `backtrace`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use super::super::symtab::SymbolTable;
+use super::super::{signal, symbols};
+
+/// The label of a task stall whose stack could not be had or named.
+pub(crate) const UNKNOWN_TASK: &str = "task <unknown>";
+
+/// starts), then says that `backtrace` names stacks quickly from now on ([`WARM`]). Every stack
+/// a signal captures has the C library's signal trampoline in it: loading that library's
+/// symbols the first time took 90 ms in a release build here (250 ms with its separate debug
+/// information installed). `clock_nanosleep`'s address is the C library's own (Rust loads the
+/// address of a shared library's function from the GOT, not a PLT stub).
+#[cfg(target_os = "linux")]
+pub(crate) fn warm_up(symbolizer: &mut symbols::Symbolizer) {
+    let in_libc = libc::clock_nanosleep as *const () as usize;
+    symbolizer.frames(&[in_libc], 0);
+    WARM.store(true, Ordering::Release);
+}
+
+/// A naming thread has loaded the program's and the C library's symbols (`backtrace`'s cache is
+/// the process's): from then on naming a stack on the watchdog thread takes microseconds for
+/// known addresses, not the whole load. Before, the runtime watchdog names stacks from the
+/// program's symbol table ([`symtab`](super::symtab)) instead of waiting behind `backtrace`'s
+/// lock, which would hold up every check, the wrapped polls' included.
+#[cfg(target_os = "linux")]
+static WARM: AtomicBool = AtomicBool::new(false);
+
+/// How long the runtime watchdog waits for a naming thread's warm-up before it names stacks
+/// with `backtrace` itself (a naming thread that could not start never warms anything).
+#[cfg(target_os = "linux")]
+const WARM_UP_WAIT: Duration = Duration::from_secs(5);
+
+/// Whether `frames` (innermost first, down to tokio's task harness) were taken inside a task
+/// poll: the harness is there, and no `block_in_place` or blocking task above it.
+pub(super) fn in_task(frames: &[symbols::Frame]) -> bool {
+    let names: Vec<String> = frames.iter().map(|frame| frame.name.clone()).collect();
+    let within = symbols::within_poll(&names);
+    within.len() < names.len()
+        && !within.iter().any(|name| {
+            name.contains("block_in_place") || name.contains("::blocking::task::BlockingTask")
+        })
+}
+
+/// Names stacks on the watchdog thread: from the program's symbol table until a naming thread
+/// has loaded `backtrace`'s debug information ([`WARM`]), then with `backtrace` (which also
+/// names inlined functions). A debug build's first `backtrace` lookup parses the whole
+/// program's debug information (hundreds of milliseconds); the symbol table loads in
+/// milliseconds, so a stall right after `build()` is named in time.
+#[cfg(target_os = "linux")]
+pub(super) struct Names {
+    symbolizer: symbols::Symbolizer,
+    /// The program's symbol table: its names until [`WARM`], where its functions start for
+    /// the scanner's checks (`None`: not read yet, or stripped).
+    table: Option<SymbolTable>,
+    /// The symbol table could not be read (a stripped program): wait for `backtrace`.
+    no_table: bool,
+    started: std::time::Instant,
+}
+
+#[cfg(target_os = "linux")]
+impl Names {
+    pub(super) fn new() -> Self {
+        Self {
+            symbolizer: symbols::Symbolizer::default(),
+            table: None,
+            no_table: false,
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// The names of `raw`'s frames from the interrupted one to tokio's task harness (or all of
+    /// them, without the harness), and the index in `raw.ips` of the harness's frame; `None` if
+    /// nothing can name them yet. The executor's frames below the harness name nothing of the
+    /// task and are left unnamed: naming an address `backtrace` has not seen costs tens of
+    /// milliseconds the first time in a debug build.
+    pub(super) fn frames_to_harness(&mut self, raw: &signal::RawStack) -> Option<Named> {
+        // From the interrupted instruction on: the signal handler's frames before it (and the C
+        // library's signal trampoline) are never named.
+        let start = raw.ips.iter().position(|ip| *ip == raw.pc).unwrap_or(0);
+        let mut frames = Vec::new();
+        let mut names = Vec::new();
+        for (at, ip) in raw.ips.iter().enumerate().skip(start) {
+            let named = self.frames(*ip, at == start)?;
+            names.extend(named.iter().map(|frame| frame.name.clone()));
+            frames.extend(named);
+            let within = symbols::within_poll(&names).len();
+            if within < names.len() {
+                frames.truncate(within + 1);
+                return Some(Named {
+                    frames,
+                    harness: Some(at),
+                });
+            }
+        }
+        Some(Named {
+            frames,
+            harness: None,
+        })
+    }
+
+    /// The program's symbol table, read the first time it is asked for (`None`: stripped).
+    pub(super) fn table(&mut self) -> Option<&SymbolTable> {
+        if self.table.is_none() && !self.no_table {
+            self.table = SymbolTable::load();
+            self.no_table = self.table.is_none();
+        }
+        self.table.as_ref()
+    }
+
+    /// The frames at `ip` (more than one where functions were inlined into it), a return address
+    /// unless it is the interrupted instruction (`is_pc`).
+    fn frames(&mut self, ip: usize, is_pc: bool) -> Option<Vec<symbols::Frame>> {
+        if WARM.load(Ordering::Acquire) || self.started.elapsed() >= WARM_UP_WAIT {
+            // The names are `backtrace`'s from now on; the scanner still checks calls against
+            // where functions start.
+            if let Some(table) = self.table.as_mut() {
+                table.forget_names();
+            }
+            return Some(self.symbolizer.frames(&[ip], ip));
+        }
+        // A return address is just past its call: look up the call itself.
+        let call = if is_pc { ip } else { ip.saturating_sub(1) };
+        let name = self
+            .table()?
+            .name(call)
+            .map(super::super::stalls::cap_name)
+            .unwrap_or_else(|| symbols::UNKNOWN.to_string());
+        let system = signal::in_system_library(ip);
+        Some(vec![symbols::Frame { name, system }])
+    }
+}
+
+/// A stack named down to tokio's task harness.
+#[cfg(target_os = "linux")]
+#[derive(Default)]
+pub(super) struct Named {
+    /// Innermost first, the harness's frame last.
+    pub(super) frames: Vec<symbols::Frame>,
+    /// Where the harness's frame is in the raw stack's addresses (`None`: not in a task poll).
+    pub(super) harness: Option<usize>,
+}
+
+/// The label of a task stall: `task ` and the first frame above tokio's task harness (outermost
+/// first) that is not the runtime's, without its `{{closure}}` suffixes; [`UNKNOWN_TASK`] if
+/// there is none.
+pub(crate) fn task_label(frames: &[symbols::Frame], prefixes: &[String]) -> String {
+    let names: Vec<String> = frames.iter().map(|frame| frame.name.clone()).collect();
+    let within = symbols::within_poll(&names);
+    if within.len() == names.len() {
+        return UNKNOWN_TASK.to_string();
+    }
+    frames[..within.len()]
+        .iter()
+        .rev()
+        .find(|frame| {
+            !frame.system
+                && frame.name != symbols::UNKNOWN
+                && !symbols::is_runtime(&frame.name, prefixes)
+        })
+        .map_or_else(
+            || UNKNOWN_TASK.to_string(),
+            |frame| {
+                let mut name = frame.name.as_str();
+                while let Some(outer) = name.strip_suffix("::{{closure}}") {
+                    name = outer;
+                }
+                format!("task {name}")
+            },
+        )
+}
