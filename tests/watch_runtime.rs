@@ -117,13 +117,7 @@ fn both_stalls_are_reported(rt: tokio::runtime::Runtime, detector: &Detector, se
 #[test]
 fn two_blocked_workers_are_both_reported_and_named() {
     let (detector, seen) = detector();
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.worker_threads(2).enable_all();
-    let rt = detector
-        .watch_runtime(&mut builder)
-        .unwrap()
-        .build()
-        .unwrap();
+    let rt = watched_runtime(&detector);
     both_stalls_are_reported(rt, &detector, &seen);
 }
 
@@ -143,13 +137,7 @@ fn the_current_thread_runtime_is_watched_too() {
 #[test]
 fn parked_workers_are_never_sampled() {
     let (detector, seen) = detector();
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.worker_threads(2).enable_all();
-    let rt = detector
-        .watch_runtime(&mut builder)
-        .unwrap()
-        .build()
-        .unwrap();
+    let rt = watched_runtime(&detector);
     rt.block_on(async {
         // Idle for 20 thresholds: the workers park and stay parked.
         tokio::time::sleep(20 * WATCHDOG).await;
@@ -168,46 +156,37 @@ fn without_a_watchdog_it_is_a_typed_error() {
     assert!(error.to_string().contains("Builder::watchdog"), "{error}");
 }
 
-/// A short poll's work: about 100 µs on the CPU.
+/// A poll's work: `duration` on the CPU.
 #[inline(never)]
-fn short_work() {
+fn spin(duration: Duration) {
     let start = Instant::now();
-    while start.elapsed() < Duration::from_micros(100) {
+    while start.elapsed() < duration {
         std::hint::spin_loop();
     }
 }
 
-#[test]
-fn a_load_of_short_polls_is_never_a_stall() {
-    // At the shortest threshold the guide suggests: the most samples, the most chances of a
-    // false stall, the highest cost.
-    const THRESHOLD: Duration = Duration::from_millis(50);
-    let (detector, seen) = detector_with(THRESHOLD);
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.worker_threads(2).enable_all();
-    let rt = detector
-        .watch_runtime(&mut builder)
-        .unwrap()
-        .build()
-        .unwrap();
-    const LOAD: Duration = Duration::from_secs(4);
-    let watchdog_before = watchdog_cpu();
+/// A short poll's work: about 100 µs on the CPU.
+fn short_work() {
+    spin(Duration::from_micros(100));
+}
+
+/// Keeps both workers of `rt` busy for `load`: two drivers, each keeping `batch` tasks of
+/// `work` in flight. Returns how many tasks ran.
+fn drive(rt: &tokio::runtime::Runtime, load: Duration, batch: usize, work: Duration) -> u64 {
     let started = Instant::now();
-    rt.block_on(async {
-        // Two drivers, each keeping 64 short tasks in flight: both workers stay busy, running
-        // the same code at the same stack depth poll after poll, and never park.
+    rt.block_on(async move {
         let drivers: Vec<_> = (0..2)
             .map(|_| {
                 tokio::spawn(async move {
                     let mut polls = 0u64;
-                    while started.elapsed() < LOAD {
-                        let batch: Vec<_> = (0..64)
-                            .map(|_| tokio::spawn(async { short_work() }))
+                    while started.elapsed() < load {
+                        let tasks: Vec<_> = (0..batch)
+                            .map(|_| tokio::spawn(async move { spin(work) }))
                             .collect();
-                        for task in batch {
+                        for task in tasks {
                             task.await.unwrap();
                         }
-                        polls += 64;
+                        polls += batch as u64;
                     }
                     polls
                 })
@@ -217,11 +196,12 @@ fn a_load_of_short_polls_is_never_a_stall() {
         for driver in drivers {
             polls += driver.await.unwrap();
         }
-        assert!(polls > 10_000, "{polls} polls");
-    });
-    let elapsed = started.elapsed();
-    let watchdog_ns = watchdog_cpu().saturating_sub(watchdog_before);
-    drop(rt);
+        polls
+    })
+}
+
+/// No stall event and no stall in the report, though the workers were sampled.
+fn assert_no_stall(detector: &Detector, seen: &Seen) {
     let stats = detector.watchdog_stats().unwrap();
     // The workers were busy long enough to be sampled: the test would see a false stall.
     assert!(stats.captures_requested > 0, "{stats:?}");
@@ -230,11 +210,28 @@ fn a_load_of_short_polls_is_never_a_stall() {
         "{:#?}",
         seen.lock().unwrap()
     );
-    let report = detector.report();
-    assert!(
-        report.entries.iter().all(|entry| entry.stalls == 0),
-        "{report:#?}"
-    );
+    assert_eq!(stalled(detector), []);
+}
+
+#[test]
+fn a_load_of_short_polls_is_never_a_stall() {
+    // At the shortest threshold the guide suggests: the most samples, the most chances of a
+    // false stall, the highest cost.
+    const THRESHOLD: Duration = Duration::from_millis(50);
+    let (detector, seen) = detector_with(THRESHOLD);
+    let rt = watched_runtime(&detector);
+    const LOAD: Duration = Duration::from_secs(4);
+    let watchdog_before = watchdog_cpu();
+    let started = Instant::now();
+    // Both workers stay busy, running the same code at the same stack depth poll after poll,
+    // and never park.
+    let polls = drive(&rt, LOAD, 64, Duration::from_micros(100));
+    assert!(polls > 10_000, "{polls} polls");
+    let elapsed = started.elapsed();
+    let watchdog_ns = watchdog_cpu().saturating_sub(watchdog_before);
+    drop(rt);
+    assert_no_stall(&detector, &seen);
+    let stats = detector.watchdog_stats().unwrap();
     // At most one sample per worker per half threshold.
     let per_worker = stats.captures_requested as f64 / elapsed.as_secs_f64() / 2.0;
     assert!(
@@ -254,15 +251,6 @@ fn a_load_of_short_polls_is_never_a_stall() {
     );
 }
 
-/// Spins on the CPU for `duration`.
-#[inline(never)]
-fn medium_work(duration: Duration) {
-    let start = Instant::now();
-    while start.elapsed() < duration {
-        std::hint::spin_loop();
-    }
-}
-
 /// Polls of a tenth of the threshold back to back: tokio publishes a worker's busy time every 61
 /// polls, so it stands still for 300 ms at a time, longer than two samples apart, while the
 /// stacks match sample after sample. Only the polled task's id tells these polls apart.
@@ -270,34 +258,9 @@ fn medium_work(duration: Duration) {
 fn a_load_of_polls_a_tenth_of_the_threshold_each_is_never_a_stall() {
     let (detector, seen) = detector_with(Duration::from_millis(50));
     let rt = watched_runtime(&detector);
-    let started = Instant::now();
-    rt.block_on(async {
-        let drivers: Vec<_> = (0..2)
-            .map(|_| {
-                tokio::spawn(async move {
-                    while started.elapsed() < Duration::from_secs(2) {
-                        let batch: Vec<_> = (0..8)
-                            .map(|_| tokio::spawn(async { medium_work(Duration::from_millis(5)) }))
-                            .collect();
-                        for task in batch {
-                            task.await.unwrap();
-                        }
-                    }
-                })
-            })
-            .collect();
-        for driver in drivers {
-            driver.await.unwrap();
-        }
-    });
+    drive(&rt, Duration::from_secs(2), 8, Duration::from_millis(5));
     drop(rt);
-    let stats = detector.watchdog_stats().unwrap();
-    assert!(stats.captures_requested > 0, "{stats:?}");
-    assert!(
-        seen.lock().unwrap().is_empty(),
-        "{:#?}",
-        seen.lock().unwrap()
-    );
+    assert_no_stall(&detector, &seen);
 }
 
 /// The CPU time of this process's `hogwatch-watchdog` threads so far (`/proc`, in ns).

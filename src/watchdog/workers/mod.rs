@@ -261,13 +261,7 @@ impl Runtime {
     /// before it ever parked (a task spawned right after `build()`).
     fn started(self: &Arc<Self>) {
         self.send_handle();
-        if let Some(worker) = self.register() {
-            let now = self.recorder.clock.raw().max(1);
-            let _ =
-                worker
-                    .running_since
-                    .compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire);
-        }
+        self.runs_from_now();
     }
 
     /// The thread that calls `watch_runtime`, taken for the one that will call `block_on` on a
@@ -275,6 +269,11 @@ impl Runtime {
     /// spawned right away would block it unseen. On a multi-thread runtime it is sampled once,
     /// shows no task poll, and is left alone from then on.
     fn caller(self: &Arc<Self>) {
+        self.runs_from_now();
+    }
+
+    /// Registers this thread as running from now (unless it already runs).
+    fn runs_from_now(self: &Arc<Self>) {
         if let Some(worker) = self.register() {
             let now = self.recorder.clock.raw().max(1);
             let _ =
