@@ -10,6 +10,17 @@ use hogwatch::{Detector, HogEvent, HogKind};
 const WATCHDOG: Duration = Duration::from_millis(100);
 const BLOCK: Duration = Duration::from_secs(1);
 
+/// One test at a time: the load tests keep both cores of a small machine busy, which would
+/// delay the watchdog thread of a test timing how soon a stall is reported. What is timed is
+/// the runtime watchdog's own latency.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// What `on_hog` saw: each stall event with the time it arrived.
 type Seen = Arc<Mutex<Vec<(Instant, HogEvent)>>>;
 
@@ -116,6 +127,7 @@ fn both_stalls_are_reported(rt: tokio::runtime::Runtime, detector: &Detector, se
 
 #[test]
 fn two_blocked_workers_are_both_reported_and_named() {
+    let _serial = serial();
     let (detector, seen) = detector();
     let rt = watched_runtime(&detector);
     both_stalls_are_reported(rt, &detector, &seen);
@@ -123,6 +135,7 @@ fn two_blocked_workers_are_both_reported_and_named() {
 
 #[test]
 fn the_current_thread_runtime_is_watched_too() {
+    let _serial = serial();
     let (detector, seen) = detector();
     let mut builder = tokio::runtime::Builder::new_current_thread();
     builder.enable_all();
@@ -136,6 +149,7 @@ fn the_current_thread_runtime_is_watched_too() {
 
 #[test]
 fn parked_workers_are_never_sampled() {
+    let _serial = serial();
     let (detector, seen) = detector();
     let rt = watched_runtime(&detector);
     rt.block_on(async {
@@ -149,6 +163,7 @@ fn parked_workers_are_never_sampled() {
 
 #[test]
 fn without_a_watchdog_it_is_a_typed_error() {
+    let _serial = serial();
     let detector = Detector::builder().build().unwrap();
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     let error = detector.watch_runtime(&mut builder).unwrap_err();
@@ -215,6 +230,7 @@ fn assert_no_stall(detector: &Detector, seen: &Seen) {
 
 #[test]
 fn a_load_of_short_polls_is_never_a_stall() {
+    let _serial = serial();
     // At the shortest threshold the guide suggests: the most samples, the most chances of a
     // false stall, the highest cost.
     const THRESHOLD: Duration = Duration::from_millis(50);
@@ -256,11 +272,90 @@ fn a_load_of_short_polls_is_never_a_stall() {
 /// stacks match sample after sample. Only the polled task's id tells these polls apart.
 #[test]
 fn a_load_of_polls_a_tenth_of_the_threshold_each_is_never_a_stall() {
+    let _serial = serial();
     let (detector, seen) = detector_with(Duration::from_millis(50));
     let rt = watched_runtime(&detector);
     drive(&rt, Duration::from_secs(2), 8, Duration::from_millis(5));
     drop(rt);
     assert_no_stall(&detector, &seen);
+}
+
+/// Polls of 70 % of the threshold back to back, on workers that never park: two samples half a
+/// threshold apart can fall in one poll, which is no stall: a stall needs the same poll seen a
+/// whole threshold apart.
+#[test]
+fn polls_of_most_of_a_threshold_back_to_back_are_never_a_stall() {
+    let _serial = serial();
+    let (detector, seen) = detector();
+    let rt = watched_runtime(&detector);
+    drive(&rt, Duration::from_secs(2), 2, WATCHDOG * 7 / 10);
+    drop(rt);
+    assert_no_stall(&detector, &seen);
+}
+
+/// One task re-polled back to back (it yields after 200 µs of work, for 2 s): the same task id
+/// and the same stack at every sample, but tokio's busy time moves every 61 polls.
+#[test]
+fn a_task_that_yields_often_is_never_a_stall() {
+    let _serial = serial();
+    let (detector, seen) = detector_with(Duration::from_millis(50));
+    let rt = watched_runtime(&detector);
+    rt.block_on(async {
+        tokio::spawn(async {
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_secs(2) {
+                spin(Duration::from_micros(200));
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .unwrap();
+    });
+    drop(rt);
+    assert_no_stall(&detector, &seen);
+}
+
+/// A `spawn_blocking` closure blocks a thread of the blocking pool, not a worker: not a task
+/// stall, though tokio runs it through the same task harness.
+#[test]
+fn a_blocking_closure_is_not_a_task_stall() {
+    let _serial = serial();
+    let (detector, seen) = detector();
+    let rt = watched_runtime(&detector);
+    rt.block_on(async {
+        let sleeper = tokio::task::spawn_blocking(|| sleep_in_refresh(BLOCK));
+        let spinner = tokio::task::spawn_blocking(|| crunch_in_rebuild(BLOCK));
+        sleeper.await.unwrap();
+        spinner.await.unwrap();
+    });
+    drop(rt);
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "{:#?}",
+        seen.lock().unwrap()
+    );
+    assert_eq!(stalled(&detector), []);
+}
+
+/// Two current-thread runtimes built one after the other on the same thread, each blocked by a
+/// task: both stalls are reported (the second runtime is not taken for the first).
+#[test]
+fn a_runtime_built_after_another_on_the_same_thread_is_watched() {
+    let _serial = serial();
+    let (detector, seen) = detector();
+    for _ in 0..2 {
+        let mut builder = tokio::runtime::Builder::new_current_thread();
+        builder.enable_all();
+        let rt = detector
+            .watch_runtime(&mut builder)
+            .unwrap()
+            .build()
+            .unwrap();
+        rt.block_on(async { tokio::spawn(warm_cache()).await.unwrap() });
+        drop(rt);
+    }
+    let events = seen.lock().unwrap();
+    assert_eq!(events.len(), 2, "{events:#?}");
 }
 
 /// The CPU time of this process's `hogwatch-watchdog` threads so far (`/proc`, in ns).
@@ -304,6 +399,7 @@ fn watched_runtime(detector: &Detector) -> tokio::runtime::Runtime {
 
 #[test]
 fn a_watched_future_stall_is_counted_once_under_its_own_label() {
+    let _serial = serial();
     let (detector, seen) = detector();
     let rt = watched_runtime(&detector);
     let watched = detector.watch("refresh", async { sleep_in_refresh(BLOCK) });
@@ -323,6 +419,7 @@ fn a_watched_future_stall_is_counted_once_under_its_own_label() {
 #[cfg(feature = "axum")]
 #[test]
 fn a_stalled_route_is_counted_once_under_its_route() {
+    let _serial = serial();
     use tower::ServiceExt;
 
     let (detector, _seen) = detector();
@@ -357,6 +454,7 @@ fn a_stalled_route_is_counted_once_under_its_route() {
 #[cfg(tokio_unstable)]
 #[test]
 fn with_instrument_runtime_a_task_stall_is_counted_once() {
+    let _serial = serial();
     let (detector, _seen) = detector();
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.worker_threads(2).enable_all();
@@ -387,6 +485,7 @@ async fn warm_cache() {
 /// reported while it lasts, named, once.
 #[test]
 fn a_300_ms_stall_right_after_build_is_reported_while_it_lasts() {
+    let _serial = serial();
     let (detector, seen) = detector();
     let rt = watched_runtime(&detector);
     let started = Instant::now();
@@ -438,6 +537,7 @@ async fn rebuild_index(started: Arc<Mutex<Option<Instant>>>) {
 /// A task on the CPU (signalled for its stack) is reported within 2x, named, cause `cpu`.
 #[test]
 fn a_task_spinning_on_the_cpu_is_reported_and_named() {
+    let _serial = serial();
     let (detector, seen) = detector();
     let rt = watched_runtime(&detector);
     let started = Arc::new(Mutex::new(None));
@@ -494,6 +594,7 @@ async fn fetch_config() -> std::io::Result<usize> {
 /// out as it should, not with `EINTR`).
 #[test]
 fn a_blocking_read_right_after_build_is_reported_and_not_interrupted() {
+    let _serial = serial();
     let (detector, seen) = detector();
     let rt = watched_runtime(&detector);
     let started = Instant::now();
@@ -529,6 +630,7 @@ fn a_blocking_read_right_after_build_is_reported_and_not_interrupted() {
 /// the other worker's busy time moves at each park, which must not hide the stall.
 #[test]
 fn a_stall_beside_a_worker_that_serves_and_parks_is_reported() {
+    let _serial = serial();
     let (detector, seen) = detector();
     let rt = watched_runtime(&detector);
     let started = Arc::new(Mutex::new(None));

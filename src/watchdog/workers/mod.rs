@@ -46,6 +46,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use super::signal;
+use super::symtab::SymbolTable;
 use crate::recorder::slot::{self, Slot};
 use crate::recorder::Recorder;
 
@@ -66,13 +67,16 @@ pub(crate) fn install(
     };
     #[cfg(target_os = "linux")]
     {
+        static NEXT_RUNTIME: AtomicU64 = AtomicU64::new(1);
         let runtime = Arc::new(Runtime {
+            id: NEXT_RUNTIME.fetch_add(1, Ordering::Relaxed),
             recorder: recorder.clone(),
             workers: Mutex::new(Vec::new()),
             handle: Mutex::new(None),
             handle_sent: AtomicBool::new(false),
         });
         runtimes.add(&runtime);
+        runtimes.read_table();
         runtime.caller();
         let (start, stop, park, unpark) =
             (runtime.clone(), runtime.clone(), runtime.clone(), runtime);
@@ -92,6 +96,13 @@ pub(crate) fn install(
 pub(crate) struct Runtimes {
     #[cfg(target_os = "linux")]
     list: Mutex<Vec<Weak<Runtime>>>,
+    /// The program's symbol table, read by the first `watch_runtime` on the caller's thread
+    /// (milliseconds, at set-up) rather than by the watchdog thread at a stall; taken by the
+    /// sampler.
+    #[cfg(target_os = "linux")]
+    table: Mutex<Option<SymbolTable>>,
+    #[cfg(target_os = "linux")]
+    table_read: AtomicBool,
 }
 
 /// Every watchdog's runtimes, by watchdog id: how `watch_runtime` finds its detector's.
@@ -129,6 +140,26 @@ impl Runtimes {
         list.push(Arc::downgrade(runtime));
     }
 
+    /// Reads the program's symbol table, once.
+    fn read_table(&self) {
+        if !self.table_read.swap(true, Ordering::AcqRel) {
+            if let Some(table) = SymbolTable::load() {
+                *self
+                    .table
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(table);
+            }
+        }
+    }
+
+    /// The symbol table [`read_table`](Self::read_table) read, once: `None` after (or before).
+    fn take_table(&self) -> Option<SymbolTable> {
+        self.table
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take()
+    }
+
     fn snapshot(&self, into: &mut Vec<Arc<Runtime>>) {
         into.clear();
         let list = self
@@ -142,6 +173,8 @@ impl Runtimes {
 /// One watched runtime: owned by its callbacks, read by the watchdog thread.
 #[cfg(target_os = "linux")]
 struct Runtime {
+    /// Unique in the process (an address could be reused by the next runtime).
+    id: u64,
     recorder: Arc<Recorder>,
     workers: Mutex<Vec<Arc<Worker>>>,
     /// The runtime's handle, for its stable worker metrics, until the watchdog thread takes it
@@ -171,27 +204,33 @@ struct Worker {
 
 #[cfg(target_os = "linux")]
 thread_local! {
-    /// The runtimes this thread is registered with (a thread may serve nested runtimes), and its
-    /// worker in each; marks them gone when the thread exits.
+    /// The runtimes this thread is registered with (a thread may serve nested runtimes, or build
+    /// one after another), and its worker in each (`None`: registering failed, not tried
+    /// again); marks them gone when the thread exits.
     static REGISTERED: Registered = const { Registered(std::cell::RefCell::new(Vec::new())) };
 }
 
 #[cfg(target_os = "linux")]
-struct Registered(std::cell::RefCell<Vec<(usize, Arc<Worker>)>>);
+type Registration = (u64, Weak<Runtime>, Option<Arc<Worker>>);
+
+#[cfg(target_os = "linux")]
+struct Registered(std::cell::RefCell<Vec<Registration>>);
 
 #[cfg(target_os = "linux")]
 impl Drop for Registered {
     fn drop(&mut self) {
-        for (_, worker) in self.0.borrow().iter() {
-            worker.gone.store(true, Ordering::Release);
+        for (_, _, worker) in self.0.borrow().iter() {
+            if let Some(worker) = worker {
+                worker.gone.store(true, Ordering::Release);
+            }
         }
     }
 }
 
 #[cfg(target_os = "linux")]
 impl Runtime {
-    fn key(self: &Arc<Self>) -> usize {
-        Arc::as_ptr(self) as usize
+    fn key(&self) -> u64 {
+        self.id
     }
 
     /// This thread's worker of this runtime, registered on first sight. Off the hot path: once
@@ -200,17 +239,45 @@ impl Runtime {
         let key = self.key();
         let found = REGISTERED
             .try_with(|registered| {
+                let mut registered = registered.0.borrow_mut();
+                // Runtimes dropped since: their entries go (a thread that builds runtime after
+                // runtime keeps a bounded list).
+                registered.retain(|(_, runtime, worker)| {
+                    let alive = runtime.strong_count() > 0;
+                    if let (false, Some(worker)) = (alive, worker) {
+                        worker.gone.store(true, Ordering::Release);
+                    }
+                    alive
+                });
                 registered
-                    .0
-                    .borrow()
                     .iter()
-                    .find(|(runtime, _)| *runtime == key)
-                    .map(|(_, worker)| worker.clone())
+                    .find(|(runtime, _, _)| *runtime == key)
+                    .map(|(_, _, worker)| worker.clone())
             })
             .ok()?;
-        if found.is_some() {
+        if let Some(found) = found {
             return found;
         }
+        let worker = self.new_worker();
+        REGISTERED
+            .try_with(|registered| {
+                registered
+                    .0
+                    .borrow_mut()
+                    .push((key, Arc::downgrade(self), worker.clone()))
+            })
+            .ok()?;
+        if let Some(worker) = &worker {
+            self.workers
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .push(worker.clone());
+        }
+        worker
+    }
+
+    /// A worker for the calling thread: its recorder slot, which gives it its signal target.
+    fn new_worker(&self) -> Option<Arc<Worker>> {
         let tid = current_tid()?;
         // Registers this thread's recorder slot (which attaches its signal target), publishing
         // nothing: what was published before is put back at once.
@@ -223,29 +290,21 @@ impl Runtime {
             .find(|slot| target_of(slot).is_some_and(|target| target.tid() == tid))?;
         // Samples in its own code tell polls apart by the task they poll (see `Key`).
         target_of(&slot)?.read_task_here();
-        let worker = Arc::new(Worker {
+        Some(Arc::new(Worker {
             slot,
             tid,
             running_since: AtomicU64::new(0),
             unparks: AtomicU64::new(0),
             parked_once: AtomicBool::new(false),
             gone: AtomicBool::new(false),
-        });
-        REGISTERED
-            .try_with(|registered| registered.0.borrow_mut().push((key, worker.clone())))
-            .ok()?;
-        self.workers
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .push(worker.clone());
-        Some(worker)
+        }))
     }
 
     fn unregister(self: &Arc<Self>) {
         let key = self.key();
         let _ = REGISTERED.try_with(|registered| {
-            registered.0.borrow_mut().retain(|(runtime, worker)| {
-                if *runtime == key {
+            registered.0.borrow_mut().retain(|(runtime, _, worker)| {
+                if let (true, Some(worker)) = (*runtime == key, worker) {
                     worker.gone.store(true, Ordering::Release);
                 }
                 *runtime != key

@@ -7,8 +7,12 @@ use std::time::Duration;
 use super::super::symtab::SymbolTable;
 use super::super::{signal, symbols};
 
+/// How many frames below the harness are named to tell a scheduler from the blocking pool.
+#[cfg(target_os = "linux")]
+const BELOW_FRAMES: usize = 16;
+
 /// The label of a task stall whose stack could not be had or named.
-pub(crate) const UNKNOWN_TASK: &str = "task <unknown>";
+const UNKNOWN_TASK: &str = "task <unknown>";
 
 /// starts), then says that `backtrace` names stacks quickly from now on ([`WARM`]). Every stack
 /// a signal captures has the C library's signal trampoline in it: loading that library's
@@ -78,7 +82,14 @@ impl Names {
     /// nothing can name them yet. The executor's frames below the harness name nothing of the
     /// task and are left unnamed: naming an address `backtrace` has not seen costs tens of
     /// milliseconds the first time in a debug build.
-    pub(super) fn frames_to_harness(&mut self, raw: &signal::RawStack) -> Option<Named> {
+    ///
+    /// With `below`, also names the frames below the harness until a scheduler's or the
+    /// blocking pool's ([`Named::scheduler`]): a thread that never parked may be either.
+    pub(super) fn frames_to_harness(
+        &mut self,
+        raw: &signal::RawStack,
+        below: bool,
+    ) -> Option<Named> {
         // From the interrupted instruction on: the signal handler's frames before it (and the C
         // library's signal trampoline) are never named.
         let start = raw.ips.iter().position(|ip| *ip == raw.pc).unwrap_or(0);
@@ -91,19 +102,58 @@ impl Names {
             let within = symbols::within_poll(&names).len();
             if within < names.len() {
                 frames.truncate(within + 1);
+                let scheduler = match below {
+                    true => self.scheduler_below(&raw.ips[at + 1..]),
+                    false => None,
+                };
                 return Some(Named {
                     frames,
                     harness: Some(at),
+                    scheduler,
                 });
             }
         }
         Some(Named {
             frames,
             harness: None,
+            scheduler: None,
         })
     }
 
-    /// The program's symbol table, read the first time it is asked for (`None`: stripped).
+    /// Whether the frames below a harness (`ips`, from its caller down) are a scheduler's,
+    /// which polls async tasks (`Some(true)`), or the blocking pool's, which runs
+    /// `spawn_blocking` closures through the same harness (`Some(false)`); `None` if neither
+    /// shows within [`BELOW_FRAMES`].
+    fn scheduler_below(&mut self, ips: &[usize]) -> Option<bool> {
+        // From the symbol table where there is one: it knows tokio's functions by address,
+        // before and after the debug information is loaded, and naming the executor's frames
+        // with `backtrace` costs tens of milliseconds each the first time in a debug build.
+        if let Some(table) = self.table() {
+            return ips
+                .iter()
+                .take(BELOW_FRAMES)
+                .find_map(|ip| table.tokio_scheduler(ip.saturating_sub(1)));
+        }
+        for ip in ips.iter().take(BELOW_FRAMES) {
+            for frame in self.frames(*ip, false)? {
+                if frame.name.starts_with("tokio::runtime::scheduler::") {
+                    return Some(true);
+                }
+                if frame.name.starts_with("tokio::runtime::blocking::") {
+                    return Some(false);
+                }
+            }
+        }
+        None
+    }
+
+    /// Takes the symbol table `watch_runtime` read.
+    pub(super) fn give_table(&mut self, table: SymbolTable) {
+        self.table = Some(table);
+    }
+
+    /// The program's symbol table, read here the first time it is asked for if
+    /// `watch_runtime` did not (`None`: stripped).
     pub(super) fn table(&mut self) -> Option<&SymbolTable> {
         if self.table.is_none() && !self.no_table {
             self.table = SymbolTable::load();
@@ -143,12 +193,15 @@ pub(super) struct Named {
     pub(super) frames: Vec<symbols::Frame>,
     /// Where the harness's frame is in the raw stack's addresses (`None`: not in a task poll).
     pub(super) harness: Option<usize>,
+    /// Below the harness, a scheduler (an async task's poll) or the blocking pool (a
+    /// `spawn_blocking` closure); `None` if not looked at or not seen.
+    pub(super) scheduler: Option<bool>,
 }
 
 /// The label of a task stall: `task ` and the first frame above tokio's task harness (outermost
 /// first) that is not the runtime's, without its `{{closure}}` suffixes; [`UNKNOWN_TASK`] if
 /// there is none.
-pub(crate) fn task_label(frames: &[symbols::Frame], prefixes: &[String]) -> String {
+pub(super) fn task_label(frames: &[symbols::Frame], prefixes: &[String]) -> String {
     let names: Vec<String> = frames.iter().map(|frame| frame.name.clone()).collect();
     let within = symbols::within_poll(&names);
     if within.len() == names.len() {

@@ -58,10 +58,11 @@ struct Other {
 struct Seen {
     at_raw: u64,
     key: Key,
-    stack: Option<signal::RawStack>,
-    /// The oldest the poll can be: the worker's unpark if no other poll was seen since, else
-    /// the sample before this one.
-    earliest_raw: u64,
+    /// Its stack, named down to the harness (empty: none could be read).
+    frames: Vec<symbols::Frame>,
+    /// When the poll began at the earliest we can tell: the worker's unpark if this is the
+    /// first sample since, else this sample (the one before showed another poll).
+    began_raw: u64,
     /// The runtime's workers' busy times at the sample (empty: not readable).
     busy: Vec<Duration>,
     /// The other workers at the sample.
@@ -81,6 +82,8 @@ struct State {
     /// The `running_since` these apply to: a park in between starts over.
     since: u64,
     seen: Option<Seen>,
+    /// When it was last sampled (0: not since `since`): samples are half a threshold apart.
+    sampled_raw: u64,
     /// The stall already reported, so that it is reported once.
     reported: Option<Key>,
     /// A sample showed no task poll (`block_on`'s future, `block_in_place`, the scheduler
@@ -96,6 +99,7 @@ impl State {
         Self {
             since,
             seen: None,
+            sampled_raw: 0,
             reported: None,
             quiet_until: 0,
             generation,
@@ -109,11 +113,13 @@ pub(crate) struct Sampler {
     runtimes: Arc<Runtimes>,
     scratch: Vec<Arc<Runtime>>,
     states: HashMap<usize, State>,
-    handles: HashMap<usize, tokio::runtime::Handle>,
+    handles: HashMap<u64, tokio::runtime::Handle>,
     reader: activity::Reader,
     scanner: scan::Scanner,
     names: Names,
     buffer: Vec<u8>,
+    /// Each thread's CPU time, read at most once per check (by `Worker` address).
+    cpu: HashMap<usize, (u64, Option<u64>)>,
     generation: u64,
 }
 
@@ -141,6 +147,7 @@ impl Sampler {
             scanner: scan::Scanner::default(),
             names: Names::new(),
             buffer: Vec::new(),
+            cpu: HashMap::new(),
             generation: 0,
         }
     }
@@ -149,6 +156,9 @@ impl Sampler {
     pub(crate) fn check(&mut self, recorder: &Recorder, watchdog: &Arc<Watchdog>) {
         self.generation = self.generation.wrapping_add(1);
         let mut runtimes = std::mem::take(&mut self.scratch);
+        if let Some(table) = self.runtimes.take_table() {
+            self.names.give_table(table);
+        }
         self.runtimes.snapshot(&mut runtimes);
         for runtime in &runtimes {
             let key = runtime.key();
@@ -176,18 +186,22 @@ impl Sampler {
                 self.check_worker(recorder, watchdog, key, worker, &workers);
             }
         }
+        // A dropped runtime's handle goes with it (it holds the runtime's driver).
+        self.handles
+            .retain(|key, _| runtimes.iter().any(|runtime| runtime.key() == *key));
         runtimes.clear();
         self.scratch = runtimes;
         let generation = self.generation;
         self.states
             .retain(|_, state| state.generation == generation);
+        self.cpu.retain(|_, (at, _)| *at == generation);
     }
 
     fn check_worker(
         &mut self,
         recorder: &Recorder,
         watchdog: &Arc<Watchdog>,
-        runtime: usize,
+        runtime: u64,
         worker: &Arc<Worker>,
         workers: &[Arc<Worker>],
     ) {
@@ -197,12 +211,15 @@ impl Sampler {
         let since = worker.running_since.load(Ordering::Acquire);
         let threshold_ns = watchdog.threshold_ns;
         let now = recorder.clock.raw();
-        // Sampled from half a threshold on; a stall needs a whole one (see `confirmed`).
+        // Sampled from an eighth of a threshold on (a worker busy for less is left alone), then
+        // every half threshold: the first sample of a poll comes at most 3/8 of a threshold
+        // after it began (checks are a quarter apart), and the one a threshold later that
+        // confirms it at most 1.375 thresholds after (plus the checks' own delays).
         let busy_ns = match since {
             0 => 0,
             since => recorder.clock.delta_as_nanos(since, now),
         };
-        if busy_ns < threshold_ns / 2 {
+        if busy_ns < threshold_ns / 8 {
             return;
         }
         let id = Arc::as_ptr(worker) as usize;
@@ -226,24 +243,35 @@ impl Sampler {
                 return;
             }
         }
-        if let Some(seen) = &state.seen {
-            if recorder.clock.delta_as_nanos(seen.at_raw, now) < threshold_ns / 2 {
-                return;
-            }
+        // Every half threshold (less an eighth: the checks themselves come a little early or
+        // late), and at once when the first sample of a possible stall is a threshold old.
+        let cadence = state.sampled_raw == 0
+            || recorder.clock.delta_as_nanos(state.sampled_raw, now)
+                >= threshold_ns / 2 - threshold_ns / 8;
+        let confirming = state
+            .seen
+            .as_ref()
+            .is_some_and(|seen| recorder.clock.delta_as_nanos(seen.at_raw, now) >= threshold_ns);
+        if !cadence && !confirming {
+            return;
         }
+        let first_sample = state.sampled_raw == 0;
+        state.sampled_raw = now;
         let seen_key = state.seen.as_ref().map(|seen| seen.key.clone());
         let Some(target) = target_of(&worker.slot) else {
             return;
         };
-        let busy = busy_times(self.handles.get(&runtime));
-        let others = self.others(worker, workers);
         let (key, stack, cause) = match self.reader.read(worker.tid) {
             Activity::User => {
                 watchdog.requested.fetch_add(1, Ordering::Relaxed);
-                match signal::capture(target, watchdog.signal, Duration::from_millis(250)) {
+                // No longer than the interval between checks: a worker the machine hardly runs
+                // must not hold up the watchdog's look at the others.
+                let timeout = Duration::from_nanos(threshold_ns / 4)
+                    .clamp(Duration::from_millis(1), Duration::from_millis(250));
+                match signal::capture(target, watchdog.signal, timeout) {
                     Ok(raw) => {
                         watchdog.completed.fetch_add(1, Ordering::Relaxed);
-                        // The key is made below, from the names.
+                        // The addresses are filled in below, from the names.
                         (
                             Key::Stack(raw.task, Vec::new()),
                             Some(raw),
@@ -256,8 +284,8 @@ impl Sampler {
                     }
                 }
             }
-            // Never signalled (the call could fail with `EINTR`): its stack is scanned, once
-            // per call it waits in.
+            // Not signalled (the call could fail with `EINTR`): its stack is scanned, once per
+            // call it waits in.
             Activity::Syscall(nr, registers) => {
                 let Some(key) = syscall_key(&mut self.buffer, worker.tid) else {
                     return;
@@ -270,21 +298,27 @@ impl Sampler {
             }
             Activity::Unknown | Activity::Unreadable => return,
         };
+        let parked_once = worker.parked_once.load(Ordering::Acquire);
         let mut key = key;
-        let in_task = match &stack {
-            Some(raw) => match self.names.frames_to_harness(raw) {
+        let (in_task, frames) = match &stack {
+            Some(raw) => match self.names.frames_to_harness(raw, !parked_once) {
                 Some(named) => {
                     if let (Key::Stack(_, addresses), Some(harness)) = (&mut key, named.harness) {
                         *addresses = raw.ips[harness..].to_vec();
                     }
-                    in_task(&named.frames)
+                    // A thread that never parked may be the blocking pool's, whose
+                    // `spawn_blocking` closures run through the same harness: a task only with
+                    // a scheduler below it.
+                    let task =
+                        in_task(&named.frames) && (parked_once || named.scheduler == Some(true));
+                    (task, named.frames)
                 }
                 // Nothing can name it yet (no symbol table): sampled again later.
                 None => return,
             },
             // The same system call as the first sample, whose stack was looked at then; a call
             // whose stack could not be read counts only for a thread known to be a worker.
-            None => seen_key.as_ref() == Some(&key) || worker.parked_once.load(Ordering::Acquire),
+            None => (seen_key.as_ref() == Some(&key) || parked_once, Vec::new()),
         };
         let Some(state) = self.states.get_mut(&id) else {
             return;
@@ -293,7 +327,7 @@ impl Sampler {
             // A worker caught between two polls runs tasks again at once: it is looked at again
             // a few thresholds on. A thread that never parked (the blocking pool's: tokio starts
             // them with the same callback) runs no task: it is left alone until it parks.
-            state.quiet_until = match worker.parked_once.load(Ordering::Acquire) {
+            state.quiet_until = match parked_once {
                 true => now.saturating_add(
                     recorder
                         .ticks
@@ -304,20 +338,43 @@ impl Sampler {
             state.seen = None;
             return;
         }
-        let confirmed = match &state.seen {
-            // The same poll, not yet a threshold long: wait, keeping the first sample.
-            Some(seen) if seen.key == key && busy_ns < threshold_ns => return,
-            Some(seen) if seen.key == key => stood_still(recorder, seen, now, &busy, &others),
-            _ => false,
+        let seen = match state.seen.take() {
+            Some(seen) if seen.key == key => seen,
+            // Another poll (or the first sample): this sample is the first of a possible stall.
+            _ => {
+                let busy = busy_times(self.handles.get(&runtime));
+                let others = self.others(worker, workers);
+                if let Some(state) = self.states.get_mut(&id) {
+                    state.seen = Some(Seen {
+                        at_raw: now,
+                        key,
+                        frames,
+                        began_raw: if first_sample { since } else { now },
+                        busy,
+                        others,
+                    });
+                }
+                return;
+            }
         };
-        if !confirmed {
-            // Another poll, or workers' busy times moved: this sample is the new first one.
-            let earliest_raw = state.seen.as_ref().map_or(since, |seen| seen.at_raw);
+        // The same poll: a stall once it has been seen a whole threshold apart, and tokio's busy
+        // times agree.
+        if recorder.clock.delta_as_nanos(seen.at_raw, now) < threshold_ns {
+            state.seen = Some(seen);
+            return;
+        }
+        let busy = busy_times(self.handles.get(&runtime));
+        let others = self.others(worker, workers);
+        let Some(state) = self.states.get_mut(&id) else {
+            return;
+        };
+        if !stood_still(recorder, &seen, now, &busy, &others) {
+            // Busy times moved: polls went on. This sample starts over.
             state.seen = Some(Seen {
                 at_raw: now,
                 key,
-                stack,
-                earliest_raw,
+                frames,
+                began_raw: now,
                 busy,
                 others,
             });
@@ -331,13 +388,14 @@ impl Sampler {
             return;
         }
         state.reported = Some(key);
-        let Some(seen) = state.seen.take() else {
-            return;
-        };
-        let running_ns = recorder.clock.delta_as_nanos(seen.earliest_raw, now);
+        let running_ns = recorder.clock.delta_as_nanos(seen.began_raw, now);
         // The latest stack, or the first sample's for a call that went on waiting.
-        let stack = stack.or(seen.stack);
-        self.report(recorder, watchdog, worker, stack, cause, running_ns);
+        let frames = if frames.is_empty() {
+            seen.frames
+        } else {
+            frames
+        };
+        self.report(recorder, watchdog, worker, frames, cause, running_ns);
     }
 
     /// The runtime's other workers now, for the busy-time guard (a worker that has not parked
@@ -352,11 +410,23 @@ impl Sampler {
                     && !other.gone.load(Ordering::Acquire)
                     && other.parked_once.load(Ordering::Acquire)
             })
-            .map(|other| Other {
-                worker: Arc::as_ptr(other) as usize,
-                parked: other.running_since.load(Ordering::Acquire) == 0,
-                unparks: other.unparks.load(Ordering::Acquire),
-                cpu_ns: cpu_ns(&mut self.buffer, other.tid),
+            .map(|other| {
+                let key = Arc::as_ptr(other) as usize;
+                let generation = self.generation;
+                let cpu_ns = match self.cpu.get(&key) {
+                    Some((at, cpu_ns)) if *at == generation => *cpu_ns,
+                    _ => {
+                        let cpu_ns = cpu_ns(&mut self.buffer, other.tid);
+                        self.cpu.insert(key, (generation, cpu_ns));
+                        cpu_ns
+                    }
+                };
+                Other {
+                    worker: key,
+                    parked: other.running_since.load(Ordering::Acquire) == 0,
+                    unparks: other.unparks.load(Ordering::Acquire),
+                    cpu_ns,
+                }
             })
             .collect()
     }
@@ -367,15 +437,10 @@ impl Sampler {
         recorder: &Recorder,
         watchdog: &Arc<Watchdog>,
         worker: &Worker,
-        raw: Option<signal::RawStack>,
+        frames: Vec<symbols::Frame>,
         cause: Option<stalls::Cause>,
         running_ns: u64,
     ) {
-        let frames = raw
-            .as_ref()
-            .and_then(|raw| self.names.frames_to_harness(raw))
-            .unwrap_or_default()
-            .frames;
         let culprit = symbols::culprit(&frames, &watchdog.prefixes);
         let mut stack: Vec<String> = frames.iter().map(|frame| frame.name.clone()).collect();
         stack.truncate(signal::MAX_FRAMES);
