@@ -14,7 +14,7 @@ impl Detector {
     /// ([`HogKind::Stall`] to [`on_hog`](crate::Builder::on_hog), a warning, and the stall,
     /// stack, culprit and cause in the report) under the label `task <the future's function>`
     /// (see [the guide](crate::docs::watchdog#every-worker-without-wrapping-watch_runtime)).
-    /// Parked workers cost nothing; a busy worker is sampled at most twice per threshold.
+    /// Parked workers cost nothing; a busy worker is sampled about twice per threshold.
     ///
     /// Installs tokio's `on_thread_start`, `on_thread_stop`, `on_thread_park` and
     /// `on_thread_unpark` callbacks, replacing any set on `builder` before (tokio keeps one of

@@ -12,13 +12,13 @@
 //! Registering a thread registers its recorder slot, which gives it its signal target
 //! (`slot::attach_with`): one target per thread, shared with the wrapped paths.
 //!
-//! Each check, a worker that has not parked for half a watchdog threshold is *sampled* like a
-//! stalled watched poll, at most once per half threshold: a thread in a system call is never
-//! signalled (the call could fail with `EINTR`), its stack is scanned (`scan`); a thread in its
-//! own code is signalled for its stack, and the handler also reads the id of the tokio task it
-//! polls. Two samples at least half a threshold apart that show the same poll, the second after
-//! a whole threshold without a park, make a stall (reported once; at most 1.25 thresholds after
-//! the poll began, plus one check interval):
+//! Each check, a worker that has not parked for an eighth of a watchdog threshold is *sampled*
+//! like a stalled watched poll, then every half threshold while it stays busy (`sampler`): a
+//! thread in a system call is not signalled (the call could fail with `EINTR`), its stack is
+//! scanned (`scan`); a thread in its own code is signalled for its stack, and the handler also
+//! reads the id of the tokio task it polls. The same poll seen by two samples a whole threshold
+//! apart (and by the one between them) is a stall, reported once, at most about 1.4
+//! thresholds after the poll began:
 //!
 //! - in user code, the same task, polled from the same place: the same task id and the same
 //!   return addresses from tokio's task harness to the thread's start (the frames above the
@@ -32,9 +32,10 @@
 //! task harness that is not the runtime's (the future's own function: `task my_app::refresh`
 //! for `tokio::spawn(refresh())`, `task my_app::main` for an `async` block written in `main`),
 //! without `{{closure}}` suffixes; its culprit is the innermost such frame. A stack without the
-//! task harness (the future given to `block_on`, a thread between tasks, `block_in_place`, a
-//! `spawn_blocking` closure) is not a task stall. Names come from the program's symbol table
-//! (`symtab`) until the naming thread has loaded the debug information, then from `backtrace`.
+//! task harness (the future given to `block_on`, a thread between tasks, `block_in_place`), or
+//! with the blocking pool's code below it (a `spawn_blocking` closure), is not a task stall.
+//! Names come from the program's symbol table (`symtab`) until the naming thread has loaded the
+//! debug information, then from `backtrace` (`names`).
 
 mod names;
 mod sampler;
