@@ -12,10 +12,11 @@
 //! - `workers`: the runtime watchdog (`Detector::watch_runtime`): stalls of any task of a
 //!   runtime, found by sampling its busy workers, named from their stacks.
 //!
-//! While a poll stays stalled the watchdog samples it at each check (every quarter of the
-//! threshold), within a budget of [`SAMPLES_PER_SECOND`] for the whole watchdog: each sample
-//! records what the thread was doing (its cause), its stack, and its CPU time since the
-//! previous sample.
+//! While a watched poll stays stalled the watchdog samples it at each check (every quarter of
+//! the threshold), within a budget of [`SAMPLES_PER_SECOND`] for all the watched polls: each
+//! sample records what the thread was doing (its cause), its stack, and its CPU time since the
+//! previous sample. The runtime watchdog's samples are paced per worker instead (about two per
+//! threshold while it is busy: `workers`), outside that budget.
 //!
 //! A stall is counted and reported when the watchdog sees it; its stack is captured right away
 //! (unless the thread waits in a system call, which a signal would interrupt), and named by a
