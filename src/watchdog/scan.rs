@@ -129,9 +129,8 @@ impl Scanner {
                             // Checked exactly, a call into a frame kept before the last one
                             // says the frames kept since were stale (a chain left behind by
                             // calls that returned, through an indirect call, which cannot be
-                            // checked): they are dropped.
-                            // Not back to the first address: it is the interrupted
-                            // instruction, not a frame's return address.
+                            // checked): they are dropped. Never back to the first address,
+                            // the interrupted instruction rather than a return address.
                             let inner = ips.len().saturating_sub(BACKTRACK).max(1)..ips.len();
                             let back = inner.rev().skip(1).find(|at| {
                                 table.start_of(ips[*at].saturating_sub(1)) == Some(target)
