@@ -75,6 +75,7 @@ pub(crate) fn install(
             workers: Mutex::new(Vec::new()),
             handle: Mutex::new(None),
             handle_sent: AtomicBool::new(false),
+            threads_started: AtomicBool::new(false),
         });
         runtimes.add(&runtime);
         runtimes.read_table();
@@ -182,6 +183,9 @@ struct Runtime {
     /// (the watchdog keeps it, not the runtime's own callbacks, which would make a cycle).
     handle: Mutex<Option<tokio::runtime::Handle>>,
     handle_sent: AtomicBool,
+    /// tokio has started a thread for it: a multi-thread runtime's workers start in `build()`,
+    /// a current-thread runtime starts none until its blocking pool is used.
+    threads_started: AtomicBool,
 }
 
 /// One thread of a watched runtime.
@@ -201,6 +205,8 @@ struct Worker {
     parked_once: AtomicBool,
     /// Its thread has stopped or exited.
     gone: AtomicBool,
+    /// It is the thread that called `watch_runtime` (see `Runtime::caller`).
+    caller: AtomicBool,
 }
 
 #[cfg(target_os = "linux")]
@@ -298,6 +304,7 @@ impl Runtime {
             unparks: AtomicU64::new(0),
             parked_once: AtomicBool::new(false),
             gone: AtomicBool::new(false),
+            caller: AtomicBool::new(false),
         }))
     }
 
@@ -320,27 +327,37 @@ impl Runtime {
     /// A new thread of the runtime runs from its start: a worker may pick up a task spawned
     /// before it ever parked (a task spawned right after `build()`).
     fn started(self: &Arc<Self>) {
+        self.threads_started.store(true, Ordering::Release);
         self.send_handle();
         self.runs_from_now();
     }
 
     /// The thread that calls `watch_runtime`, taken for the one that will call `block_on` on a
     /// current-thread runtime: tokio says nothing of that thread before it parks, and a task
-    /// spawned right away would block it unseen. On a multi-thread runtime it is sampled once,
-    /// shows no task poll, and is left alone from then on.
+    /// spawned right away would block it unseen. It is left alone once tokio has started a
+    /// thread for the runtime (a multi-thread runtime's workers, at `build()`), until it parks.
     fn caller(self: &Arc<Self>) {
-        self.runs_from_now();
+        if let Some(worker) = self.runs_from_now() {
+            worker.caller.store(true, Ordering::Release);
+        }
+    }
+
+    /// Whether `worker` is only the `watch_runtime` caller taken for a current-thread runtime's
+    /// thread, on a runtime that turned out to start threads of its own (see `caller`).
+    fn not_the_runtimes(&self, worker: &Worker) -> bool {
+        worker.caller.load(Ordering::Acquire)
+            && !worker.parked_once.load(Ordering::Acquire)
+            && self.threads_started.load(Ordering::Acquire)
     }
 
     /// Registers this thread as running from now (unless it already runs).
-    fn runs_from_now(self: &Arc<Self>) {
-        if let Some(worker) = self.register() {
-            let now = self.recorder.clock.raw().max(1);
-            let _ =
-                worker
-                    .running_since
-                    .compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire);
-        }
+    fn runs_from_now(self: &Arc<Self>) -> Option<Arc<Worker>> {
+        let worker = self.register()?;
+        let now = self.recorder.clock.raw().max(1);
+        let _ = worker
+            .running_since
+            .compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire);
+        Some(worker)
     }
 
     /// Hands the runtime's handle to the watchdog thread, once: from the first thread that

@@ -183,7 +183,9 @@ impl Sampler {
                 self.handles.remove(&key);
             }
             for worker in &workers {
-                self.check_worker(recorder, watchdog, key, worker, &workers);
+                if !runtime.not_the_runtimes(worker) {
+                    self.check_worker(recorder, watchdog, key, worker, &workers);
+                }
             }
         }
         // A dropped runtime's handle goes with it (it holds the runtime's driver).
