@@ -91,8 +91,16 @@ impl Scanner {
         if registers.sp == 0 || registers.pc == 0 {
             return None;
         }
-        self.refresh_maps();
-        let stack_end = self.mapping(registers.sp).map(|(_, end, _)| end)?;
+        self.refresh_maps(MAPS_TTL);
+        let stack_end = match self.mapping(registers.sp) {
+            Some((_, end, _)) => end,
+            // A thread started since the list was read: its stack is not in it yet. (A stack
+            // pointer is always in some mapping, so a miss means the list is out of date.)
+            None => {
+                self.refresh_maps(Duration::ZERO);
+                self.mapping(registers.sp).map(|(_, end, _)| end)?
+            }
+        };
         let length = (stack_end - registers.sp).min(SCAN_BYTES);
         if self.mem.is_none() {
             self.mem = File::open("/proc/self/mem").ok();
@@ -157,8 +165,9 @@ impl Scanner {
         })
     }
 
-    fn refresh_maps(&mut self) {
-        if self.maps_read.is_some_and(|read| read.elapsed() < MAPS_TTL) {
+    /// Reads the list of mappings again if it is older than `ttl`.
+    fn refresh_maps(&mut self, ttl: Duration) {
+        if self.maps_read.is_some_and(|read| read.elapsed() < ttl) {
             return;
         }
         self.maps_read = Some(Instant::now());
@@ -344,8 +353,12 @@ mod tests {
         let _ = receive.recv();
     }
 
-    #[test]
-    fn the_stack_of_a_thread_waiting_on_a_channel_shows_who_waits() {
+    /// A thread waiting in `wait_on` until told to go on, and its registers in that wait.
+    fn waiting_thread() -> (
+        std::sync::mpsc::Sender<()>,
+        std::thread::JoinHandle<()>,
+        Registers,
+    ) {
         let (send, receive) = std::sync::mpsc::channel();
         let (tid_send, tid_receive) = std::sync::mpsc::channel();
         let waiter = std::thread::spawn(move || {
@@ -372,6 +385,30 @@ mod tests {
             assert!(start.elapsed() < Duration::from_secs(5), "never blocked");
             std::thread::sleep(Duration::from_millis(1));
         };
+        (send, waiter, registers)
+    }
+
+    /// A thread started after the scanner read the mappings has its stack read at once, not a
+    /// second later when the list would be read again anyway.
+    #[test]
+    fn a_thread_started_after_the_last_scan_is_read() {
+        let mut scanner = Scanner::default();
+        let (first, first_waiter, registers) = waiting_thread();
+        assert!(scanner.scan(registers).is_some());
+        // While the first one still waits: the second gets a stack of its own (a thread's stack
+        // is reused only after it exits).
+        let (second, second_waiter, registers) = waiting_thread();
+        let scanned = scanner.scan(registers);
+        for (send, waiter) in [(first, first_waiter), (second, second_waiter)] {
+            send.send(()).unwrap();
+            waiter.join().unwrap();
+        }
+        assert!(scanned.is_some(), "the new thread's stack was not read");
+    }
+
+    #[test]
+    fn the_stack_of_a_thread_waiting_on_a_channel_shows_who_waits() {
+        let (send, waiter, registers) = waiting_thread();
         let raw = Scanner::default()
             .scan(registers)
             .expect("the stack is read");
