@@ -5,7 +5,7 @@
 //! separate debug files): hundreds of milliseconds in a debug build, longer than the runtime
 //! watchdog may take to name a stall that starts right away. The symbol table holds every
 //! function's mangled name, address and size, which is all a label needs (no inlined frames, no
-//! file or line), and loads in milliseconds (14 ms for the lib test binary in a debug build,
+//! file or line), and loads in milliseconds (27 ms for the lib test binary in a debug build,
 //! against 80 ms for backtrace's first lookup there and 220 ms more for its first in libc): only
 //! the ELF header, the section headers, `.symtab` and `.strtab` are read from the file, never its
 //! code or debug sections.
