@@ -137,13 +137,7 @@ fn two_blocked_workers_are_both_reported_and_named() {
 fn the_current_thread_runtime_is_watched_too() {
     let _serial = serial();
     let (detector, seen) = detector();
-    let mut builder = tokio::runtime::Builder::new_current_thread();
-    builder.enable_all();
-    let rt = detector
-        .watch_runtime(&mut builder)
-        .unwrap()
-        .build()
-        .unwrap();
+    let rt = watched_current_thread_runtime(&detector);
     both_stalls_are_reported(rt, &detector, &seen);
 }
 
@@ -215,6 +209,15 @@ fn drive(rt: &tokio::runtime::Runtime, load: Duration, batch: usize, work: Durat
     })
 }
 
+/// Runs `load` on a runtime watched at `threshold`, then checks it made no stall.
+fn no_stall_while(threshold: Duration, load: impl FnOnce(&tokio::runtime::Runtime)) {
+    let (detector, seen) = detector_with(threshold);
+    let rt = watched_runtime(&detector);
+    load(&rt);
+    drop(rt);
+    assert_no_stall(&detector, &seen);
+}
+
 /// No stall event and no stall in the report, though the workers were sampled.
 fn assert_no_stall(detector: &Detector, seen: &Seen) {
     let stats = detector.watchdog_stats().unwrap();
@@ -273,11 +276,9 @@ fn a_load_of_short_polls_is_never_a_stall() {
 #[test]
 fn a_load_of_polls_a_tenth_of_the_threshold_each_is_never_a_stall() {
     let _serial = serial();
-    let (detector, seen) = detector_with(Duration::from_millis(50));
-    let rt = watched_runtime(&detector);
-    drive(&rt, Duration::from_secs(2), 8, Duration::from_millis(5));
-    drop(rt);
-    assert_no_stall(&detector, &seen);
+    no_stall_while(Duration::from_millis(50), |rt| {
+        drive(rt, Duration::from_secs(2), 8, Duration::from_millis(5));
+    });
 }
 
 /// Polls of 70 % of the threshold back to back, on workers that never park: two samples half a
@@ -286,11 +287,9 @@ fn a_load_of_polls_a_tenth_of_the_threshold_each_is_never_a_stall() {
 #[test]
 fn polls_of_most_of_a_threshold_back_to_back_are_never_a_stall() {
     let _serial = serial();
-    let (detector, seen) = detector();
-    let rt = watched_runtime(&detector);
-    drive(&rt, Duration::from_secs(2), 2, WATCHDOG * 7 / 10);
-    drop(rt);
-    assert_no_stall(&detector, &seen);
+    no_stall_while(WATCHDOG, |rt| {
+        drive(rt, Duration::from_secs(2), 2, WATCHDOG * 7 / 10);
+    });
 }
 
 /// One task re-polled back to back (it yields after 200 µs of work, for 2 s): the same task id
@@ -298,21 +297,19 @@ fn polls_of_most_of_a_threshold_back_to_back_are_never_a_stall() {
 #[test]
 fn a_task_that_yields_often_is_never_a_stall() {
     let _serial = serial();
-    let (detector, seen) = detector_with(Duration::from_millis(50));
-    let rt = watched_runtime(&detector);
-    rt.block_on(async {
-        tokio::spawn(async {
-            let started = Instant::now();
-            while started.elapsed() < Duration::from_secs(2) {
-                spin(Duration::from_micros(200));
-                tokio::task::yield_now().await;
-            }
-        })
-        .await
-        .unwrap();
+    no_stall_while(Duration::from_millis(50), |rt| {
+        rt.block_on(async {
+            tokio::spawn(async {
+                let started = Instant::now();
+                while started.elapsed() < Duration::from_secs(2) {
+                    spin(Duration::from_micros(200));
+                    tokio::task::yield_now().await;
+                }
+            })
+            .await
+            .unwrap();
+        });
     });
-    drop(rt);
-    assert_no_stall(&detector, &seen);
 }
 
 /// A `spawn_blocking` closure blocks a thread of the blocking pool, not a worker: not a task
@@ -344,13 +341,7 @@ fn a_runtime_built_after_another_on_the_same_thread_is_watched() {
     let _serial = serial();
     let (detector, seen) = detector();
     for _ in 0..2 {
-        let mut builder = tokio::runtime::Builder::new_current_thread();
-        builder.enable_all();
-        let rt = detector
-            .watch_runtime(&mut builder)
-            .unwrap()
-            .build()
-            .unwrap();
+        let rt = watched_current_thread_runtime(&detector);
         rt.block_on(async { tokio::spawn(warm_cache()).await.unwrap() });
         drop(rt);
     }
@@ -385,6 +376,16 @@ fn stalled(detector: &Detector) -> Vec<(String, u64)> {
         .filter(|entry| entry.stalls > 0)
         .map(|entry| (entry.label.to_string(), entry.stalls))
         .collect()
+}
+
+fn watched_current_thread_runtime(detector: &Detector) -> tokio::runtime::Runtime {
+    let mut builder = tokio::runtime::Builder::new_current_thread();
+    builder.enable_all();
+    detector
+        .watch_runtime(&mut builder)
+        .unwrap()
+        .build()
+        .unwrap()
 }
 
 fn watched_runtime(detector: &Detector) -> tokio::runtime::Runtime {

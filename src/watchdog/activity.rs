@@ -38,6 +38,9 @@ pub(crate) struct Registers {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct SchedClocks {
     pub(crate) cpu_ns: u64,
+    /// How many times it has been put on a CPU (the file's third field): a thread that never
+    /// left a system call has had no new one.
+    pub(crate) timeslices: u64,
 }
 
 /// Reads threads' activity, reusing its buffers.
@@ -71,9 +74,15 @@ impl Reader {
     pub(crate) fn clocks(&mut self, tid: i32) -> Option<SchedClocks> {
         let text = self.read_file(tid, "schedstat")?;
         let mut fields = std::str::from_utf8(text).ok()?.split_ascii_whitespace();
-        Some(SchedClocks {
-            cpu_ns: fields.next()?.parse().ok()?,
-        })
+        let cpu_ns = fields.next()?.parse().ok()?;
+        let timeslices = fields.nth(1)?.parse().ok()?;
+        Some(SchedClocks { cpu_ns, timeslices })
+    }
+
+    /// Thread `tid`'s `/proc/…/syscall` line as it is (the call's number, arguments, stack and
+    /// instruction pointers), to tell one call from another.
+    pub(crate) fn syscall_line(&mut self, tid: i32) -> Option<Vec<u8>> {
+        self.read_file(tid, "syscall").map(<[u8]>::to_vec)
     }
 
     fn read_file(&mut self, tid: i32, name: &str) -> Option<&[u8]> {

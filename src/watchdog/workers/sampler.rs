@@ -2,7 +2,6 @@
 //! watched runtime at each check, and reports the stalls two samples confirm.
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -117,7 +116,6 @@ pub(crate) struct Sampler {
     reader: activity::Reader,
     scanner: scan::Scanner,
     names: Names,
-    buffer: Vec<u8>,
     /// Each thread's CPU time, read at most once per check (by `Worker` address).
     cpu: HashMap<usize, (u64, Option<u64>)>,
     generation: u64,
@@ -146,7 +144,6 @@ impl Sampler {
             reader: activity::Reader::default(),
             scanner: scan::Scanner::default(),
             names: Names::new(),
-            buffer: Vec::new(),
             cpu: HashMap::new(),
             generation: 0,
         }
@@ -289,7 +286,7 @@ impl Sampler {
             // Not signalled (the call could fail with `EINTR`): its stack is scanned, once per
             // call it waits in.
             Activity::Syscall(nr, registers) => {
-                let Some(key) = syscall_key(&mut self.buffer, worker.tid) else {
+                let Some(key) = self.syscall_key(worker.tid) else {
                     return;
                 };
                 let stack = match seen_key.as_ref() == Some(&key) {
@@ -400,6 +397,13 @@ impl Sampler {
         self.report(recorder, watchdog, worker, frames, cause, running_ns);
     }
 
+    /// A system-call sample's identity: the call as `/proc` shows it and the thread's time
+    /// slices so far.
+    fn syscall_key(&mut self, tid: i32) -> Option<Key> {
+        let timeslices = self.reader.clocks(tid)?.timeslices;
+        Some(Key::Syscall(self.reader.syscall_line(tid)?, timeslices))
+    }
+
     /// The runtime's other workers now, for the busy-time guard (a worker that has not parked
     /// yet is left out: it counts as one that moved its busy time).
     fn others(&mut self, worker: &Arc<Worker>, workers: &[Arc<Worker>]) -> Vec<Other> {
@@ -418,7 +422,7 @@ impl Sampler {
                 let cpu_ns = match self.cpu.get(&key) {
                     Some((at, cpu_ns)) if *at == generation => *cpu_ns,
                     _ => {
-                        let cpu_ns = cpu_ns(&mut self.buffer, other.tid);
+                        let cpu_ns = self.reader.clocks(other.tid).map(|clocks| clocks.cpu_ns);
                         self.cpu.insert(key, (generation, cpu_ns));
                         cpu_ns
                     }
@@ -549,42 +553,6 @@ fn stood_still(
         .filter(|(before, after)| before == after)
         .count();
     still > idle
-}
-
-/// The CPU time a thread has had so far (`/proc/…/schedstat`, first field, in nanoseconds).
-#[cfg(target_os = "linux")]
-fn cpu_ns(buffer: &mut Vec<u8>, tid: i32) -> Option<u64> {
-    let schedstat = read_proc(buffer, tid, "schedstat")?;
-    std::str::from_utf8(&schedstat)
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
-/// A system-call sample's identity: the call (number, arguments, stack and instruction
-/// pointers) and the thread's time slices so far.
-#[cfg(target_os = "linux")]
-fn syscall_key(buffer: &mut Vec<u8>, tid: i32) -> Option<Key> {
-    let schedstat = read_proc(buffer, tid, "schedstat")?;
-    let slices: u64 = std::str::from_utf8(&schedstat)
-        .ok()?
-        .split_whitespace()
-        .nth(2)?
-        .parse()
-        .ok()?;
-    let line = read_proc(buffer, tid, "syscall")?;
-    Some(Key::Syscall(line, slices))
-}
-
-#[cfg(target_os = "linux")]
-fn read_proc(buffer: &mut Vec<u8>, tid: i32, name: &str) -> Option<Vec<u8>> {
-    buffer.clear();
-    std::fs::File::open(format!("/proc/self/task/{tid}/{name}"))
-        .and_then(|mut file| file.read_to_end(buffer))
-        .ok()?;
-    Some(buffer.clone())
 }
 
 /// Each worker's busy time, from tokio's stable metrics (empty if not readable here).
