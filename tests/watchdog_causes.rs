@@ -226,17 +226,26 @@ fn the_victim_of_an_oversubscribed_cpu_is_preempted() {
     // Two spinners at normal priority and the watched one at the lowest (nice 19), all three on
     // CPU 0: the watched thread gets about 1 % of it, and spends its stall in the run queue.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (pinned, on_cpu_0) = std::sync::mpsc::channel();
     let competitors: Vec<_> = (0..2)
         .map(|_| {
             let stop = stop.clone();
+            let pinned = pinned.clone();
             std::thread::spawn(move || {
                 on_thread("taskset", &["-pc", "0"], &tid());
+                pinned.send(()).unwrap();
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     black_box(common::crunch_numbers(Duration::from_millis(1)));
                 }
             })
         })
         .collect();
+    // Both spinners on CPU 0 before the watched thread starts: while one was still being
+    // pinned, the watched thread had CPU 0 to itself and its stall came out too short to
+    // sample (430 ms, 2 samples, the first of which always says `cpu`).
+    for _ in 0..2 {
+        on_cpu_0.recv().unwrap();
+    }
     // 20 ms of CPU: at about 1 % of a CPU, a stall of a second or more.
     let rounds = rounds_for(Duration::from_millis(20));
     let entry = stalled("victim", || {
