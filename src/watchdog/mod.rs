@@ -5,6 +5,8 @@
 //!   CPU and run-queue clocks (`/proc`);
 //! - `signal`: the only `unsafe` code, interrupting a thread to record its stack;
 //! - `scan`: the stack of a thread waiting in a system call, read without interrupting it;
+//! - `unwind`: the exact, table-driven unwinder both of them use (the other `unsafe` room: it
+//!   reads the loaded objects' unwind tables and the interrupted stack in place);
 //! - `symbols`: names, folded stacks and culprits, on the naming thread;
 //! - `stalls`: per-label stall statistics for the report: causes, stacks, the sampled profile;
 //! - `symtab`: function names from the program's ELF symbol table, in milliseconds (the
@@ -40,6 +42,8 @@ mod stalls;
 mod symbols;
 #[cfg(target_os = "linux")]
 mod symtab;
+#[cfg(target_os = "linux")]
+mod unwind;
 mod workers;
 pub(crate) use workers::install as install_workers;
 pub use workers::NoWatchdog;
@@ -492,7 +496,7 @@ fn name(
     label: &Arc<str>,
     raw: &signal::RawStack,
 ) -> (Vec<String>, Option<String>) {
-    let mut frames = symbolizer.frames(&raw.ips, raw.pc);
+    let mut frames = symbolizer.frames(&raw.ips, raw.pc, raw.uncertain_from);
     frames.truncate(signal::MAX_FRAMES);
     let culprit = symbols::culprit(&frames, &watchdog.prefixes);
     let stack: Vec<String> = frames.iter().map(|frame| frame.name.clone()).collect();

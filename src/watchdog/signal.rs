@@ -18,11 +18,11 @@
 //! deadlocks nor waits for a signal that was discarded.
 //!
 //! What the handler does: no allocation, no lock, no panic; it saves and restores `errno`. It
-//! walks the stack with `backtrace::trace_unsynchronized`, which on Linux calls libgcc's
-//! `_Unwind_Backtrace`; with glibc 2.35 or later libgcc finds unwind tables through
-//! `_dl_find_object`, which takes no lock. That is not a POSIX promise, so where
-//! `_dl_find_object` is missing the handler falls back to a strictly async-signal-safe capture: the
-//! interrupted instruction pointer alone, read from the signal context.
+//! walks the interrupted thread's stack with the table-driven unwinder of `unwind` (framehop over
+//! the `.eh_frame` tables located before any signal), reading only that thread's stack from its
+//! stack pointer up: no libgcc, so a thread interrupted while it holds libgcc's lock (code
+//! registering frames at run time) is unwound like any other. Where there are no tables to use
+//! (another architecture), the handler records the interrupted instruction alone.
 #![allow(unsafe_code)]
 
 use std::ffi::{c_int, c_void};
@@ -59,6 +59,10 @@ pub(crate) struct Target {
     in_handler: AtomicBool,
     /// The interrupted instruction pointer, from the signal context (0: unknown).
     pc: AtomicUsize,
+    /// The thread's stack, lowest and highest address: the handler reads the interrupted stack
+    /// from its stack pointer up to the top, never beyond, and unwinds only if it runs within
+    /// this stack with [`HEADROOM`] below it ((0, 0): unknown, no unwinding).
+    stack: (usize, usize),
     /// Whether the handler also reads the tokio task this thread polls (`reads_task`).
     reads_task: AtomicBool,
     /// That task's id (0: none, or not read).
@@ -76,6 +80,9 @@ pub(crate) struct RawStack {
     pub(crate) ips: Vec<usize>,
     /// The id of the tokio task the thread was polling, if the target reads it (0: none).
     pub(crate) task: u64,
+    /// The index of the first address that is not certain (`ips.len()` if all are): a stack
+    /// read from `/proc` past a frame reached through an indirect call (see `unwind`).
+    pub(crate) uncertain_from: usize,
 }
 
 /// Why a capture produced no stack.
@@ -133,6 +140,7 @@ impl Attached {
             state: AtomicU32::new(IDLE),
             in_handler: AtomicBool::new(false),
             pc: AtomicUsize::new(0),
+            stack: stack_bounds(),
             reads_task: AtomicBool::new(false),
             task: AtomicU64::new(0),
             depth: AtomicUsize::new(0),
@@ -211,6 +219,32 @@ fn current_task() -> u64 {
     })
 }
 
+/// The stack room the handler needs to unwind (framehop's DWARF evaluation, in a debug build):
+/// a thread nearer than this to the end of its stack has its interrupted instruction recorded
+/// alone.
+const HEADROOM: usize = 128 * 1024;
+
+/// The calling thread's stack, lowest and highest address, from its pthread attributes ((0, 0)
+/// if unknown). Not for the handler: glibc reads `/proc/self/maps` for the main thread.
+fn stack_bounds() -> (usize, usize) {
+    // SAFETY: an all-zero pthread_attr_t is only passed to pthread_getattr_np, which fills it.
+    let mut attr: libc::pthread_attr_t = unsafe { std::mem::zeroed() };
+    // SAFETY: pthread_self is valid; `attr` is ours and destroyed below once initialised.
+    if unsafe { libc::pthread_getattr_np(libc::pthread_self(), &mut attr) } != 0 {
+        return (0, 0);
+    }
+    let mut low: *mut c_void = std::ptr::null_mut();
+    let mut size = 0usize;
+    // SAFETY: `attr` was initialised by pthread_getattr_np; both out pointers are ours.
+    let got = unsafe { libc::pthread_attr_getstack(&attr, &mut low, &mut size) };
+    // SAFETY: `attr` was initialised above and is not used after this.
+    unsafe { libc::pthread_attr_destroy(&mut attr) };
+    match got {
+        0 => (low as usize, (low as usize).saturating_add(size)),
+        _ => (0, 0),
+    }
+}
+
 /// The calling thread's kernel id.
 fn current_tid() -> i32 {
     // SAFETY: gettid has no preconditions and always succeeds.
@@ -227,7 +261,8 @@ pub(crate) fn usable(signal: c_int) -> bool {
         && usize::try_from(signal).is_ok_and(|index| index < SIGNALS)
 }
 
-/// What the handler may do, decided once at installation.
+/// Whether the handler unwinds (unwind tables located at installation) or records the
+/// interrupted instruction only.
 static FULL_UNWIND: AtomicBool = AtomicBool::new(false);
 /// The handler that was installed before ours, per signal (0: none, `SIG_DFL` or `SIG_IGN`).
 static PREVIOUS: [AtomicUsize; SIGNALS] = [const { AtomicUsize::new(0) }; SIGNALS];
@@ -253,13 +288,9 @@ pub(crate) fn install(signal: c_int) -> std::io::Result<()> {
         .filter(|index| *index < SIGNALS && usable(signal))
         .ok_or_else(|| std::io::Error::from_raw_os_error(libc::EINVAL))?;
     let full = *WARMED_UP.get_or_init(|| {
-        // SAFETY: dlsym with RTLD_DEFAULT and a NUL-terminated name only looks a symbol up.
-        let found =
-            !unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"_dl_find_object".as_ptr()) }.is_null();
-        // Walk once outside any handler, so that the unwinder's lazily bound symbols are
-        // resolved here (by the dynamic linker, which takes locks) and never in the handler.
-        backtrace::trace(|_| true);
-        found
+        // Locate the unwind tables and allocate the handlers' caches here, never in a handler.
+        super::unwind::prepare();
+        cfg!(target_arch = "x86_64")
     });
     FULL_UNWIND.store(full, Ordering::Relaxed);
     // A poisoned lock only means a thread panicked while holding it; the bit set is still valid.
@@ -302,14 +333,15 @@ fn handler_address() -> usize {
     handler as extern "C" fn(c_int, *mut libc::siginfo_t, *mut c_void) as usize
 }
 
-/// hogwatch's disposition: [`handler`] with `SA_SIGINFO`, `SA_RESTART` (system calls it
-/// interrupts restart where the kernel allows) and `SA_ONSTACK` (on a thread with an alternate
-/// signal stack, as Rust's threads have for stack overflows, the handler runs there: a capture
-/// near the end of a small stack does not overflow it).
+/// hogwatch's disposition: [`handler`] with `SA_SIGINFO` and `SA_RESTART` (system calls it
+/// interrupts restart where the kernel allows). Not `SA_ONSTACK`: the unwinder needs more room
+/// than the few kilobytes of an alternate signal stack (Rust gives each thread one for stack
+/// overflows), so the handler runs on the thread's own stack, below the frames it reads, and
+/// unwinds only with [`HEADROOM`] to spare there.
 fn our_action() -> libc::sigaction {
     let mut action = zeroed_action();
     action.sa_sigaction = handler_address();
-    action.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART | libc::SA_ONSTACK;
+    action.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
     // SAFETY: sa_mask is a valid sigset_t inside `action`, which we own.
     unsafe { libc::sigemptyset(&mut action.sa_mask) };
     action
@@ -437,6 +469,7 @@ pub(crate) fn capture(
     let stack = RawStack {
         pc: target.pc.load(Ordering::Relaxed),
         task: target.task.load(Ordering::Relaxed),
+        uncertain_from: depth,
         ips: target.frames[..depth]
             .iter()
             .map(|frame| frame.load(Ordering::Relaxed))
@@ -539,31 +572,37 @@ fn record(target: &Target, context: *mut c_void) {
         false => 0,
     };
     target.task.store(task, Ordering::Relaxed);
-    let mut depth = 0;
-    if full_unwind() {
-        let frames = &target.frames;
-        // SAFETY: trace_unsynchronized requires that no other trace runs concurrently in a way
-        // that is not thread-safe; libgcc's unwinder is thread-safe, and with `_dl_find_object`
-        // present (checked at install) it takes no lock, so interrupting any code is fine. The
-        // closure only stores into preallocated atomics.
-        unsafe {
-            backtrace::trace_unsynchronized(|frame| {
-                if let Some(slot) = frames.get(depth) {
-                    slot.store(frame.ip() as usize, Ordering::Relaxed);
-                    depth += 1;
-                    true
-                } else {
-                    false
-                }
-            });
+    /// Writes the unwound addresses into the target's preallocated frames.
+    struct Frames<'a> {
+        frames: &'a [AtomicUsize; MAX_FRAMES],
+        depth: usize,
+    }
+    impl super::unwind::Sink for Frames<'_> {
+        fn push(&mut self, address: usize) -> bool {
+            if let Some(slot) = self.frames.get(self.depth) {
+                slot.store(address, Ordering::Relaxed);
+                self.depth += 1;
+            }
+            self.depth < MAX_FRAMES
         }
     }
-    if depth == 0 {
-        // The strictly async-signal-safe fallback: the interrupted instruction alone.
-        target.frames[0].store(target.pc.load(Ordering::Relaxed), Ordering::Relaxed);
-        depth = 1;
+    let pc = target.pc.load(Ordering::Relaxed);
+    let mut frames = Frames {
+        frames: &target.frames,
+        depth: 0,
+    };
+    // Where the handler runs: on the thread's own stack, with room to unwind (not on an
+    // alternate stack some other handler of this thread switched to).
+    let here = std::ptr::addr_of!(frames) as usize;
+    let (low, top) = target.stack;
+    if full_unwind() && here < top && here >= low.saturating_add(HEADROOM) {
+        super::unwind::unwind_interrupted(pc, context.cast_const(), top, &mut frames);
     }
-    target.depth.store(depth, Ordering::Relaxed);
+    if frames.depth == 0 {
+        // The interrupted instruction alone, where nothing could be unwound.
+        super::unwind::Sink::push(&mut frames, pc);
+    }
+    target.depth.store(frames.depth, Ordering::Relaxed);
 }
 
 /// Whether `ip` lies in the C library, the dynamic linker, the unwinder or the vDSO: code that is
@@ -662,7 +701,8 @@ mod tests {
     /// A handler of this signal that claims a request waits until this is cleared (0): a stuck
     /// handler, on demand.
     static HOLD_SIGNAL: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
-    /// Whether the last handler that claimed a request ran on an alternate signal stack.
+    /// Whether the last handler that claimed a request ran on an alternate signal stack (it
+    /// must not: the unwinder needs the room of the thread's own stack).
     static ON_ALT_STACK: AtomicBool = AtomicBool::new(false);
 
     /// What the tests observe inside the handler, after it claimed a request.
@@ -858,7 +898,7 @@ mod tests {
     }
 
     #[test]
-    fn a_stuck_capture_gives_the_thread_back_and_handlers_run_on_the_alternate_stack() {
+    fn a_stuck_capture_gives_the_thread_back_and_handlers_run_on_the_threads_stack() {
         let signal = libc::SIGRTMIN() + 8;
         install(signal).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
@@ -870,8 +910,8 @@ mod tests {
         let again = capture(&target, signal, Duration::from_secs(5));
         assert!(again.is_ok(), "the thread was given back: {again:?}");
         assert!(
-            ON_ALT_STACK.load(Ordering::Acquire),
-            "a Rust thread's alternate signal stack is used (SA_ONSTACK)"
+            !ON_ALT_STACK.load(Ordering::Acquire),
+            "the handler runs on the thread's own stack (no SA_ONSTACK)"
         );
         stop.store(true, Ordering::Relaxed);
         handle.join().unwrap();
@@ -919,7 +959,7 @@ mod tests {
         // SAFETY: reads the disposition into our local.
         unsafe { libc::sigaction(signal, std::ptr::null(), &mut current) };
         assert_eq!(current.sa_sigaction, handler_address());
-        assert_ne!(current.sa_flags & libc::SA_ONSTACK, 0);
+        assert_eq!(current.sa_flags & libc::SA_ONSTACK, 0);
         assert_eq!(FOREIGN_CALLS.load(Ordering::Relaxed), 0);
 
         stop.store(true, Ordering::Relaxed);

@@ -7,6 +7,9 @@ use std::sync::Arc;
 /// The name given to a frame nothing could be resolved for (as `perf` does).
 pub(crate) const UNKNOWN: &str = "[unknown]";
 
+/// Appended to the name of a frame the unwinder could not prove (see `watchdog::unwind`).
+pub(crate) const UNCERTAIN: &str = " (uncertain)";
+
 /// The frames that are "the runtime" and never the culprit, matched as described on
 /// `Builder::runtime_prefixes`.
 pub(crate) const DEFAULT_RUNTIME_PREFIXES: &[&str] = &[
@@ -281,14 +284,24 @@ impl Symbolizer {
 
     /// The names of `ips` (innermost first, inlined functions expanded), without the frames of
     /// the signal handler: the stack starts at `pc`, the interrupted instruction, when known.
+    /// The frames of `ips[uncertain_from..]` are marked [`UNCERTAIN`].
     #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
-    pub(crate) fn frames(&mut self, ips: &[usize], pc: usize) -> Vec<Frame> {
+    pub(crate) fn frames(&mut self, ips: &[usize], pc: usize, uncertain_from: usize) -> Vec<Frame> {
         let start = if pc == 0 {
             None
         } else {
             ips.iter().position(|ip| *ip == pc)
         };
         let mut per_ip: Vec<Arc<[Frame]>> = ips.iter().map(|ip| self.resolve(*ip)).collect();
+        for frames in per_ip.iter_mut().skip(uncertain_from) {
+            *frames = frames
+                .iter()
+                .map(|frame| Frame {
+                    name: format!("{}{UNCERTAIN}", frame.name),
+                    system: frame.system,
+                })
+                .collect();
+        }
         match start {
             Some(start) => {
                 per_ip.drain(..start);

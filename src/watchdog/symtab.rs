@@ -88,15 +88,8 @@ impl SymbolTable {
         })
     }
 
-    /// The address where the function containing `ip` starts, if it is one of the executable's.
-    pub(crate) fn start_of(&self, ip: usize) -> Option<usize> {
-        self.function(ip).map(|function| function.start)
-    }
-
-    /// Lets the names go, keeping where each function starts and ends ([`start_of`]): `name`
-    /// answers `None` from then on.
-    ///
-    /// [`start_of`]: Self::start_of
+    /// Lets the names go, keeping where each function starts and ends: `name` answers `None`
+    /// from then on.
     pub(crate) fn forget_names(&mut self) {
         self.names = Vec::new();
     }

@@ -22,7 +22,7 @@ const UNKNOWN_TASK: &str = "task <unknown>";
 #[cfg(target_os = "linux")]
 pub(crate) fn warm_up(symbolizer: &mut symbols::Symbolizer) {
     let in_libc = libc::clock_nanosleep as *const () as usize;
-    symbolizer.frames(&[in_libc], 0);
+    symbolizer.frames(&[in_libc], 0, 1);
     WARM.store(true, Ordering::Release);
 }
 
@@ -96,7 +96,12 @@ impl Names {
         let mut frames = Vec::new();
         let mut names = Vec::new();
         for (at, ip) in raw.ips.iter().enumerate().skip(start) {
-            let named = self.frames(*ip, at == start)?;
+            let mut named = self.frames(*ip, at == start)?;
+            if at >= raw.uncertain_from {
+                for frame in &mut named {
+                    frame.name.push_str(symbols::UNCERTAIN);
+                }
+            }
             names.extend(named.iter().map(|frame| frame.name.clone()));
             frames.extend(named);
             let within = symbols::within_poll(&names).len();
@@ -171,7 +176,7 @@ impl Names {
             if let Some(table) = self.table.as_mut() {
                 table.forget_names();
             }
-            return Some(self.symbolizer.frames(&[ip], ip));
+            return Some(self.symbolizer.frames(&[ip], ip, 1));
         }
         // A return address is just past its call: look up the call itself.
         let call = if is_pc { ip } else { ip.saturating_sub(1) };

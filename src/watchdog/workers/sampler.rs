@@ -291,7 +291,7 @@ impl Sampler {
                 };
                 let stack = match seen_key.as_ref() == Some(&key) {
                     true => None,
-                    false => self.scanner.scan_checked(registers, self.names.table()),
+                    false => self.scanner.scan(registers),
                 };
                 (key, stack, Some(stalls::Cause::Syscall(nr)))
             }

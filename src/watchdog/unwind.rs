@@ -1,0 +1,644 @@
+//! The exact unwinder: a thread's chain of return addresses from its registers, by the unwind
+//! tables of the code it runs (`.eh_frame`, which every Linux object carries, even built with
+//! `debug = false` or stripped), with [framehop](https://docs.rs/framehop).
+//!
+//! One unwinder serves both ways a stack is taken:
+//! - **In the signal handler** ([`unwind_interrupted`]): from the registers the kernel saved in
+//!   the signal context, reading the interrupted thread's own stack between its stack pointer
+//!   and the top of its stack. No libgcc, no lock, no allocation: the tables are located once,
+//!   before any signal ([`prepare`]), in the memory the loader mapped them to; framehop's rule
+//!   cache and DWARF evaluation space are preallocated and claimed with an atomic flag.
+//! - **For a thread blocked in a system call** ([`unwind_copied`]), which is never signalled:
+//!   from the stack pointer and instruction pointer `/proc/self/task/TID/syscall` gives, over a
+//!   copy of its stack. `/proc` gives no frame pointer (`rbp`), which the tables need for the
+//!   frames of code built with frame pointers (Rust's standard library:
+//!   `std::thread::sleep` starts with `push rbp; mov rbp, rsp`, so its frame's address is
+//!   `rbp + 16`). The unwinder first takes it from where the tables prove a callee saved it;
+//!   where no callee did, it tries each place on the stack where that frame could have saved
+//!   its caller's return address, innermost first, and takes the first whose return address
+//!   follows a **direct call to the start of the very function the frame is in** (the start
+//!   is the one the unwind tables give the function). A return address left behind by a
+//!   call that returned cannot pass that test unless it came from a call of the same
+//!   function from the same place. Only if no direct call fits does it take a place that
+//!   follows an indirect call (whose target cannot be checked): the frames from there on are
+//!   marked uncertain. It never takes a word only because it looks like a return address.
+//!
+//! What can still be uncertain: frames past a frame-pointer frame reached through an indirect
+//! call, in a stack read from `/proc` (marked), and frames of code that has no unwind tables
+//! (hand-written assembly without CFI, JIT code), which framehop walks by frame pointers.
+//! Libraries loaded after the watchdog started are found at the next sample; one unloaded
+//! (`dlclose`) while a signal is being handled is not supported.
+//!
+//! Only x86_64 is unwound this way; elsewhere a stack is the interrupted instruction alone.
+#![allow(unsafe_code)]
+
+#[cfg(target_arch = "x86_64")]
+pub(crate) use imp::*;
+
+#[cfg(not(target_arch = "x86_64"))]
+pub(crate) use fallback::*;
+
+/// Where one unwound stack ends up: return addresses after the first instruction pointer.
+pub(crate) trait Sink {
+    /// Takes the next address (innermost first); `false` when full.
+    fn push(&mut self, address: usize) -> bool;
+}
+
+impl Sink for Vec<usize> {
+    fn push(&mut self, address: usize) -> bool {
+        Vec::push(self, address);
+        self.len() < super::signal::MAX_FRAMES
+    }
+}
+
+/// A stack unwound from a copy: its addresses (innermost first, the instruction pointer
+/// first) and the index of the first frame that is not certain (`ips.len()` if all are).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct Copied {
+    pub(crate) ips: Vec<usize>,
+    pub(crate) uncertain_from: usize,
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod fallback {
+    use super::{Copied, Sink};
+    use std::ffi::c_void;
+
+    /// Nothing to prepare on this architecture.
+    pub(crate) fn prepare() {}
+
+    /// Looks for libraries loaded since [`prepare`]: none on this architecture.
+    pub(crate) fn refresh() {}
+
+    /// The interrupted instruction alone.
+    pub(crate) fn unwind_interrupted(
+        pc: usize,
+        _context: *const c_void,
+        _stack_top: usize,
+        sink: &mut impl Sink,
+    ) {
+        sink.push(pc);
+    }
+
+    /// The unwinder's working memory for stacks read from `/proc`: none here.
+    #[derive(Default)]
+    pub(crate) struct Scratch;
+
+    /// The instruction that made the call alone.
+    pub(crate) fn unwind_copied(pc: usize, _sp: usize, _stack: &[u8], _: &mut Scratch) -> Copied {
+        Copied {
+            ips: vec![pc],
+            uncertain_from: 1,
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod imp {
+    use super::{Copied, Sink};
+    use std::cell::UnsafeCell;
+    use std::ffi::c_void;
+    use std::ops::Range;
+    use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
+    use std::sync::{Mutex, OnceLock};
+
+    use framehop::x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64};
+    use framehop::{
+        ExplicitModuleSectionInfo, FrameAddress, Module, MustNotAllocateDuringUnwind, Unwinder,
+    };
+    use gimli::{BaseAddresses, EhFrame, EhFrameHdr, LittleEndian, Pointer, UnwindSection};
+
+    type Cache = CacheX86_64<MustNotAllocateDuringUnwind>;
+
+    /// The unwinder's working memory for stacks read from `/proc` (framehop's rule cache and
+    /// DWARF evaluation space), kept by the watchdog thread that reads them.
+    pub(crate) struct Scratch(Box<Cache>);
+
+    impl Default for Scratch {
+        fn default() -> Self {
+            Self(Box::new(Cache::new_in()))
+        }
+    }
+
+    /// How many signal handlers can unwind at once (one per watchdog capturing); a handler that
+    /// finds none free records the interrupted instruction alone.
+    const CACHES: usize = 4;
+
+    /// The most bytes above a frame's stack pointer searched for its saved frame pointer.
+    const MAX_FRAME_BYTES: usize = 64 * 1024;
+
+    /// One loaded object's code and unwind tables, in the memory the loader mapped them to.
+    struct Object {
+        /// Where it is loaded: its addresses as mapped less those its headers state.
+        bias: usize,
+        /// Its executable segments, as mapped.
+        code: Vec<Range<usize>>,
+        eh_frame_hdr: &'static [u8],
+        eh_frame_hdr_at: usize,
+        eh_frame: &'static [u8],
+        eh_frame_at: usize,
+    }
+
+    /// The process's objects, as found at one time: replaced (never freed: a handler may be
+    /// reading it) when a library is loaded.
+    struct Process {
+        unwinder: UnwinderX86_64<&'static [u8], MustNotAllocateDuringUnwind>,
+        objects: Vec<Object>,
+        /// The loader's count of objects ever added when this was built (`dlpi_adds`).
+        adds: u64,
+    }
+
+    static PROCESS: AtomicPtr<Process> = AtomicPtr::new(std::ptr::null_mut());
+    static BUILDING: Mutex<()> = Mutex::new(());
+
+    struct CacheSlot {
+        busy: AtomicBool,
+        cache: UnsafeCell<Cache>,
+    }
+
+    // SAFETY: the cache inside is only touched by whoever set `busy` from false to true, until
+    // it clears it again: one user at a time.
+    unsafe impl Sync for CacheSlot {}
+
+    static POOL: OnceLock<Box<[CacheSlot]>> = OnceLock::new();
+
+    /// Finds the loaded objects' unwind tables and allocates the handlers' caches. Call it
+    /// before any signal is sent (it takes the loader's lock and allocates).
+    pub(crate) fn prepare() {
+        POOL.get_or_init(|| {
+            (0..CACHES)
+                .map(|_| CacheSlot {
+                    busy: AtomicBool::new(false),
+                    cache: UnsafeCell::new(Cache::new_in()),
+                })
+                .collect()
+        });
+        refresh();
+    }
+
+    /// Reads the loaded objects again if the loader added one since the last read (a library
+    /// loaded with `dlopen`). Not for the handler.
+    pub(crate) fn refresh() {
+        let adds = loader_adds();
+        if current().is_some_and(|process| process.adds == adds) {
+            return;
+        }
+        // One builder at a time; a poisoned lock guards nothing but this section.
+        let _building = BUILDING.lock().unwrap_or_else(|p| p.into_inner());
+        if current().is_some_and(|process| process.adds == adds) {
+            return;
+        }
+        let process = Box::new(build(adds));
+        // The previous one is left allocated: a handler may still be walking with it.
+        PROCESS.store(Box::into_raw(process), Ordering::Release);
+    }
+
+    fn current() -> Option<&'static Process> {
+        // SAFETY: a non-null pointer came from Box::into_raw and is never freed.
+        unsafe { PROCESS.load(Ordering::Acquire).as_ref() }
+    }
+
+    /// `dlpi_adds` of the first object the loader reports.
+    fn loader_adds() -> u64 {
+        unsafe extern "C" fn first(
+            info: *mut libc::dl_phdr_info,
+            _size: usize,
+            data: *mut c_void,
+        ) -> libc::c_int {
+            // SAFETY: the loader passes a valid info for the call, and `data` is the AtomicU64
+            // `loader_adds` passed in.
+            unsafe { (*data.cast::<AtomicU64>()).store((*info).dlpi_adds, Ordering::Relaxed) };
+            1
+        }
+        let adds = AtomicU64::new(0);
+        // SAFETY: `first` only reads the info it is given and writes `adds`, which outlives
+        // the call.
+        unsafe { libc::dl_iterate_phdr(Some(first), (&raw const adds).cast_mut().cast()) };
+        adds.load(Ordering::Relaxed)
+    }
+
+    /// Reads every loaded object's program headers.
+    fn build(adds: u64) -> Process {
+        unsafe extern "C" fn each(
+            info: *mut libc::dl_phdr_info,
+            _size: usize,
+            data: *mut c_void,
+        ) -> libc::c_int {
+            // SAFETY: as in `loader_adds`; `data` is the Vec `build` passed in.
+            let (info, objects) = unsafe { (&*info, &mut *data.cast::<Vec<Object>>()) };
+            if let Some(object) = object(info) {
+                objects.push(object);
+            }
+            0
+        }
+        let mut objects: Vec<Object> = Vec::new();
+        // SAFETY: `each` reads the info the loader gives it and pushes into `objects`.
+        unsafe { libc::dl_iterate_phdr(Some(each), (&raw mut objects).cast()) };
+        let mut unwinder = UnwinderX86_64::new();
+        for (index, object) in objects.iter().enumerate() {
+            if let Some(module) = module(index, object) {
+                unwinder.add_module(module);
+            }
+        }
+        Process {
+            unwinder,
+            objects,
+            adds,
+        }
+    }
+
+    /// One object from its program headers: its code, and its unwind tables found through
+    /// `PT_GNU_EH_FRAME` (the `.eh_frame_hdr` the loader itself uses).
+    fn object(info: &libc::dl_phdr_info) -> Option<Object> {
+        let bias = info.dlpi_addr as usize;
+        // SAFETY: the loader's program headers: dlpi_phnum entries at dlpi_phdr.
+        let headers =
+            unsafe { std::slice::from_raw_parts(info.dlpi_phdr, usize::from(info.dlpi_phnum)) };
+        let loaded = |header: &&libc::Elf64_Phdr| header.p_type == libc::PT_LOAD;
+        let range = |header: &libc::Elf64_Phdr| {
+            let start = bias.wrapping_add(header.p_vaddr as usize);
+            start..start.wrapping_add(header.p_memsz as usize)
+        };
+        let code: Vec<Range<usize>> = headers
+            .iter()
+            .filter(loaded)
+            .filter(|header| header.p_flags & libc::PF_X != 0)
+            .map(range)
+            .collect();
+        let hdr = headers
+            .iter()
+            .find(|header| header.p_type == libc::PT_GNU_EH_FRAME)?;
+        let hdr_range = range(hdr);
+        // SAFETY: PT_GNU_EH_FRAME lies inside a loaded segment, mapped for the object's life.
+        let eh_frame_hdr: &'static [u8] =
+            unsafe { std::slice::from_raw_parts(hdr_range.start as *const u8, hdr_range.len()) };
+        let bases = BaseAddresses::default().set_eh_frame_hdr(hdr_range.start as u64);
+        let parsed = EhFrameHdr::new(eh_frame_hdr, LittleEndian)
+            .parse(&bases, 8)
+            .ok()?;
+        let Pointer::Direct(eh_frame_at) = parsed.eh_frame_ptr() else {
+            return None;
+        };
+        let eh_frame_at = eh_frame_at as usize;
+        // `.eh_frame` runs to the end of its segment at most (its length is in the section
+        // headers, which need not be mapped).
+        let segment = headers
+            .iter()
+            .filter(loaded)
+            .map(range)
+            .find(|segment| segment.contains(&eh_frame_at))?;
+        // SAFETY: from the table's start to the end of the loaded segment that holds it.
+        let eh_frame: &'static [u8] = unsafe {
+            std::slice::from_raw_parts(eh_frame_at as *const u8, segment.end - eh_frame_at)
+        };
+        Some(Object {
+            bias,
+            code,
+            eh_frame_hdr,
+            eh_frame_hdr_at: hdr_range.start,
+            eh_frame,
+            eh_frame_at,
+        })
+    }
+
+    /// framehop's module for an object: addresses as the object states them (relative to
+    /// where it is loaded), data in the memory it is mapped to.
+    fn module(index: usize, object: &Object) -> Option<Module<&'static [u8]>> {
+        let start = object.code.iter().map(|code| code.start).min()?;
+        let end = object.code.iter().map(|code| code.end).max()?;
+        let stated = |at: usize, len: usize| {
+            let at = at.checked_sub(object.bias)? as u64;
+            Some(at..at + len as u64)
+        };
+        let first_code = object.code.iter().min_by_key(|code| code.start)?;
+        // SAFETY: an executable loaded segment, mapped for the object's life.
+        let text: &'static [u8] =
+            unsafe { std::slice::from_raw_parts(first_code.start as *const u8, first_code.len()) };
+        Some(Module::new(
+            format!("object {index}"),
+            start as u64..end as u64,
+            object.bias as u64,
+            ExplicitModuleSectionInfo {
+                base_svma: 0,
+                text_svma: stated(first_code.start, first_code.len()),
+                text: Some(text),
+                eh_frame_svma: stated(object.eh_frame_at, object.eh_frame.len()),
+                eh_frame: Some(object.eh_frame),
+                eh_frame_hdr_svma: stated(object.eh_frame_hdr_at, object.eh_frame_hdr.len()),
+                eh_frame_hdr: Some(object.eh_frame_hdr),
+                ..Default::default()
+            },
+        ))
+    }
+
+    /// Unwinds the thread the signal interrupted, from the registers saved in `context`,
+    /// reading its stack only between its stack pointer and `stack_top` (the top of the
+    /// thread's stack). Runs in the signal handler: no lock, no allocation. Pushes the interrupted
+    /// instruction, then each return address.
+    pub(crate) fn unwind_interrupted(
+        pc: usize,
+        context: *const c_void,
+        stack_top: usize,
+        sink: &mut impl Sink,
+    ) {
+        if !sink.push(pc) || context.is_null() {
+            return;
+        }
+        let (Some(process), Some(pool)) = (current(), POOL.get()) else {
+            return;
+        };
+        let Some(slot) = pool.iter().find(|slot| {
+            slot.busy
+                .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+        }) else {
+            return;
+        };
+        let context = context.cast::<libc::ucontext_t>();
+        // SAFETY: an SA_SIGINFO handler's third argument is a valid ucontext_t for the
+        // handler's duration; the indices are within gregs.
+        let (sp, bp) = unsafe {
+            let gregs = &(*context).uc_mcontext.gregs;
+            (
+                gregs[libc::REG_RSP as usize] as usize,
+                gregs[libc::REG_RBP as usize] as usize,
+            )
+        };
+        let top = stack_top;
+        let mut read = |address: u64| -> Result<u64, ()> {
+            let address = address as usize;
+            // Only the interrupted thread's live stack: mapped from its stack pointer up.
+            if address < sp || address.checked_add(8).is_none_or(|end| end > top) || top == 0 {
+                return Err(());
+            }
+            // SAFETY: an aligned-or-not 8-byte read inside [sp, top) of the interrupted
+            // thread's stack, which is mapped and does not move while the thread is stopped
+            // in this handler.
+            Ok(unsafe { std::ptr::read_unaligned(address as *const u64) })
+        };
+        // SAFETY: `busy` was set by us just now: this cache is ours until we clear it.
+        let cache = unsafe { &mut *slot.cache.get() };
+        let mut regs = UnwindRegsX86_64::new(pc as u64, sp as u64, bp as u64);
+        let mut address = FrameAddress::InstructionPointer(pc as u64);
+        while let Ok(Some(next)) = process
+            .unwinder
+            .unwind_frame(address, &mut regs, cache, &mut read)
+        {
+            let Some(next_address) = FrameAddress::from_return_address(next) else {
+                break;
+            };
+            if !sink.push(next as usize) {
+                break;
+            }
+            address = next_address;
+        }
+        slot.busy.store(false, Ordering::Release);
+    }
+
+    /// A blocked thread's stack, from the stack pointer `sp` and instruction pointer `pc` of
+    /// its system call, over `stack`, a copy of its memory from `sp` up. Not for the handler.
+    pub(crate) fn unwind_copied(
+        pc: usize,
+        sp: usize,
+        stack: &[u8],
+        scratch: &mut Scratch,
+    ) -> Copied {
+        let cache = &mut *scratch.0;
+        let mut copied = Copied {
+            ips: vec![pc],
+            uncertain_from: usize::MAX,
+        };
+        let Some(process) = current() else {
+            copied.uncertain_from = copied.ips.len();
+            return copied;
+        };
+        let mut read = |address: u64| -> Result<u64, ()> {
+            let offset = (address as usize).checked_sub(sp).ok_or(())?;
+            let bytes = stack
+                .get(offset..offset.checked_add(8).ok_or(())?)
+                .ok_or(())?;
+            let mut word = [0u8; 8];
+            word.copy_from_slice(bytes);
+            Ok(u64::from_le_bytes(word))
+        };
+        // 0 stands for "not known": no frame pointer of a live frame is 0, and a rule that
+        // needs it then fails (framehop refuses a frame at `0 + 16`, below the stack pointer),
+        // which is where `recover` steps in.
+        let mut regs = UnwindRegsX86_64::new(pc as u64, sp as u64, 0);
+        let mut address = FrameAddress::InstructionPointer(pc as u64);
+        while copied.ips.len() < super::super::signal::MAX_FRAMES {
+            let before = regs;
+            let mut after = before;
+            let step = process
+                .unwinder
+                .unwind_frame(address, &mut after, cache, &mut read);
+            let next = match step {
+                Ok(Some(next)) if after.sp() > before.sp() => Some((next, after)),
+                // With the frame pointer unknown, framehop's frame-pointer rule reads `bp == 0`
+                // as the end of the stack (Ok(None)) or fails: recover it either way.
+                _ if before.bp() == 0 => {
+                    match recover(process, address, before, &mut read, cache) {
+                        Some((next, after, certain)) => {
+                            if !certain && copied.uncertain_from == usize::MAX {
+                                copied.uncertain_from = copied.ips.len();
+                            }
+                            Some((next, after))
+                        }
+                        None => None,
+                    }
+                }
+                _ => None,
+            };
+            let Some((next, after)) = next else {
+                break;
+            };
+            let Some(next_address) = FrameAddress::from_return_address(next) else {
+                break;
+            };
+            copied.ips.push(next as usize);
+            regs = after;
+            address = next_address;
+        }
+        if copied.uncertain_from == usize::MAX {
+            copied.uncertain_from = copied.ips.len();
+        }
+        copied
+    }
+
+    /// The step out of the frame at `address` whose rule needs the frame pointer `/proc` did
+    /// not give: the first place on the stack (innermost first) where that frame can have
+    /// saved its caller's frame pointer and return address, such that the return address
+    /// follows a direct call to the start of the frame's function (certain), or else follows
+    /// an indirect call and the walk goes on from there (uncertain).
+    fn recover(
+        process: &Process,
+        address: FrameAddress,
+        regs: UnwindRegsX86_64,
+        read: &mut impl FnMut(u64) -> Result<u64, ()>,
+        cache: &mut Cache,
+    ) -> Option<(u64, UnwindRegsX86_64, bool)> {
+        let function = process.function_start(address.address_for_lookup() as usize);
+        let sp = regs.sp();
+        let mut indirect = None;
+        for offset in (0..MAX_FRAME_BYTES as u64).step_by(8) {
+            let bp = sp + offset;
+            let Ok(return_address) = read(bp + 8) else {
+                break;
+            };
+            let call = process.call_before(return_address as usize);
+            let fits = match call {
+                Call::None => continue,
+                Call::Direct(target) => function == Some(target),
+                Call::Indirect => {
+                    if indirect.is_none() {
+                        indirect = Some(bp);
+                    }
+                    continue;
+                }
+            };
+            if !fits {
+                continue;
+            }
+            let mut after = regs;
+            after.set_bp(bp);
+            if let Ok(Some(next)) = process
+                .unwinder
+                .unwind_frame(address, &mut after, cache, read)
+            {
+                if next == return_address {
+                    return Some((next, after, true));
+                }
+            }
+        }
+        let bp = indirect?;
+        let mut after = regs;
+        after.set_bp(bp);
+        match process
+            .unwinder
+            .unwind_frame(address, &mut after, cache, read)
+        {
+            Ok(Some(next)) => Some((next, after, false)),
+            _ => None,
+        }
+    }
+
+    /// What precedes an address in code.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub(crate) enum Call {
+        /// Not a call instruction: not a return address.
+        None,
+        /// A direct call to this address.
+        Direct(usize),
+        /// A call through a register or memory: its target is unknown.
+        Indirect,
+    }
+
+    impl Process {
+        fn object_of(&self, address: usize) -> Option<&Object> {
+            self.objects
+                .iter()
+                .find(|object| object.code.iter().any(|code| code.contains(&address)))
+        }
+
+        /// The start of the function `address` is in, as its unwind table entry (FDE) says.
+        fn function_start(&self, address: usize) -> Option<usize> {
+            let object = self.object_of(address)?;
+            let bases = BaseAddresses::default()
+                .set_eh_frame_hdr(object.eh_frame_hdr_at as u64)
+                .set_eh_frame(object.eh_frame_at as u64);
+            let hdr = EhFrameHdr::new(object.eh_frame_hdr, LittleEndian)
+                .parse(&bases, 8)
+                .ok()?;
+            let table = hdr.table()?;
+            let eh_frame = EhFrame::new(object.eh_frame, LittleEndian);
+            let fde = table
+                .fde_for_address(
+                    &eh_frame,
+                    &bases,
+                    address as u64,
+                    |section, bases, offset| section.cie_from_offset(bases, offset),
+                )
+                .ok()?;
+            Some(fde.initial_address() as usize)
+        }
+
+        /// The call instruction the return address `address` follows, read from the code.
+        fn call_before(&self, address: usize) -> Call {
+            let Some(code) = self
+                .object_of(address)
+                .and_then(|object| object.code.iter().find(|code| code.contains(&address)))
+            else {
+                return Call::None;
+            };
+            if address < code.start + 8 {
+                return Call::None;
+            }
+            let mut before = [0u8; 8];
+            // SAFETY: the 8 bytes before `address` lie in the same executable segment, mapped
+            // for the object's life.
+            unsafe {
+                std::ptr::copy_nonoverlapping((address - 8) as *const u8, before.as_mut_ptr(), 8)
+            };
+            call_kind(&before, address)
+        }
+    }
+
+    /// The call instruction the 8 bytes before `address` end with, if any.
+    pub(crate) fn call_kind(before: &[u8; 8], address: usize) -> Call {
+        // `call rel32`: E8 and four bytes, relative to the next instruction.
+        if before[3] == 0xE8 {
+            let offset = i32::from_le_bytes([before[4], before[5], before[6], before[7]]);
+            return Call::Direct(address.wrapping_add_signed(offset as isize));
+        }
+        // `call r/m` (FF /2): FF, a ModRM byte whose reg field is 2, then 0 to 5 bytes of SIB
+        // and displacement; at most 7 bytes in all (a REX prefix before FF changes nothing).
+        let indirect = (1..=6).any(|at| {
+            before[at] == 0xFF && (before[at + 1] >> 3) & 7 == 2 && {
+                let modrm = before[at + 1];
+                let mode = modrm >> 6;
+                let rm = modrm & 7;
+                let sib = usize::from(mode != 3 && rm == 4);
+                let displacement = match mode {
+                    0 if rm == 5 => 4,
+                    1 => 1,
+                    2 => 4,
+                    _ => 0,
+                };
+                at + 2 + sib + displacement == 8
+            }
+        });
+        match indirect {
+            true => Call::Indirect,
+            false => Call::None,
+        }
+    }
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::imp::{call_kind, Call};
+
+    #[test]
+    fn call_instructions_are_recognised() {
+        // call rel32, to 0x1000 + 0x10 - 0x20
+        assert_eq!(
+            call_kind(&[0, 0, 0, 0xE8, 0xE0, 0xFF, 0xFF, 0xFF], 0x1010),
+            Call::Direct(0x1010 - 0x20)
+        );
+        let indirect = |bytes: [u8; 8]| call_kind(&bytes, 0x1010) == Call::Indirect;
+        // call *%rax (FF D0)
+        assert!(indirect([0, 0, 0, 0, 0, 0, 0xFF, 0xD0]));
+        // call *0x10(%rbx) (FF 53 10)
+        assert!(indirect([0, 0, 0, 0, 0, 0xFF, 0x53, 0x10]));
+        // call *disp32(%rip) (FF 15 + 4)
+        assert!(indirect([0, 0, 0xFF, 0x15, 1, 2, 3, 4]));
+        // call *disp32(%rsp) with SIB (FF 94 24 + 4)
+        assert!(indirect([0, 0xFF, 0x94, 0x24, 1, 2, 3, 4]));
+        // jmp *%rax (FF E0) and plain data are not calls
+        assert_eq!(
+            call_kind(&[0, 0, 0, 0, 0, 0, 0xFF, 0xE0], 0x1010),
+            Call::None
+        );
+        assert_eq!(call_kind(&[0x90; 8], 0x1010), Call::None);
+    }
+}
