@@ -634,6 +634,22 @@ pub(crate) fn in_system_library(ip: usize) -> bool {
     SYSTEM.iter().any(|system| name.starts_with(system))
 }
 
+/// Where `ip` lies in the executable hogwatch is linked into, as an offset from its start, or
+/// `None` if it lies elsewhere (a library, the vDSO). Not for the handler.
+pub(crate) fn offset_in_executable(ip: usize) -> Option<usize> {
+    let base = |address: usize| {
+        // SAFETY: as in `in_system_library`.
+        let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
+        // SAFETY: as in `in_system_library`.
+        match unsafe { libc::dladdr(address as *const c_void, &mut info) } {
+            0 => None,
+            _ => Some(info.dli_fbase as usize),
+        }
+    };
+    let ours = base(offset_in_executable as fn(usize) -> Option<usize> as usize)?;
+    (base(ip)? == ours).then(|| ip - ours)
+}
+
 /// The instruction pointer saved in the signal context (0 where we do not know the layout).
 #[allow(clippy::needless_return)]
 fn interrupted_pc(context: *const c_void) -> usize {
@@ -981,5 +997,78 @@ mod tests {
         ] {
             assert!(!usable(refused), "{refused}");
         }
+    }
+
+    /// A minimal `.eh_frame` (one CIE, one FDE for 16 bytes at `code`, the terminator), as
+    /// 32-bit words so that it is aligned as libgcc wants.
+    fn eh_frame_for(code: usize) -> Box<[u32; 14]> {
+        let mut bytes = Vec::with_capacity(56);
+        // CIE: length 20, id 0, version 1, "zR", code alignment 1, data alignment -8,
+        // return address register 16, augmentation data: pointer encoding absptr; then
+        // DW_CFA_def_cfa rsp+8, DW_CFA_offset r16 at cfa-8, and padding.
+        bytes.extend_from_slice(&20u32.to_le_bytes());
+        bytes.extend_from_slice(&0u32.to_le_bytes());
+        bytes.extend_from_slice(&[1, b'z', b'R', 0, 1, 0x78, 16, 1, 0x00]);
+        bytes.extend_from_slice(&[0x0c, 0x07, 0x08, 0x90, 0x01, 0, 0]);
+        // FDE: length 24, the distance back to the CIE, start, length, no augmentation data.
+        bytes.extend_from_slice(&24u32.to_le_bytes());
+        bytes.extend_from_slice(&28u32.to_le_bytes());
+        bytes.extend_from_slice(&(code as u64).to_le_bytes());
+        bytes.extend_from_slice(&16u64.to_le_bytes());
+        bytes.extend_from_slice(&[0, 0, 0, 0]);
+        bytes.extend_from_slice(&0u32.to_le_bytes());
+        assert_eq!(bytes.len(), 56);
+        let mut words = Box::new([0u32; 14]);
+        for (word, chunk) in words.iter_mut().zip(bytes.chunks_exact(4)) {
+            *word = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        }
+        words
+    }
+
+    /// A thread that registers and deregisters unwind tables in a loop (as JIT runtimes do)
+    /// holds libgcc's object lock much of the time. A handler that unwound with libgcc would
+    /// wait for that lock on the very thread that holds it, for ever: every capture of that
+    /// thread must finish.
+    #[test]
+    fn a_thread_holding_libgccs_frame_lock_is_captured_without_deadlock() {
+        extern "C" {
+            fn __register_frame(begin: *const u8);
+            fn __deregister_frame(begin: *const u8);
+        }
+        static CODE: [u8; 16] = [0xC3; 16];
+        let signal = libc::SIGRTMIN() + 10;
+        install(signal).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (send, receive) = mpsc::channel();
+        let registering = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let attached = Attached::current_thread();
+                send.send(attached.target().clone()).unwrap();
+                let table = eh_frame_for(CODE.as_ptr() as usize);
+                let begin = table.as_ptr().cast::<u8>();
+                while !stop.load(Ordering::Relaxed) {
+                    // SAFETY: `table` is a well-formed .eh_frame ending in a zero terminator,
+                    // alive and unmoved until it is deregistered just after.
+                    unsafe {
+                        __register_frame(begin);
+                        __deregister_frame(begin);
+                    }
+                }
+                drop(attached);
+            })
+        };
+        let target = receive.recv().unwrap();
+        let mut unwound = 0;
+        for _ in 0..2000 {
+            match capture(&target, signal, Duration::from_secs(1)) {
+                Ok(stack) => unwound += usize::from(stack.ips.len() > 1),
+                // The thread is stuck in its handler: a deadlock (it is left behind).
+                Err(error) => panic!("capture failed: {error}"),
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        registering.join().unwrap();
+        assert!(unwound > 1900, "only {unwound} of 2000 captures unwound");
     }
 }

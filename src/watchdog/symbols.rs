@@ -273,10 +273,25 @@ pub(crate) fn fold(frames: &[String]) -> String {
 }
 
 /// Resolves instruction pointers to names, caching per address.
+///
+/// The name of the function an address is in comes from the executable's symbol table
+/// (`symtab`) where it has one: the full path as the binary states it, in every profile
+/// (`debug = "line-tables-only"` leaves only short names such as `{async_fn#0}` or `allocate`
+/// in the debug information). The debug information adds the functions inlined there, innermost
+/// first, when it names them by full path; short names are left out (that time is the
+/// enclosing function's). In a stripped executable, its addresses are named
+/// `<stripped> 0x…` (an offset in the executable), never after the nearest exported symbol.
 #[derive(Default)]
 pub(crate) struct Symbolizer {
     cache: HashMap<usize, Arc<[Frame]>>,
+    /// The executable's symbol table, read at the first name asked for (`Some(None)`: there
+    /// is none, or it does not describe the running code).
+    #[cfg(target_os = "linux")]
+    table: Option<Option<super::symtab::SymbolTable>>,
 }
+
+/// The prefix of a frame of a stripped executable: its functions have no names to give.
+pub(crate) const STRIPPED: &str = "<stripped>";
 
 impl Symbolizer {
     /// Above this many cached addresses the cache starts over (bounded memory).
@@ -292,7 +307,17 @@ impl Symbolizer {
         } else {
             ips.iter().position(|ip| *ip == pc)
         };
-        let mut per_ip: Vec<Arc<[Frame]>> = ips.iter().map(|ip| self.resolve(*ip)).collect();
+        let first = start.unwrap_or(0);
+        let mut per_ip: Vec<Arc<[Frame]>> = ips
+            .iter()
+            .enumerate()
+            // A return address is just past its call, maybe past its function's end: the call
+            // itself is looked up.
+            .map(|(at, ip)| match at > first {
+                true => self.resolve(ip.saturating_sub(1)),
+                false => self.resolve(*ip),
+            })
+            .collect();
         for frames in per_ip.iter_mut().skip(uncertain_from) {
             *frames = frames
                 .iter()
@@ -335,6 +360,7 @@ impl Symbolizer {
         self.resolve(here);
     }
 
+    /// The frames at `ip`, innermost (inlined) first; a return address is passed less one.
     fn resolve(&mut self, ip: usize) -> Arc<[Frame]> {
         if let Some(names) = self.cache.get(&ip) {
             return names.clone();
@@ -347,6 +373,10 @@ impl Symbolizer {
                 names.push(super::stalls::cap_name(format!("{name:#}")));
             }
         });
+        #[cfg(target_os = "linux")]
+        {
+            names = self.true_names(ip, names);
+        }
         if names.is_empty() {
             names.push(UNKNOWN.to_string());
         }
@@ -363,6 +393,33 @@ impl Symbolizer {
         }
         self.cache.insert(ip, frames.clone());
         frames
+    }
+
+    /// `backtrace`'s names for `ip` (innermost first), with the function the executable's
+    /// symbol table says `ip` is in as the outermost, and only full-path inlined names inside
+    /// it; a stripped executable's address gets [`STRIPPED`] and its offset.
+    #[cfg(target_os = "linux")]
+    fn true_names(&mut self, ip: usize, names: Vec<String>) -> Vec<String> {
+        let table = self
+            .table
+            .get_or_insert_with(super::symtab::SymbolTable::load);
+        let Some(table) = table else {
+            return match super::signal::offset_in_executable(ip) {
+                Some(offset) => vec![format!("{STRIPPED} {offset:#x}")],
+                None => names,
+            };
+        };
+        let Some(outer) = table.name(ip) else {
+            return names;
+        };
+        let inlined = names.len().saturating_sub(1);
+        let mut named: Vec<String> = names
+            .into_iter()
+            .take(inlined)
+            .filter(|name| name.contains("::"))
+            .collect();
+        named.push(super::stalls::cap_name(outer));
+        named
     }
 }
 

@@ -133,6 +133,8 @@ mod imp {
         bias: usize,
         /// Its executable segments, as mapped.
         code: Vec<Range<usize>>,
+        /// All its loaded segments, as mapped (where a call through memory finds its target).
+        loaded: Vec<Range<usize>>,
         eh_frame_hdr: &'static [u8],
         eh_frame_hdr_at: usize,
         eh_frame: &'static [u8],
@@ -265,6 +267,7 @@ mod imp {
             .filter(|header| header.p_flags & libc::PF_X != 0)
             .map(range)
             .collect();
+        let all: Vec<Range<usize>> = headers.iter().filter(loaded).map(range).collect();
         let hdr = headers
             .iter()
             .find(|header| header.p_type == libc::PT_GNU_EH_FRAME)?;
@@ -294,6 +297,7 @@ mod imp {
         Some(Object {
             bias,
             code,
+            loaded: all,
             eh_frame_hdr,
             eh_frame_hdr_at: hdr_range.start,
             eh_frame,
@@ -489,7 +493,7 @@ mod imp {
             let fits = match call {
                 Call::None => continue,
                 Call::Direct(target) => function == Some(target),
-                Call::Indirect => {
+                Call::Indirect | Call::Through(_) => {
                     if indirect.is_none() {
                         indirect = Some(bp);
                     }
@@ -529,7 +533,10 @@ mod imp {
         None,
         /// A direct call to this address.
         Direct(usize),
-        /// A call through a register or memory: its target is unknown.
+        /// A call through the pointer at this address (`call *disp32(%rip)`: how Rust calls a
+        /// function of another crate, through the global offset table).
+        Through(usize),
+        /// A call through a register or computed memory: its target is unknown.
         Indirect,
     }
 
@@ -579,7 +586,21 @@ mod imp {
             unsafe {
                 std::ptr::copy_nonoverlapping((address - 8) as *const u8, before.as_mut_ptr(), 8)
             };
-            call_kind(&before, address)
+            match call_kind(&before, address) {
+                Call::Through(slot) => self.read_pointer(slot).map_or(Call::Indirect, Call::Direct),
+                call => call,
+            }
+        }
+
+        /// The pointer at `slot`, if it lies in a loaded object's memory.
+        fn read_pointer(&self, slot: usize) -> Option<usize> {
+            let end = slot.checked_add(8)?;
+            self.objects
+                .iter()
+                .flat_map(|object| object.loaded.iter())
+                .find(|segment| segment.start <= slot && end <= segment.end)?;
+            // SAFETY: 8 bytes inside a loaded segment, mapped for the object's life.
+            Some(unsafe { std::ptr::read_unaligned(slot as *const usize) })
         }
     }
 
@@ -589,6 +610,11 @@ mod imp {
         if before[3] == 0xE8 {
             let offset = i32::from_le_bytes([before[4], before[5], before[6], before[7]]);
             return Call::Direct(address.wrapping_add_signed(offset as isize));
+        }
+        // `call *disp32(%rip)` (FF 15 and four bytes): through a pointer at a known place.
+        if before[2] == 0xFF && before[3] == 0x15 {
+            let offset = i32::from_le_bytes([before[4], before[5], before[6], before[7]]);
+            return Call::Through(address.wrapping_add_signed(offset as isize));
         }
         // `call r/m` (FF /2): FF, a ModRM byte whose reg field is 2, then 0 to 5 bytes of SIB
         // and displacement; at most 7 bytes in all (a REX prefix before FF changes nothing).
@@ -630,8 +656,11 @@ mod tests {
         assert!(indirect([0, 0, 0, 0, 0, 0, 0xFF, 0xD0]));
         // call *0x10(%rbx) (FF 53 10)
         assert!(indirect([0, 0, 0, 0, 0, 0xFF, 0x53, 0x10]));
-        // call *disp32(%rip) (FF 15 + 4)
-        assert!(indirect([0, 0, 0xFF, 0x15, 1, 2, 3, 4]));
+        // call *disp32(%rip) (FF 15 + 4): through the pointer at 0x1010 + 0x04030201
+        assert_eq!(
+            call_kind(&[0, 0, 0xFF, 0x15, 1, 2, 3, 4], 0x1010),
+            Call::Through(0x1010 + 0x0403_0201)
+        );
         // call *disp32(%rsp) with SIB (FF 94 24 + 4)
         assert!(indirect([0, 0xFF, 0x94, 0x24, 1, 2, 3, 4]));
         // jmp *%rax (FF E0) and plain data are not calls

@@ -176,7 +176,8 @@ impl Names {
             if let Some(table) = self.table.as_mut() {
                 table.forget_names();
             }
-            return Some(self.symbolizer.frames(&[ip], ip, 1));
+            let call = if is_pc { ip } else { ip.saturating_sub(1) };
+            return Some(self.symbolizer.frames(&[call], call, 1));
         }
         // A return address is just past its call: look up the call itself.
         let call = if is_pc { ip } else { ip.saturating_sub(1) };
