@@ -111,6 +111,11 @@ pub struct CulpritCount {
     pub culprit: String,
     /// Samples that named it.
     pub count: u64,
+    /// The app's frame that called it most often: the first frame outward of the culprit, in
+    /// the poll, outside the runtime and in another crate (`my_app::handler` for a culprit in
+    /// `serde_json`); absent when the culprit is the app's own code.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub called_from: Option<String>,
 }
 
 /// Why a stalled thread held its executor, and how many samples found it so.

@@ -128,6 +128,9 @@ fn write_stalls(report: &Report, out: &mut String) {
         for (i, culprit) in entry.top_culprits.iter().take(3).enumerate() {
             let separator = if i == 0 { ", in " } else { ", " };
             let _ = write!(out, "{separator}{} ({})", culprit.culprit, culprit.count);
+            if let Some(caller) = &culprit.called_from {
+                let _ = write!(out, " called from {caller}");
+            }
         }
         out.push('\n');
         write_causes(entry, out);

@@ -452,10 +452,10 @@ impl Namer {
         let spawned = std::thread::Builder::new()
             .name("hogwatch-symbols".to_string())
             .spawn(move || {
+                // The debug information loads beside: stacks named meanwhile take their names
+                // from the symbol table.
+                symbols::warm_up_in_background();
                 let mut symbolizer = symbols::Symbolizer::default();
-                symbolizer.warm_up();
-                // The C library's symbols too: every stack a signal captures passes through it.
-                workers::warm_up(&mut symbolizer);
                 while let Ok(job) = receive.recv() {
                     let Job {
                         raw,
@@ -518,7 +518,8 @@ fn name(
         entry.stacks.record(&folded, stalls::TRACKED);
     }
     if let Some(culprit) = &culprit {
-        entry.culprits.record(culprit, stalls::TRACKED);
+        let caller = symbols::called_from(&frames, culprit, &watchdog.prefixes);
+        entry.record_culprit(culprit, caller.as_deref());
     }
     entry.functions.record(culprit.as_deref(), &own);
     (stack, culprit)

@@ -634,6 +634,21 @@ pub(crate) fn in_system_library(ip: usize) -> bool {
     SYSTEM.iter().any(|system| name.starts_with(system))
 }
 
+/// The name of the exported symbol at or before `ip` in the shared object it lies in (the C
+/// library's `clock_nanosleep`), if the dynamic linker knows one. Not for the handler.
+pub(crate) fn exported_name(ip: usize) -> Option<String> {
+    // SAFETY: as in `in_system_library`.
+    let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
+    // SAFETY: as in `in_system_library`.
+    if unsafe { libc::dladdr(ip as *const c_void, &mut info) } == 0 || info.dli_sname.is_null() {
+        return None;
+    }
+    // SAFETY: dladdr succeeded with a symbol: dli_sname is a NUL-terminated name owned by the
+    // dynamic linker, valid while the object stays loaded.
+    let name = unsafe { std::ffi::CStr::from_ptr(info.dli_sname) };
+    Some(name.to_string_lossy().into_owned())
+}
+
 /// Where `ip` lies in the executable hogwatch is linked into, as an offset from its start, or
 /// `None` if it lies elsewhere (a library, the vDSO). Not for the handler.
 pub(crate) fn offset_in_executable(ip: usize) -> Option<usize> {
@@ -1063,8 +1078,12 @@ mod tests {
         for _ in 0..2000 {
             match capture(&target, signal, Duration::from_secs(1)) {
                 Ok(stack) => unwound += usize::from(stack.ips.len() > 1),
-                // The thread is stuck in its handler: a deadlock (it is left behind).
-                Err(error) => panic!("capture failed: {error}"),
+                // The thread is stuck in its handler, holding libgcc's lock: a panic would
+                // unwind through libgcc and wait for that lock too, so the test ends the process.
+                Err(error) => {
+                    eprintln!("capture failed ({error}): the handler deadlocked on libgcc's lock");
+                    std::process::abort();
+                }
             }
         }
         stop.store(true, Ordering::Relaxed);

@@ -204,6 +204,9 @@ impl Functions {
         };
         sorted
             .into_iter()
+            // A function that took a rarer one's place inherited its counts (space-saving),
+            // which may overstate it: never above the samples there were.
+            .map(|(function, own, total)| (function, own.min(samples), total.min(samples)))
             .map(|(function, own, total)| FunctionSamples {
                 self_percent: percent(own),
                 total_percent: percent(total),
@@ -221,6 +224,8 @@ pub(crate) struct LabelStalls {
     pub(crate) stalls: u64,
     pub(crate) stacks: TopK,
     pub(crate) culprits: TopK,
+    /// Each culprit with the app's frame that called it, as `culprit` NUL `caller`.
+    callers: TopK,
     /// Samples taken (each look at a stalled thread: at least one per stall).
     pub(crate) samples: u64,
     /// What the blocked thread was doing, per sample.
@@ -268,6 +273,15 @@ pub(crate) fn cap_name(mut name: String) -> String {
 }
 
 impl LabelStalls {
+    /// Records one sample's culprit, and the app's frame that led there if there is one.
+    pub(crate) fn record_culprit(&mut self, culprit: &str, caller: Option<&str>) {
+        self.culprits.record(culprit, TRACKED);
+        if let Some(caller) = caller {
+            self.callers
+                .record(&format!("{culprit}\0{caller}"), TRACKED);
+        }
+    }
+
     pub(crate) fn top_stacks(&self) -> Vec<StackCount> {
         self.stacks
             .top(SHOWN)
@@ -280,7 +294,18 @@ impl LabelStalls {
         self.culprits
             .top(SHOWN)
             .into_iter()
-            .map(|(culprit, count)| CulpritCount { culprit, count })
+            .map(|(culprit, count)| {
+                // The most frequent caller of this culprit (`top` sorts by count).
+                let called_from = self.callers.top(TRACKED).into_iter().find_map(|(key, _)| {
+                    let (of, caller) = key.split_once('\0')?;
+                    (of == culprit).then(|| caller.to_string())
+                });
+                CulpritCount {
+                    culprit,
+                    count,
+                    called_from,
+                }
+            })
             .collect()
     }
 }

@@ -176,6 +176,37 @@ pub(crate) fn culprit(frames: &[Frame], prefixes: &[String]) -> Option<String> {
         .map(|frame| frame.name.clone())
 }
 
+/// The app's frame that led to `culprit`: the app is the crate of the outermost frame within
+/// the poll that is not the runtime's (the handler's, the task's), and its frame is the first
+/// of that crate outward of the culprit (`serde_json::ser::format_escaped_str`, called from
+/// `my_app::handler`). `None` if the culprit is the app's own code.
+pub(crate) fn called_from(frames: &[Frame], culprit: &str, prefixes: &[String]) -> Option<String> {
+    let own: Vec<&Frame> = frames
+        .iter()
+        .take_while(|frame| !is_poll_boundary(&frame.name))
+        .filter(|frame| {
+            !frame.system && frame.name != UNKNOWN && !is_runtime(&frame.name, prefixes)
+        })
+        .collect();
+    let app = crate_of(&own.last()?.name);
+    let at = own.iter().position(|frame| frame.name == culprit)?;
+    if crate_of(culprit) == app {
+        return None;
+    }
+    own[at + 1..]
+        .iter()
+        .find(|frame| crate_of(&frame.name) == app)
+        .map(|frame| frame.name.clone())
+}
+
+/// The first path segment of a function's name (`<my_app::Doc as serde::Serialize>::serialize`
+/// is `my_app`'s).
+fn crate_of(name: &str) -> &str {
+    let name = name.trim_start_matches(['<', '&', '*', ' ']);
+    let name = name.strip_prefix("impl ").unwrap_or(name);
+    name.split("::").next().unwrap_or(name)
+}
+
 /// Whether `name` is where a poll hogwatch watches begins: hogwatch's `Watched::poll`, the
 /// layer's `HogFuture::poll` (a route's poll), or the functions of tokio's task harness that
 /// poll a task's future (for the polls the task hooks publish). The frames below it are the
@@ -281,13 +312,58 @@ pub(crate) fn fold(frames: &[String]) -> String {
 /// first, when it names them by full path; short names are left out (that time is the
 /// enclosing function's). In a stripped executable, its addresses are named
 /// `<stripped> 0x…` (an offset in the executable), never after the nearest exported symbol.
+///
+/// Until `backtrace` has loaded the debug information ([`warm_up_in_background`]: hundreds of
+/// milliseconds in a debug build), names come from the symbol table alone, without inlined
+/// frames, so that no stall waits for its names.
 #[derive(Default)]
 pub(crate) struct Symbolizer {
     cache: HashMap<usize, Arc<[Frame]>>,
-    /// The executable's symbol table, read at the first name asked for (`Some(None)`: there
-    /// is none, or it does not describe the running code).
-    #[cfg(target_os = "linux")]
-    table: Option<Option<super::symtab::SymbolTable>>,
+}
+
+/// The executable's symbol table, read once for the process at the first name asked for
+/// (`None`: there is none, or it does not describe the running code).
+#[cfg(target_os = "linux")]
+fn symbol_table() -> Option<&'static super::symtab::SymbolTable> {
+    static TABLE: std::sync::OnceLock<Option<super::symtab::SymbolTable>> =
+        std::sync::OnceLock::new();
+    TABLE.get_or_init(super::symtab::SymbolTable::load).as_ref()
+}
+
+/// Whether `backtrace` has loaded the program's and the C library's debug information (its
+/// cache is the process's): from then on it names an address in microseconds.
+static WARM: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether names may come from `backtrace` without waiting for its first load.
+pub(crate) fn is_warm() -> bool {
+    WARM.load(std::sync::atomic::Ordering::Acquire)
+}
+
+/// Loads the debug information of the program and of the C library into `backtrace`'s cache
+/// on a thread of its own, once per process, then says so ([`is_warm`]). Every stack a signal
+/// captures passes through the C library's signal trampoline: its symbols took 90 ms to load
+/// in a release build here (250 ms with its separate debug information installed).
+pub(crate) fn warm_up_in_background() {
+    static STARTED: std::sync::Once = std::sync::Once::new();
+    STARTED.call_once(|| {
+        let spawned = std::thread::Builder::new()
+            .name("hogwatch-symbols-warm-up".to_string())
+            .spawn(|| {
+                let here = warm_up_in_background as fn() as usize;
+                #[cfg(target_os = "linux")]
+                let in_libc = libc::clock_nanosleep as *const () as usize;
+                #[cfg(not(target_os = "linux"))]
+                let in_libc = here;
+                for ip in [here, in_libc] {
+                    backtrace::resolve(ip as *mut std::ffi::c_void, |_| {});
+                }
+                WARM.store(true, std::sync::atomic::Ordering::Release);
+            });
+        if spawned.is_err() {
+            // No thread: `backtrace` will load on first use instead.
+            WARM.store(true, std::sync::atomic::Ordering::Release);
+        }
+    });
 }
 
 /// The prefix of a frame of a stripped executable: its functions have no names to give.
@@ -352,18 +428,15 @@ impl Symbolizer {
             .collect()
     }
 
-    /// Loads the debug information of the object hogwatch is linked into (usually the whole
-    /// program) into `backtrace`'s global cache now, on a thread of its own, rather than at the
-    /// first stall, whose stack would then be named late.
-    pub(crate) fn warm_up(&mut self) {
-        let here = Self::warm_up as fn(&mut Self) as usize;
-        self.resolve(here);
-    }
-
     /// The frames at `ip`, innermost (inlined) first; a return address is passed less one.
     fn resolve(&mut self, ip: usize) -> Arc<[Frame]> {
         if let Some(names) = self.cache.get(&ip) {
             return names.clone();
+        }
+        #[cfg(target_os = "linux")]
+        if !is_warm() {
+            // Not cached: once `backtrace` is ready, the address gets its inlined frames too.
+            return Arc::new([self.quick_name(ip)]);
         }
         let mut names = Vec::new();
         backtrace::resolve(ip as *mut std::ffi::c_void, |symbol| {
@@ -400,10 +473,7 @@ impl Symbolizer {
     /// it; a stripped executable's address gets [`STRIPPED`] and its offset.
     #[cfg(target_os = "linux")]
     fn true_names(&mut self, ip: usize, names: Vec<String>) -> Vec<String> {
-        let table = self
-            .table
-            .get_or_insert_with(super::symtab::SymbolTable::load);
-        let Some(table) = table else {
+        let Some(table) = symbol_table() else {
             return match super::signal::offset_in_executable(ip) {
                 Some(offset) => vec![format!("{STRIPPED} {offset:#x}")],
                 None => names,
@@ -413,13 +483,32 @@ impl Symbolizer {
             return names;
         };
         let inlined = names.len().saturating_sub(1);
+        // A full path has `::` outside its generic arguments (`<T as Trait>::f` too);
+        // `format_escaped_str_contents<&mut Vec<u8>>` or `{closure#0}` does not.
         let mut named: Vec<String> = names
             .into_iter()
             .take(inlined)
-            .filter(|name| name.contains("::"))
+            .filter(|name| without_generics(name).contains("::"))
             .collect();
         named.push(super::stalls::cap_name(outer));
         named
+    }
+
+    /// The function `ip` is in, without `backtrace`: from the symbol table, or as stripped, or
+    /// the nearest symbol the dynamic linker knows (a shared library's exported functions).
+    #[cfg(target_os = "linux")]
+    fn quick_name(&self, ip: usize) -> Frame {
+        let name = match symbol_table() {
+            Some(table) => table.name(ip),
+            None => super::signal::offset_in_executable(ip)
+                .map(|offset| format!("{STRIPPED} {offset:#x}")),
+        }
+        .or_else(|| super::signal::exported_name(ip))
+        .map_or_else(|| UNKNOWN.to_string(), super::stalls::cap_name);
+        Frame {
+            name,
+            system: super::signal::in_system_library(ip),
+        }
     }
 }
 
@@ -496,6 +585,35 @@ mod tests {
         ] {
             assert!(!is_runtime(user, &prefixes), "{user}");
         }
+    }
+
+    #[test]
+    fn a_library_culprit_is_called_from_the_apps_own_frame() {
+        let frames: Vec<Frame> = [
+            "alloc::raw_vec::RawVecInner::grow_amortized",
+            "serde_json::ser::format_escaped_str",
+            "serde_json::ser::to_vec",
+            "my_app::render::to_bytes",
+            "my_app::handler::{{closure}}",
+            "<hogwatch::watch::Watched<F> as core::future::future::Future>::poll",
+            "other_app::main",
+        ]
+        .map(|name| Frame {
+            name: name.to_string(),
+            system: false,
+        })
+        .to_vec();
+        let culprit = culprit(&frames, &defaults()).unwrap();
+        assert_eq!(culprit, "serde_json::ser::format_escaped_str");
+        assert_eq!(
+            called_from(&frames, &culprit, &defaults()).as_deref(),
+            Some("my_app::render::to_bytes")
+        );
+        // The app's own code is called from nothing further.
+        assert_eq!(
+            called_from(&frames, "my_app::render::to_bytes", &defaults()),
+            None
+        );
     }
 
     #[test]

@@ -803,6 +803,7 @@ mod tests {
             .map(|&(culprit, count)| crate::CulpritCount {
                 culprit: culprit.to_string(),
                 count,
+                called_from: None,
             })
             .collect();
         entry.top_stacks = stacks

@@ -40,7 +40,6 @@
 mod names;
 mod sampler;
 
-pub(crate) use names::warm_up;
 pub(crate) use sampler::Sampler;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

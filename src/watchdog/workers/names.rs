@@ -1,7 +1,6 @@
 //! Names for the runtime watchdog's stacks, and a task stall's label: from the program's symbol
 //! table until the naming thread has loaded the debug information, then from `backtrace`.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use super::super::symtab::SymbolTable;
@@ -13,26 +12,6 @@ const BELOW_FRAMES: usize = 16;
 
 /// The label of a task stall whose stack could not be had or named.
 const UNKNOWN_TASK: &str = "task <unknown>";
-
-/// starts), then says that `backtrace` names stacks quickly from now on ([`WARM`]). Every stack
-/// a signal captures has the C library's signal trampoline in it: loading that library's
-/// symbols the first time took 90 ms in a release build here (250 ms with its separate debug
-/// information installed). `clock_nanosleep`'s address is the C library's own (Rust loads the
-/// address of a shared library's function from the GOT, not a PLT stub).
-#[cfg(target_os = "linux")]
-pub(crate) fn warm_up(symbolizer: &mut symbols::Symbolizer) {
-    let in_libc = libc::clock_nanosleep as *const () as usize;
-    symbolizer.frames(&[in_libc], 0, 1);
-    WARM.store(true, Ordering::Release);
-}
-
-/// A naming thread has loaded the program's and the C library's symbols (`backtrace`'s cache is
-/// the process's): from then on naming a stack on the watchdog thread takes microseconds for
-/// known addresses, not the whole load. Before, the runtime watchdog names stacks from the
-/// program's symbol table ([`symtab`](super::symtab)) instead of waiting behind `backtrace`'s
-/// lock, which would hold up every check, the wrapped polls' included.
-#[cfg(target_os = "linux")]
-static WARM: AtomicBool = AtomicBool::new(false);
 
 /// How long the runtime watchdog waits for a naming thread's warm-up before it names stacks
 /// with `backtrace` itself (a naming thread that could not start never warms anything).
@@ -170,7 +149,7 @@ impl Names {
     /// The frames at `ip` (more than one where functions were inlined into it), a return address
     /// unless it is the interrupted instruction (`is_pc`).
     fn frames(&mut self, ip: usize, is_pc: bool) -> Option<Vec<symbols::Frame>> {
-        if WARM.load(Ordering::Acquire) || self.started.elapsed() >= WARM_UP_WAIT {
+        if symbols::is_warm() || self.started.elapsed() >= WARM_UP_WAIT {
             // The names are `backtrace`'s from now on; the scanner still checks calls against
             // where functions start.
             if let Some(table) = self.table.as_mut() {

@@ -466,7 +466,8 @@ impl Sampler {
                 entry.stacks.record(&folded, stalls::TRACKED);
             }
             if let Some(culprit) = &culprit {
-                entry.culprits.record(culprit, stalls::TRACKED);
+                let caller = symbols::called_from(&frames, culprit, &watchdog.prefixes);
+                entry.record_culprit(culprit, caller.as_deref());
             }
             entry
                 .warn_limiter

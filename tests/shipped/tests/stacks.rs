@@ -74,6 +74,21 @@ fn detector(events: Arc<Mutex<Vec<HogEvent>>>) -> Detector {
         .unwrap()
 }
 
+/// `name` without its generic arguments (`Vec<u8>::push` is `Vec::push`).
+fn without_generics(name: &str) -> String {
+    let mut depth = 0usize;
+    name.chars()
+        .filter(|c| {
+            match c {
+                '<' => depth += 1,
+                '>' => depth = depth.saturating_sub(1),
+                _ => return depth == 0,
+            }
+            false
+        })
+        .collect()
+}
+
 /// The frames of `folded` (root first), and where each of `names` is in it, in that order.
 fn assert_chain(folded: &str, names: &[&str]) {
     let frames: Vec<&str> = folded.split(';').collect();
@@ -178,6 +193,75 @@ fn a_cpu_stall_names_the_exact_chain_in_a_report_taken_right_after_it() {
         "culprit {culprit}, stack {stack}"
     );
     assert_chain(stack, &["spinning_caller", "spinning_blocker"]);
+    for function in &entry.functions {
+        assert!(function.total_percent <= 100.0, "{function:?}");
+    }
+}
+
+/// A document of about 8 MB: many objects with strings and numbers.
+fn big_document() -> serde_json::Value {
+    let item = |i: usize| {
+        serde_json::json!({
+            "id": i,
+            "name": format!("item number {i} with a name long enough to escape"),
+            "tags": ["alpha", "beta", "gamma", "delta"],
+            "score": i as f64 * 1.5,
+        })
+    };
+    serde_json::Value::Array((0..60_000).map(item).collect())
+}
+
+#[inline(never)]
+fn render_json_handler(document: &serde_json::Value, until: Instant) -> usize {
+    let mut bytes = 0;
+    while Instant::now() < until {
+        bytes += black_box(serde_json::to_vec(document).unwrap()).len();
+    }
+    black_box(bytes)
+}
+
+/// A wrapped poll serialises a large document again and again for 600 ms: the culprit is
+/// serde_json's code (not a memory copy or an allocator call it makes), called from the
+/// handler.
+#[test]
+fn a_json_stall_is_blamed_on_serde_json_called_from_the_handler() {
+    let events = Arc::default();
+    let detector = detector(Arc::clone(&events));
+    let document = big_document();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let until = Instant::now() + Duration::from_millis(600);
+    runtime.block_on(detector.watch("json", async { render_json_handler(&document, until) }));
+    let report = detector.report();
+    let entry = report.entry("json").expect("an entry");
+    assert_eq!(entry.stalls, 1);
+    let top = entry.top_culprits.first().expect("a culprit");
+    if stripped() {
+        assert!(!top.culprit.contains("::"), "{top:?}");
+        return;
+    }
+    let culprits: Vec<String> = entry
+        .top_culprits
+        .iter()
+        .map(|c| format!("{} ({}) from {:?}", c.culprit, c.count, c.called_from))
+        .collect();
+    eprintln!("json culprits: {culprits:#?}");
+    // serde_json's code or a crate it calls (itoa, its float formatter), by full path, never a
+    // standard library primitive (a copy, a `Vec` growth, an allocator call) nor a short name.
+    for culprit in &entry.top_culprits {
+        let name = culprit.culprit.trim_start_matches('<');
+        let path: String = without_generics(name);
+        assert!(path.contains("::"), "a short name: {culprits:#?}");
+        for primitive in ["core::", "alloc::", "std::", "f64 as core", "u8 as core"] {
+            assert!(!name.starts_with(primitive), "{culprits:#?}");
+        }
+        if !name.starts_with("stacks::") {
+            let caller = culprit.called_from.as_deref().unwrap_or_default();
+            assert!(caller.contains("render_json_handler"), "{culprits:#?}");
+        }
+    }
     for function in &entry.functions {
         assert!(function.total_percent <= 100.0, "{function:?}");
     }
