@@ -509,7 +509,7 @@ extern "C" fn handler(signal: c_int, info: *mut libc::siginfo_t, context: *mut c
             let started = tests::handler_clock();
             record(target, context);
             #[cfg(test)]
-            tests::recorded(started);
+            tests::recorded(target, started);
             // The watchdog may have given up on this capture (`Stuck`) and handed the thread
             // back: then nothing is published.
             let _ = target.state.compare_exchange(
@@ -758,8 +758,9 @@ mod tests {
     }
 
     /// Adds one handler's recording time (since `started`) to the test's figures.
-    pub(super) fn recorded(started: u64) {
-        if TIMING_BASE.get().is_some() {
+    pub(super) fn recorded(target: &Target, started: u64) {
+        // Only the timed test's own thread: other tests capture in the same process.
+        if TIMING_BASE.get().is_some() && std::ptr::eq(target, TIMED.load(Ordering::Acquire)) {
             let took = handler_clock().saturating_sub(started);
             HANDLER_NS.fetch_add(took as usize, Ordering::Relaxed);
             HANDLER_MAX_NS.fetch_max(took as usize, Ordering::Relaxed);
@@ -771,6 +772,8 @@ mod tests {
     static HANDLER_NS: AtomicUsize = AtomicUsize::new(0);
     static HANDLER_MAX_NS: AtomicUsize = AtomicUsize::new(0);
     static HANDLER_RUNS: AtomicUsize = AtomicUsize::new(0);
+    /// The target whose handler runs are timed.
+    static TIMED: AtomicPtr<Target> = AtomicPtr::new(std::ptr::null_mut());
 
     /// What one sample costs the blocked thread: the handler's time recording its stack. The
     /// figure is printed for `BENCHMARKS.md` (`cargo test --release --lib
@@ -782,6 +785,7 @@ mod tests {
         install(signal).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let (target, handle) = spinning_thread(stop.clone());
+        TIMED.store(Arc::as_ptr(&target).cast_mut(), Ordering::Release);
         TIMING_BASE.get_or_init(Instant::now);
         let captures = 1_000;
         let started = Instant::now();
@@ -802,7 +806,10 @@ mod tests {
             round_trips.as_secs_f64() * 1e6 / captures as f64,
         );
         assert_eq!(runs, captures);
-        assert!(mean_ns < 1_000_000, "{mean_ns} ns");
+        assert!(
+            mean_ns < 50_000,
+            "{mean_ns} ns on average: not tens of microseconds"
+        );
     }
 
     /// Spins on a thread of its own, attached, until told to stop.
@@ -1051,7 +1058,7 @@ mod tests {
             fn __deregister_frame(begin: *const u8);
         }
         static CODE: [u8; 16] = [0xC3; 16];
-        let signal = libc::SIGRTMIN() + 10;
+        let signal = libc::SIGRTMIN() + 11;
         install(signal).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let (send, receive) = mpsc::channel();
