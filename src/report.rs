@@ -230,6 +230,10 @@ pub struct Entry {
     /// close to `stall_wall_us` for CPU work, near zero for waiting. Only CPU work must move off
     /// the executor; waiting must become async.
     pub stall_cpu_us: u64,
+    /// The longest stall the watchdog saw in the window, from the poll's start to its last
+    /// sample (so far, for a stall still going on): the duration of a stall of a task no
+    /// wrapper timed (`watch_runtime`), whose polls never reach `max_poll_us`.
+    pub longest_stall_us: u64,
     /// The poll-duration histogram, for renderers that draw or bucket it.
     #[serde(skip)]
     pub histogram: PollHistogram,
@@ -303,6 +307,7 @@ impl Entry {
             functions: Vec::new(),
             stall_wall_us: 0,
             stall_cpu_us: 0,
+            longest_stall_us: 0,
             histogram,
         }
     }

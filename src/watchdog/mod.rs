@@ -244,6 +244,7 @@ impl Watchdog {
                 entry.functions = stalls.functions.report(stalls.samples);
                 entry.stall_wall_us = stalls.sampled_ns / 1_000;
                 entry.stall_cpu_us = stalls.cpu_ns / 1_000;
+                entry.longest_stall_us = stalls.longest_ns / 1_000;
             }
         }
         if reset {
@@ -706,6 +707,7 @@ impl Checker {
             let mut table = watchdog.lock();
             let entry = table.entry(label.name.clone()).or_default();
             entry.samples = entry.samples.saturating_add(1);
+            entry.longest_ns = entry.longest_ns.max(running_ns);
             if let Some(cause) = cause {
                 entry.causes.record(cause);
             }

@@ -236,6 +236,8 @@ pub(crate) struct LabelStalls {
     pub(crate) cpu_ns: u64,
     /// The time between those samples, summed (nanoseconds).
     pub(crate) sampled_ns: u64,
+    /// The longest a stall had run at one of its samples (nanoseconds).
+    pub(crate) longest_ns: u64,
     /// Stall warnings have their own rate limit: a slow-poll warning must not hide the stack.
     pub(crate) warn_limiter: crate::event::RateLimiter,
 }
