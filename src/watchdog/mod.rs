@@ -244,7 +244,12 @@ impl Watchdog {
                 entry.functions = stalls.functions.report(stalls.samples);
                 entry.stall_wall_us = stalls.sampled_ns / 1_000;
                 entry.stall_cpu_us = stalls.cpu_ns / 1_000;
-                entry.longest_stall_us = stalls.longest_ns / 1_000;
+                // A wrapped stall's poll ends in the recorder: its duration is the longest
+                // poll's (within its histogram bucket) if the watchdog's samples saw less.
+                entry.longest_stall_us = (stalls.longest_ns / 1_000).max(match stalls.stalls {
+                    0 => 0,
+                    _ => entry.max_poll_us,
+                });
             }
         }
         if reset {
@@ -425,8 +430,12 @@ impl Budget {
 struct Job {
     raw: signal::RawStack,
     label: Arc<str>,
-    /// The stall's event, without stack yet, and `Some(suppressed)` if its warning is due.
-    event: Option<(HogEvent, Option<u64>)>,
+    /// The sample to record with the names.
+    sample: stalls::Sample,
+    /// Now and the warning interval, if the sample may warn (see `LabelStalls::record`).
+    warn_at: Option<(u64, u64)>,
+    /// The stall's event, without stack yet, if it is reported.
+    event: Option<HogEvent>,
     /// Where the named stack goes if the watchdog thread still waits for it.
     reply: Option<std::sync::mpsc::Sender<(Vec<String>, Option<String>)>>,
 }
@@ -461,14 +470,26 @@ impl Namer {
                     let Job {
                         raw,
                         label,
+                        mut sample,
+                        warn_at,
                         event,
                         reply,
                     } = job;
-                    let (stack, culprit) = name(&mut symbolizer, &watchdog, &label, &raw);
+                    let mut frames = symbolizer.frames(&raw.ips, raw.pc, raw.uncertain_from);
+                    frames.truncate(signal::MAX_FRAMES);
+                    let named = symbols::named_stack(&frames, &watchdog.prefixes);
+                    let culprit = named.culprit.clone();
+                    sample.named = Some(named);
+                    let warn = watchdog
+                        .lock()
+                        .entry(label)
+                        .or_default()
+                        .record(&sample, warn_at);
+                    let stack: Vec<String> = frames.into_iter().map(|frame| frame.name).collect();
                     if let Some(reply) = reply {
                         let _ = reply.send((stack.clone(), culprit.clone()));
                     }
-                    if let Some((mut event, Some(suppressed))) = event {
+                    if let (Some(mut event), Some(suppressed)) = (event, warn) {
                         event.stack = stack;
                         event.culprit = culprit;
                         warn_stall(&watchdog, &event, suppressed, &event.stack.join("\n  "));
@@ -487,43 +508,6 @@ impl Namer {
             .as_ref()
             .is_some_and(|jobs| jobs.try_send(job).is_ok())
     }
-}
-
-/// Names `raw` and records its stack and culprit under `label`; returns them.
-#[cfg(target_os = "linux")]
-fn name(
-    symbolizer: &mut symbols::Symbolizer,
-    watchdog: &Watchdog,
-    label: &Arc<str>,
-    raw: &signal::RawStack,
-) -> (Vec<String>, Option<String>) {
-    let mut frames = symbolizer.frames(&raw.ips, raw.pc, raw.uncertain_from);
-    frames.truncate(signal::MAX_FRAMES);
-    let culprit = symbols::culprit(&frames, &watchdog.prefixes);
-    let stack: Vec<String> = frames.iter().map(|frame| frame.name.clone()).collect();
-    let inside = symbols::within_poll(&stack);
-    let folded = symbols::fold(inside);
-    // The profile's functions: the frames inside the poll that are not the runtime's.
-    let own: Vec<String> = frames[..inside.len()]
-        .iter()
-        .filter(|frame| {
-            !frame.system
-                && frame.name != symbols::UNKNOWN
-                && !symbols::is_runtime(&frame.name, &watchdog.prefixes)
-        })
-        .map(|frame| frame.name.clone())
-        .collect();
-    let mut table = watchdog.lock();
-    let entry = table.entry(label.clone()).or_default();
-    if !stack.is_empty() {
-        entry.stacks.record(&folded, stalls::TRACKED);
-    }
-    if let Some(culprit) = &culprit {
-        let caller = symbols::called_from(&frames, culprit, &watchdog.prefixes);
-        entry.record_culprit(culprit, caller.as_deref());
-    }
-    entry.functions.record(culprit.as_deref(), &own);
-    (stack, culprit)
 }
 
 /// One `tracing` warning about a stall; `stack` is the stack as text, or why there is none.
@@ -663,6 +647,9 @@ impl Checker {
 
     /// Samples one stalled poll (its cause, stack and CPU time) and, if `report`, counts it
     /// (when `first`) and reports it, with its stack if it can be had (and named) now.
+    ///
+    /// The sample is recorded once, under one lock of the stall table: by the naming thread
+    /// with its names when there is a stack, here without one otherwise.
     fn sample_and_report(
         &mut self,
         slot: &slot::Slot,
@@ -679,9 +666,6 @@ impl Checker {
         // Counted when seen: whatever becomes of its stack, the poll did stall.
         if first && report {
             watchdog.stall_count.fetch_add(1, Ordering::Relaxed);
-            let mut table = watchdog.lock();
-            let entry = table.entry(label.name.clone()).or_default();
-            entry.stalls = entry.stalls.saturating_add(1);
         }
         let Taken {
             sample,
@@ -703,25 +687,14 @@ impl Checker {
             .recorder
             .clock
             .delta_as_nanos(0, self.recorder.clock.raw());
-        let warn = {
-            let mut table = watchdog.lock();
-            let entry = table.entry(label.name.clone()).or_default();
-            entry.samples = entry.samples.saturating_add(1);
-            entry.longest_ns = entry.longest_ns.max(running_ns);
-            if let Some(cause) = cause {
-                entry.causes.record(cause);
-            }
-            if let Some((cpu_ns, wall_ns)) = cpu_and_wall_ns {
-                entry.cpu_ns = entry.cpu_ns.saturating_add(cpu_ns);
-                entry.sampled_ns = entry.sampled_ns.saturating_add(wall_ns);
-            }
-            report.then(|| {
-                entry
-                    .warn_limiter
-                    .try_acquire(now_ns, self.recorder.warn_interval_ns)
-            })
+        let record = stalls::Sample {
+            first: first && report,
+            running_ns,
+            cause,
+            cpu_and_wall_ns,
+            named: None,
         };
-        let warn = warn.flatten();
+        let warn_at = report.then_some((now_ns, self.recorder.warn_interval_ns));
         #[allow(unused_mut)]
         let mut event = HogEvent {
             kind: HogKind::Stall,
@@ -732,48 +705,52 @@ impl Checker {
             stack: Vec::new(),
             culprit: None,
         };
-        // The reason there is no stack to warn with, if the warning is ours to send.
-        let no_stack = match sample {
-            #[cfg(target_os = "linux")]
-            Sample::Stack(raw) if !report => {
-                // A sample between reports: named and recorded, nobody waits for it.
-                let _ = self.namer.send(Job {
-                    raw,
-                    label: label.name.clone(),
-                    event: None,
-                    reply: None,
-                });
-                return;
-            }
+        // The reason there is no stack, and the sample left to record here.
+        let (reason, record) = match sample {
             #[cfg(target_os = "linux")]
             Sample::Stack(raw) => {
                 let (reply, named) = std::sync::mpsc::channel();
                 let job = Job {
                     raw,
                     label: label.name.clone(),
-                    event: Some((event.clone(), warn)),
-                    reply: Some(reply),
+                    sample: record.clone(),
+                    warn_at,
+                    // A sample between reports is named and recorded, nobody waits for it.
+                    event: report.then(|| event.clone()),
+                    reply: report.then_some(reply),
                 };
-                // The naming thread records the stack and sends the warning; the event gets the
-                // names if they come quickly (no debug information to load, no new address to
-                // look up).
+                // The naming thread records the sample and sends the warning; the event gets
+                // the names if they come quickly (no new address to look up).
                 if self.namer.send(job) {
+                    if !report {
+                        return;
+                    }
                     if let Ok((stack, culprit)) = named.recv_timeout(self.naming_budget()) {
                         event.stack = stack;
                         event.culprit = culprit;
                     }
-                    None
+                    (None, None)
                 } else {
-                    Some("not named: too many stacks waiting for their names".into())
+                    let reason = "not named: too many stacks waiting for their names";
+                    (Some(reason.to_string()), Some(record))
                 }
             }
-            Sample::None(_) if !report => return,
-            Sample::None(reason) => Some(reason),
+            Sample::None(reason) => (Some(reason), Some(record)),
         };
+        let warn = record.and_then(|record| {
+            watchdog
+                .lock()
+                .entry(label.name.clone())
+                .or_default()
+                .record(&record, warn_at)
+        });
+        if !report {
+            return;
+        }
         if let Some(callback) = &self.recorder.on_hog {
             crate::event::call_on_hog(callback, &event);
         }
-        if let (Some(reason), Some(suppressed)) = (no_stack, warn) {
+        if let (Some(reason), Some(suppressed)) = (reason, warn) {
             warn_stall(&watchdog, &event, suppressed, &reason);
         }
     }

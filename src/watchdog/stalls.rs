@@ -274,14 +274,71 @@ pub(crate) fn cap_name(mut name: String) -> String {
     name
 }
 
+/// One look at a stalled thread, as every source records it: a wrapped poll's sample (`watch`,
+/// the layer, the task hooks) and a runtime worker's (`watch_runtime`) alike.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Sample {
+    /// The first sample of this stall: it counts the stall.
+    pub(crate) first: bool,
+    /// How long the poll had been running at this sample.
+    pub(crate) running_ns: u64,
+    /// What the thread was doing (`None`: it was changing state, or `/proc` is unreadable).
+    pub(crate) cause: Option<Cause>,
+    /// The thread's CPU time and the wall time since the stall's previous sample.
+    pub(crate) cpu_and_wall_ns: Option<(u64, u64)>,
+    /// Its stack, named (`None`: none could be had).
+    pub(crate) named: Option<NamedStack>,
+}
+
+/// What a sample's named stack adds to the record (built by `symbols::named_stack`).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct NamedStack {
+    /// The frames inside the poll, folded root first.
+    pub(crate) folded: String,
+    /// The innermost frame outside the runtime.
+    pub(crate) culprit: Option<String>,
+    /// The app's frame that led to the culprit.
+    pub(crate) called_from: Option<String>,
+    /// The frames inside the poll that are not the runtime's, innermost first.
+    pub(crate) own: Vec<String>,
+}
+
 impl LabelStalls {
-    /// Records one sample's culprit, and the app's frame that led there if there is one.
-    pub(crate) fn record_culprit(&mut self, culprit: &str, caller: Option<&str>) {
-        self.culprits.record(culprit, TRACKED);
-        if let Some(caller) = caller {
-            self.callers
-                .record(&format!("{culprit}\0{caller}"), TRACKED);
+    /// Records one sample: the one step every source takes, under one lock of the table.
+    /// With `warn_at` (now and the warning interval, in nanoseconds), also asks the label's
+    /// rate limit for a warning: `Some(suppressed)` if one may be sent.
+    pub(crate) fn record(&mut self, sample: &Sample, warn_at: Option<(u64, u64)>) -> Option<u64> {
+        if sample.first {
+            self.stalls = self.stalls.saturating_add(1);
         }
+        self.samples = self.samples.saturating_add(1);
+        self.longest_ns = self.longest_ns.max(sample.running_ns);
+        if let Some(cause) = sample.cause {
+            self.causes.record(cause);
+        }
+        if let Some((cpu_ns, wall_ns)) = sample.cpu_and_wall_ns {
+            self.cpu_ns = self.cpu_ns.saturating_add(cpu_ns);
+            self.sampled_ns = self.sampled_ns.saturating_add(wall_ns);
+        }
+        if let Some(named) = &sample.named {
+            if !named.folded.is_empty() {
+                self.stacks.record(&named.folded, TRACKED);
+            }
+            if let Some(culprit) = &named.culprit {
+                self.culprits.record(culprit, TRACKED);
+                if let Some(caller) = &named.called_from {
+                    self.callers
+                        .record(&format!("{culprit}\0{caller}"), TRACKED);
+                }
+            }
+            self.functions.record(named.culprit.as_deref(), &named.own);
+        }
+        warn_at.and_then(|(now_ns, interval_ns)| self.warn_limiter.try_acquire(now_ns, interval_ns))
+    }
+
+    /// A stall that ran for `running_ns` in all has ended (seen after its last sample).
+    pub(crate) fn ended(&mut self, running_ns: u64) {
+        self.longest_ns = self.longest_ns.max(running_ns);
     }
 
     pub(crate) fn top_stacks(&self) -> Vec<StackCount> {

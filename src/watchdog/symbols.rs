@@ -176,6 +176,33 @@ pub(crate) fn culprit(frames: &[Frame], prefixes: &[String]) -> Option<String> {
         .map(|frame| frame.name.clone())
 }
 
+/// What a named stack adds to its sample's record: the frames inside the poll folded, the
+/// culprit, the app's frame that called it, and the frames of the function table.
+pub(crate) fn named_stack(frames: &[Frame], prefixes: &[String]) -> super::stalls::NamedStack {
+    let culprit = culprit(frames, prefixes);
+    let called_from = culprit
+        .as_deref()
+        .and_then(|culprit| called_from(frames, culprit, prefixes));
+    let names: Vec<String> = frames.iter().map(|frame| frame.name.clone()).collect();
+    let inside = within_poll(&names).len();
+    let own = frames[..inside]
+        .iter()
+        .filter(|frame| {
+            !frame.system && frame.name != UNKNOWN && !is_runtime(&frame.name, prefixes)
+        })
+        .map(|frame| frame.name.clone())
+        .collect();
+    super::stalls::NamedStack {
+        folded: match inside {
+            0 => String::new(),
+            _ => fold(&names[..inside]),
+        },
+        culprit,
+        called_from,
+        own,
+    }
+}
+
 /// The app's frame that led to `culprit`: the app is the crate of the outermost frame within
 /// the poll that is not the runtime's (the handler's, the task's), and its frame is the first
 /// of that crate outward of the culprit (`serde_json::ser::format_escaped_str`, called from

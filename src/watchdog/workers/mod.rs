@@ -195,6 +195,9 @@ struct Worker {
     tid: i32,
     /// Clock reading at its start or last unpark; 0 while parked.
     running_since: AtomicU64,
+    /// Clock reading at its last park (0: never parked): where a stall that ended in a park
+    /// ended.
+    parked_raw: AtomicU64,
     /// How many times it has unparked: a worker parked at two samples with the same count
     /// stayed parked between them.
     unparks: AtomicU64,
@@ -300,6 +303,7 @@ impl Runtime {
             slot,
             tid,
             running_since: AtomicU64::new(0),
+            parked_raw: AtomicU64::new(0),
             unparks: AtomicU64::new(0),
             parked_once: AtomicBool::new(false),
             gone: AtomicBool::new(false),
@@ -379,6 +383,9 @@ impl Runtime {
         self.send_handle();
         if let Some(worker) = self.register() {
             worker.parked_once.store(true, Ordering::Release);
+            worker
+                .parked_raw
+                .store(self.recorder.clock.raw(), Ordering::Release);
             worker.running_since.store(0, Ordering::Release);
         }
     }

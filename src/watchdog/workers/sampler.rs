@@ -68,6 +68,17 @@ struct Seen {
     others: Vec<Other>,
 }
 
+/// A stall reported for a worker, whose later samples are recorded with it.
+#[cfg(target_os = "linux")]
+struct Reported {
+    key: Key,
+    /// When its poll began (as for `Seen::began_raw`).
+    began_raw: u64,
+    label: Arc<str>,
+    /// The thread's CPU time and the clock at the previous sample, in nanoseconds.
+    clock: Option<(u64, u64)>,
+}
+
 /// How many thresholds a worker whose sample showed no task poll is left alone: a worker
 /// running `block_on`'s future or `block_in_place` is not signalled twice per threshold, and one
 /// caught between two polls is looked at again soon (a stall there is then confirmed this much
@@ -83,8 +94,9 @@ struct State {
     seen: Option<Seen>,
     /// When it was last sampled (0: not since `since`): samples are half a threshold apart.
     sampled_raw: u64,
-    /// The stall already reported, so that it is reported once.
-    reported: Option<Key>,
+    /// The stall already reported, so that it is reported once (its later samples are
+    /// recorded under its label).
+    reported: Option<Reported>,
     /// A sample showed no task poll (`block_on`'s future, `block_in_place`, the scheduler
     /// between two polls, an idle thread of the blocking pool): the clock reading before which
     /// the thread is left alone (see [`QUIET_THRESHOLDS`]).
@@ -214,6 +226,29 @@ impl Sampler {
         // every half threshold: the first sample of a poll comes at most 3/8 of a threshold
         // after it began (checks are a quarter apart), and the one a threshold later that
         // confirms it at most 1.375 thresholds after (plus the checks' own delays).
+        let id = Arc::as_ptr(worker) as usize;
+        // A reported stall that ended in a park: its final duration, to the park.
+        if let Some(state) = self
+            .states
+            .get_mut(&id)
+            .filter(|state| state.since != since)
+        {
+            let parked_raw = worker.parked_raw.load(Ordering::Acquire);
+            if let Some(reported) = state
+                .reported
+                .take()
+                .filter(|reported| parked_raw > reported.began_raw)
+            {
+                let running_ns = recorder
+                    .clock
+                    .delta_as_nanos(reported.began_raw, parked_raw);
+                watchdog
+                    .lock()
+                    .entry(reported.label)
+                    .or_default()
+                    .ended(running_ns);
+            }
+        }
         let busy_ns = match since {
             0 => 0,
             since => recorder.clock.delta_as_nanos(since, now),
@@ -221,7 +256,6 @@ impl Sampler {
         if busy_ns < threshold_ns / 8 {
             return;
         }
-        let id = Arc::as_ptr(worker) as usize;
         let generation = self.generation;
         let state = self
             .states
@@ -337,6 +371,39 @@ impl Sampler {
             state.seen = None;
             return;
         }
+        // A later sample of the stall already reported: recorded with it.
+        if let Some(reported) = state
+            .reported
+            .as_mut()
+            .filter(|reported| reported.key.same_stall(&key))
+        {
+            let now_ns = recorder.clock.delta_as_nanos(0, now);
+            let cpu_ns = self.reader.clocks(worker.tid).map(|clocks| clocks.cpu_ns);
+            let cpu_and_wall_ns = reported
+                .clock
+                .zip(cpu_ns)
+                .map(|((before, then_ns), cpu_ns)| {
+                    let wall_ns = now_ns.saturating_sub(then_ns);
+                    (cpu_ns.saturating_sub(before).min(wall_ns), wall_ns)
+                });
+            reported.clock = cpu_ns.map(|cpu_ns| (cpu_ns, now_ns));
+            let sample = stalls::Sample {
+                first: false,
+                running_ns: recorder.clock.delta_as_nanos(reported.began_raw, now),
+                cause,
+                cpu_and_wall_ns,
+                named: (!frames.is_empty())
+                    .then(|| symbols::named_stack(&frames, &watchdog.prefixes)),
+            };
+            let label = reported.label.clone();
+            watchdog.samples.fetch_add(1, Ordering::Relaxed);
+            watchdog
+                .lock()
+                .entry(label)
+                .or_default()
+                .record(&sample, None);
+            return;
+        }
         let seen = match state.seen.take() {
             Some(seen) if seen.key == key => seen,
             // Another poll (or the first sample): this sample is the first of a possible stall.
@@ -379,14 +446,6 @@ impl Sampler {
             });
             return;
         }
-        if state
-            .reported
-            .as_ref()
-            .is_some_and(|reported| reported.same_stall(&key))
-        {
-            return;
-        }
-        state.reported = Some(key);
         let running_ns = recorder.clock.delta_as_nanos(seen.began_raw, now);
         // The latest stack, or the first sample's for a call that went on waiting.
         let frames = if frames.is_empty() {
@@ -394,7 +453,20 @@ impl Sampler {
         } else {
             frames
         };
-        self.report(recorder, watchdog, worker, frames, cause, running_ns);
+        let now_ns = recorder.clock.delta_as_nanos(0, now);
+        let clock = self
+            .reader
+            .clocks(worker.tid)
+            .map(|clocks| (clocks.cpu_ns, now_ns));
+        let label = self.report(recorder, watchdog, worker, frames, cause, running_ns);
+        if let Some(state) = self.states.get_mut(&id) {
+            state.reported = Some(Reported {
+                key,
+                began_raw: seen.began_raw,
+                label,
+                clock,
+            });
+        }
     }
 
     /// A system-call sample's identity: the call as `/proc` shows it and the thread's time
@@ -437,7 +509,7 @@ impl Sampler {
             .collect()
     }
 
-    /// Counts and reports one stall, named from its stack.
+    /// Counts and reports one stall, named from its stack; returns its label.
     fn report(
         &mut self,
         recorder: &Recorder,
@@ -446,36 +518,31 @@ impl Sampler {
         frames: Vec<symbols::Frame>,
         cause: Option<stalls::Cause>,
         running_ns: u64,
-    ) {
-        let culprit = symbols::culprit(&frames, &watchdog.prefixes);
+    ) -> Arc<str> {
+        let named = symbols::named_stack(&frames, &watchdog.prefixes);
+        let culprit = named.culprit.clone();
         let mut stack: Vec<String> = frames.iter().map(|frame| frame.name.clone()).collect();
         stack.truncate(signal::MAX_FRAMES);
         let label = task_label(&frames, &watchdog.prefixes);
         let label = recorder.registry.get(&label, LabelKind::Task).name.clone();
         let now_ns = recorder.clock.delta_as_nanos(0, recorder.clock.raw());
         watchdog.stall_count.fetch_add(1, Ordering::Relaxed);
-        let warn = {
-            let mut table = watchdog.lock();
-            let entry = table.entry(label.clone()).or_default();
-            entry.stalls = entry.stalls.saturating_add(1);
-            if let Some(cause) = cause {
-                entry.causes.record(cause);
-            }
-            if !stack.is_empty() {
-                let folded = symbols::fold(symbols::within_poll(&stack));
-                entry.stacks.record(&folded, stalls::TRACKED);
-            }
-            if let Some(culprit) = &culprit {
-                let caller = symbols::called_from(&frames, culprit, &watchdog.prefixes);
-                entry.record_culprit(culprit, caller.as_deref());
-            }
-            entry
-                .warn_limiter
-                .try_acquire(now_ns, recorder.warn_interval_ns)
+        watchdog.samples.fetch_add(1, Ordering::Relaxed);
+        let sample = stalls::Sample {
+            first: true,
+            running_ns,
+            cause,
+            cpu_and_wall_ns: None,
+            named: (!stack.is_empty()).then_some(named),
         };
+        let warn = watchdog
+            .lock()
+            .entry(label.clone())
+            .or_default()
+            .record(&sample, Some((now_ns, recorder.warn_interval_ns)));
         let event = HogEvent {
             kind: HogKind::Stall,
-            label,
+            label: label.clone(),
             duration: Duration::from_nanos(running_ns),
             threshold: Duration::from_nanos(watchdog.threshold_ns),
             thread: Some(worker.slot.thread_name.clone()),
@@ -500,6 +567,7 @@ impl Sampler {
             };
             warn_stall(watchdog, &event, suppressed, &text);
         }
+        label
     }
 }
 
