@@ -605,6 +605,13 @@ impl Detector {
         &self.handle.recorder
     }
 
+    /// The watchdog, if the detector has one, for the features that extend the handle
+    /// (`watch_runtime`).
+    #[cfg(feature = "watchdog")]
+    pub(crate) fn watchdog_state(&self) -> Option<&Arc<crate::watchdog::Watchdog>> {
+        self.handle.watchdog.as_ref()
+    }
+
     /// Whether the layer adds a `Server-Timing` header.
     #[cfg_attr(not(feature = "axum"), allow(dead_code))]
     pub(crate) fn server_timing(&self) -> bool {

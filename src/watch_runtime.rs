@@ -50,7 +50,8 @@ impl Detector {
         &self,
         builder: &'a mut tokio::runtime::Builder,
     ) -> Result<&'a mut tokio::runtime::Builder, NoWatchdog> {
-        crate::watchdog::install_workers(self.recorder(), builder)?;
+        let watchdog = self.watchdog_state().ok_or(NoWatchdog)?;
+        crate::watchdog::install_workers(self.recorder(), &watchdog.runtimes, builder);
         Ok(builder)
     }
 }

@@ -33,8 +33,7 @@ use std::sync::atomic::{
 use std::sync::{Arc, Mutex, Once, OnceLock};
 use std::time::{Duration, Instant};
 
-/// The most frames one capture records (innermost first).
-pub(crate) const MAX_FRAMES: usize = 128;
+pub(crate) use super::unwind::MAX_FRAMES;
 
 const IDLE: u32 = 0;
 const REQUESTED: u32 = 1;

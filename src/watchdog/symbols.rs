@@ -351,7 +351,7 @@ pub(crate) struct Symbolizer {
 /// The executable's symbol table, read once for the process at the first name asked for
 /// (`None`: there is none, or it does not describe the running code).
 #[cfg(target_os = "linux")]
-fn symbol_table() -> Option<&'static super::symtab::SymbolTable> {
+pub(crate) fn symbol_table() -> Option<&'static super::symtab::SymbolTable> {
     static TABLE: std::sync::OnceLock<Option<super::symtab::SymbolTable>> =
         std::sync::OnceLock::new();
     TABLE.get_or_init(super::symtab::SymbolTable::load).as_ref()
@@ -376,6 +376,9 @@ pub(crate) fn warm_up_in_background() {
         let spawned = std::thread::Builder::new()
             .name("hogwatch-symbols-warm-up".to_string())
             .spawn(|| {
+                // The symbol table first: names come from it meanwhile.
+                #[cfg(target_os = "linux")]
+                symbol_table();
                 let here = warm_up_in_background as fn() as usize;
                 #[cfg(target_os = "linux")]
                 let in_libc = libc::clock_nanosleep as *const () as usize;

@@ -88,12 +88,6 @@ impl SymbolTable {
         })
     }
 
-    /// Lets the names go, keeping where each function starts and ends: `name` answers `None`
-    /// from then on.
-    pub(crate) fn forget_names(&mut self) {
-        self.names = Vec::new();
-    }
-
     /// Whether `ip` is in a function of one of tokio's schedulers (`Some(true)`), of its
     /// blocking pool (`Some(false)`), or neither (`None`).
     pub(crate) fn tokio_scheduler(&self, ip: usize) -> Option<bool> {

@@ -38,6 +38,9 @@ pub(crate) use imp::*;
 #[cfg(not(target_arch = "x86_64"))]
 pub(crate) use fallback::*;
 
+/// The most frames one stack records (innermost first).
+pub(crate) const MAX_FRAMES: usize = 128;
+
 /// Where one unwound stack ends up: return addresses after the first instruction pointer.
 pub(crate) trait Sink {
     /// Takes the next address (innermost first); `false` when full.
@@ -47,7 +50,7 @@ pub(crate) trait Sink {
 impl Sink for Vec<usize> {
     fn push(&mut self, address: usize) -> bool {
         Vec::push(self, address);
-        self.len() < super::signal::MAX_FRAMES
+        self.len() < MAX_FRAMES
     }
 }
 
@@ -430,7 +433,7 @@ mod imp {
         // which is where `recover` steps in.
         let mut regs = UnwindRegsX86_64::new(pc as u64, sp as u64, 0);
         let mut address = FrameAddress::InstructionPointer(pc as u64);
-        while copied.ips.len() < super::super::signal::MAX_FRAMES {
+        while copied.ips.len() < super::MAX_FRAMES {
             let before = regs;
             let mut after = before;
             let step = process

@@ -35,18 +35,12 @@
 //! task harness (the future given to `block_on`, a thread between tasks, `block_in_place`), or
 //! with the blocking pool's code below it (a `spawn_blocking` closure), is not a task stall.
 //! Names come from the program's symbol table (`symtab`) until the naming thread has loaded the
-//! debug information, then from `backtrace` (`names`).
-
-mod names;
-mod sampler;
-
-pub(crate) use sampler::Sampler;
+//! debug information, then from `backtrace` (`task_names`).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use super::signal;
-use super::symtab::SymbolTable;
 use crate::recorder::slot::{self, Slot};
 use crate::recorder::Recorder;
 
@@ -56,15 +50,13 @@ use crate::recorder::Recorder;
 #[non_exhaustive]
 pub struct NoWatchdog;
 
-/// Watches the runtime `builder` builds with the watchdog of `recorder`'s detector: installs
-/// tokio's thread callbacks (`Detector::watch_runtime`).
+/// Watches the runtime `builder` builds with `runtimes`, a watchdog's list, for `recorder`'s
+/// detector: installs tokio's thread callbacks (`Detector::watch_runtime`).
 pub(crate) fn install(
     recorder: &Arc<Recorder>,
+    runtimes: &Runtimes,
     builder: &mut tokio::runtime::Builder,
-) -> Result<(), NoWatchdog> {
-    let Some(runtimes) = find(recorder.watchdog_id) else {
-        return Err(NoWatchdog);
-    };
+) {
     #[cfg(target_os = "linux")]
     {
         static NEXT_RUNTIME: AtomicU64 = AtomicU64::new(1);
@@ -77,7 +69,9 @@ pub(crate) fn install(
             threads_started: AtomicBool::new(false),
         });
         runtimes.add(&runtime);
-        runtimes.read_table();
+        // The program's symbol table, read here on the caller's thread (milliseconds, at
+        // set-up) rather than by the watchdog thread at a stall.
+        super::symbols::symbol_table();
         runtime.caller();
         let (start, stop, park, unpark) =
             (runtime.clone(), runtime.clone(), runtime.clone(), runtime);
@@ -88,8 +82,7 @@ pub(crate) fn install(
             .on_thread_unpark(move || unpark.unparked());
     }
     #[cfg(not(target_os = "linux"))]
-    let _ = (runtimes, builder);
-    Ok(())
+    let _ = (recorder, runtimes, builder);
 }
 
 /// The runtimes one watchdog watches (`Watchdog::runtimes`).
@@ -97,37 +90,6 @@ pub(crate) fn install(
 pub(crate) struct Runtimes {
     #[cfg(target_os = "linux")]
     list: Mutex<Vec<Weak<Runtime>>>,
-    /// The program's symbol table, read by the first `watch_runtime` on the caller's thread
-    /// (milliseconds, at set-up) rather than by the watchdog thread at a stall; taken by the
-    /// sampler.
-    #[cfg(target_os = "linux")]
-    table: Mutex<Option<SymbolTable>>,
-    #[cfg(target_os = "linux")]
-    table_read: AtomicBool,
-}
-
-/// Every watchdog's runtimes, by watchdog id: how `watch_runtime` finds its detector's.
-static REGISTRY: Mutex<Vec<(u64, Weak<Runtimes>)>> = Mutex::new(Vec::new());
-
-/// Makes the runtime list of watchdog `id` findable by `watch_runtime`.
-pub(crate) fn register(id: u64, runtimes: &Arc<Runtimes>) {
-    let mut registry = REGISTRY
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    registry.retain(|(_, runtimes)| runtimes.strong_count() > 0);
-    registry.push((id, Arc::downgrade(runtimes)));
-}
-
-fn find(id: u64) -> Option<Arc<Runtimes>> {
-    if id == 0 {
-        return None;
-    }
-    REGISTRY
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .iter()
-        .find(|(found, _)| *found == id)
-        .and_then(|(_, runtimes)| runtimes.upgrade())
 }
 
 #[cfg(target_os = "linux")]
@@ -141,27 +103,7 @@ impl Runtimes {
         list.push(Arc::downgrade(runtime));
     }
 
-    /// Reads the program's symbol table, once.
-    fn read_table(&self) {
-        if !self.table_read.swap(true, Ordering::AcqRel) {
-            if let Some(table) = SymbolTable::load() {
-                *self
-                    .table
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(table);
-            }
-        }
-    }
-
-    /// The symbol table [`read_table`](Self::read_table) read, once: `None` after (or before).
-    fn take_table(&self) -> Option<SymbolTable> {
-        self.table
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .take()
-    }
-
-    fn snapshot(&self, into: &mut Vec<Arc<Runtime>>) {
+    pub(super) fn snapshot(&self, into: &mut Vec<Arc<Runtime>>) {
         into.clear();
         let list = self
             .list
@@ -173,42 +115,42 @@ impl Runtimes {
 
 /// One watched runtime: owned by its callbacks, read by the watchdog thread.
 #[cfg(target_os = "linux")]
-struct Runtime {
+pub(super) struct Runtime {
     /// Unique in the process (an address could be reused by the next runtime).
-    id: u64,
-    recorder: Arc<Recorder>,
-    workers: Mutex<Vec<Arc<Worker>>>,
+    pub(super) id: u64,
+    pub(super) recorder: Arc<Recorder>,
+    pub(super) workers: Mutex<Vec<Arc<Worker>>>,
     /// The runtime's handle, for its stable worker metrics, until the watchdog thread takes it
     /// (the watchdog keeps it, not the runtime's own callbacks, which would make a cycle).
-    handle: Mutex<Option<tokio::runtime::Handle>>,
-    handle_sent: AtomicBool,
+    pub(super) handle: Mutex<Option<tokio::runtime::Handle>>,
+    pub(super) handle_sent: AtomicBool,
     /// tokio has started a thread for it: a multi-thread runtime's workers start in `build()`,
     /// a current-thread runtime starts none until its blocking pool is used.
-    threads_started: AtomicBool,
+    pub(super) threads_started: AtomicBool,
 }
 
 /// One thread of a watched runtime.
 #[cfg(target_os = "linux")]
-struct Worker {
+pub(super) struct Worker {
     /// Its recorder slot: the signal target, and the watched poll it publishes, if any.
-    slot: Arc<Slot>,
-    tid: i32,
+    pub(super) slot: Arc<Slot>,
+    pub(super) tid: i32,
     /// Clock reading at its start or last unpark; 0 while parked.
-    running_since: AtomicU64,
+    pub(super) running_since: AtomicU64,
     /// Clock reading at its last park (0: never parked): where a stall that ended in a park
     /// ended.
-    parked_raw: AtomicU64,
+    pub(super) parked_raw: AtomicU64,
     /// How many times it has unparked: a worker parked at two samples with the same count
     /// stayed parked between them.
-    unparks: AtomicU64,
+    pub(super) unparks: AtomicU64,
     /// It has parked at least once, so it is one of the runtime's workers. A thread that has
     /// not may be a thread of the blocking pool (tokio calls `on_thread_start` for both, and
     /// only workers park): it is reported only with a stack inside a task poll.
-    parked_once: AtomicBool,
+    pub(super) parked_once: AtomicBool,
     /// Its thread has stopped or exited.
-    gone: AtomicBool,
+    pub(super) gone: AtomicBool,
     /// It is the thread that called `watch_runtime` (see `Runtime::caller`).
-    caller: AtomicBool,
+    pub(super) caller: AtomicBool,
 }
 
 #[cfg(target_os = "linux")]
@@ -238,7 +180,7 @@ impl Drop for Registered {
 
 #[cfg(target_os = "linux")]
 impl Runtime {
-    fn key(&self) -> u64 {
+    pub(super) fn key(&self) -> u64 {
         self.id
     }
 
@@ -347,7 +289,7 @@ impl Runtime {
 
     /// Whether `worker` is only the `watch_runtime` caller taken for a current-thread runtime's
     /// thread, on a runtime that turned out to start threads of its own (see `caller`).
-    fn not_the_runtimes(&self, worker: &Worker) -> bool {
+    pub(super) fn not_the_runtimes(&self, worker: &Worker) -> bool {
         worker.caller.load(Ordering::Acquire)
             && !worker.parked_once.load(Ordering::Acquire)
             && self.threads_started.load(Ordering::Acquire)
@@ -408,7 +350,7 @@ fn current_tid() -> Option<i32> {
 }
 
 #[cfg(target_os = "linux")]
-fn target_of(slot: &Slot) -> Option<&signal::Target> {
+pub(super) fn target_of(slot: &Slot) -> Option<&signal::Target> {
     slot.attachment
         .as_deref()
         .and_then(|attachment| attachment.downcast_ref::<signal::Target>())

@@ -6,10 +6,18 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::super::activity::{self, Activity};
-use super::super::{scan, signal, stalls, symbols, warn_stall, Watchdog};
-use super::names::{in_task, task_label, Names};
-use super::{target_of, Runtime, Runtimes, Worker};
+#[cfg(target_os = "linux")]
+use super::activity::{self, Activity};
+#[cfg(target_os = "linux")]
+use super::table::warn_stall;
+use super::table::Watchdog;
+#[cfg(target_os = "linux")]
+use super::task_names::{in_task, task_label, Names};
+use super::workers::Runtimes;
+#[cfg(target_os = "linux")]
+use super::workers::{target_of, Runtime, Worker};
+#[cfg(target_os = "linux")]
+use super::{scan, signal, stalls, symbols};
 use crate::event::{HogEvent, HogKind};
 use crate::recorder::{LabelKind, Recorder};
 
@@ -165,9 +173,6 @@ impl Sampler {
     pub(crate) fn check(&mut self, recorder: &Recorder, watchdog: &Arc<Watchdog>) {
         self.generation = self.generation.wrapping_add(1);
         let mut runtimes = std::mem::take(&mut self.scratch);
-        if let Some(table) = self.runtimes.take_table() {
-            self.names.give_table(table);
-        }
         self.runtimes.snapshot(&mut runtimes);
         for runtime in &runtimes {
             let key = runtime.key();

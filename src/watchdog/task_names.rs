@@ -1,10 +1,7 @@
 //! Names for the runtime watchdog's stacks, and a task stall's label: from the program's symbol
 //! table until the naming thread has loaded the debug information, then from `backtrace`.
 
-use std::time::Duration;
-
-use super::super::symtab::SymbolTable;
-use super::super::{signal, symbols};
+use super::{signal, symbols};
 
 /// How many frames below the harness are named to tell a scheduler from the blocking pool.
 #[cfg(target_os = "linux")]
@@ -12,11 +9,6 @@ const BELOW_FRAMES: usize = 16;
 
 /// The label of a task stall whose stack could not be had or named.
 const UNKNOWN_TASK: &str = "task <unknown>";
-
-/// How long the runtime watchdog waits for a naming thread's warm-up before it names stacks
-/// with `backtrace` itself (a naming thread that could not start never warms anything).
-#[cfg(target_os = "linux")]
-const WARM_UP_WAIT: Duration = Duration::from_secs(5);
 
 /// Whether `frames` (innermost first, down to tokio's task harness) were taken inside a task
 /// poll: the harness is there, and no `block_in_place` or blocking task above it.
@@ -29,20 +21,12 @@ pub(super) fn in_task(frames: &[symbols::Frame]) -> bool {
         })
 }
 
-/// Names stacks on the watchdog thread: from the program's symbol table until a naming thread
-/// has loaded `backtrace`'s debug information ([`WARM`]), then with `backtrace` (which also
-/// names inlined functions). A debug build's first `backtrace` lookup parses the whole
-/// program's debug information (hundreds of milliseconds); the symbol table loads in
-/// milliseconds, so a stall right after `build()` is named in time.
+/// Names stacks on the watchdog thread, with a `Symbolizer` of its own (which names from the
+/// program's symbol table until `backtrace` has loaded the debug information, so a stall right
+/// after `build()` is named in time).
 #[cfg(target_os = "linux")]
 pub(super) struct Names {
     symbolizer: symbols::Symbolizer,
-    /// The program's symbol table: its names until [`WARM`], where its functions start for
-    /// the scanner's checks (`None`: not read yet, or stripped).
-    table: Option<SymbolTable>,
-    /// The symbol table could not be read (a stripped program): wait for `backtrace`.
-    no_table: bool,
-    started: std::time::Instant,
 }
 
 #[cfg(target_os = "linux")]
@@ -50,9 +34,6 @@ impl Names {
     pub(super) fn new() -> Self {
         Self {
             symbolizer: symbols::Symbolizer::default(),
-            table: None,
-            no_table: false,
-            started: std::time::Instant::now(),
         }
     }
 
@@ -112,7 +93,7 @@ impl Names {
         // From the symbol table where there is one: it knows tokio's functions by address,
         // before and after the debug information is loaded, and naming the executor's frames
         // with `backtrace` costs tens of milliseconds each the first time in a debug build.
-        if let Some(table) = self.table() {
+        if let Some(table) = symbols::symbol_table() {
             return ips
                 .iter()
                 .take(BELOW_FRAMES)
@@ -131,42 +112,12 @@ impl Names {
         None
     }
 
-    /// Takes the symbol table `watch_runtime` read.
-    pub(super) fn give_table(&mut self, table: SymbolTable) {
-        self.table = Some(table);
-    }
-
-    /// The program's symbol table, read here the first time it is asked for if
-    /// `watch_runtime` did not (`None`: stripped).
-    pub(super) fn table(&mut self) -> Option<&SymbolTable> {
-        if self.table.is_none() && !self.no_table {
-            self.table = SymbolTable::load();
-            self.no_table = self.table.is_none();
-        }
-        self.table.as_ref()
-    }
-
     /// The frames at `ip` (more than one where functions were inlined into it), a return address
     /// unless it is the interrupted instruction (`is_pc`).
     fn frames(&mut self, ip: usize, is_pc: bool) -> Option<Vec<symbols::Frame>> {
-        if symbols::is_warm() || self.started.elapsed() >= WARM_UP_WAIT {
-            // The names are `backtrace`'s from now on; the scanner still checks calls against
-            // where functions start.
-            if let Some(table) = self.table.as_mut() {
-                table.forget_names();
-            }
-            let call = if is_pc { ip } else { ip.saturating_sub(1) };
-            return Some(self.symbolizer.frames(&[call], call, 1));
-        }
         // A return address is just past its call: look up the call itself.
         let call = if is_pc { ip } else { ip.saturating_sub(1) };
-        let name = self
-            .table()?
-            .name(call)
-            .map(super::super::stalls::cap_name)
-            .unwrap_or_else(|| symbols::UNKNOWN.to_string());
-        let system = signal::in_system_library(ip);
-        Some(vec![symbols::Frame { name, system }])
+        Some(self.symbolizer.frames(&[call], call, 1))
     }
 }
 
