@@ -81,7 +81,7 @@ impl SymbolTable {
         // anything else (C functions) as it is.
         Some(match std::str::from_utf8(mangled) {
             Ok(text) => match rustc_demangle::try_demangle(text) {
-                Ok(demangled) => format!("{demangled:#}"),
+                Ok(demangled) => without_clone_suffix(format!("{demangled:#}")),
                 Err(_) => text.to_string(),
             },
             Err(_) => String::from_utf8_lossy(mangled).into_owned(),
@@ -261,6 +261,25 @@ fn tokio_part(mangled: &[u8]) -> Option<bool> {
                 None
             }
         }
+    }
+}
+
+/// `name` without the suffix LLVM gives a function it cloned or split (`poll.2692`,
+/// `foo.llvm.1234`, `bar.cold`): the same source function.
+fn without_clone_suffix(mut name: String) -> String {
+    loop {
+        let Some(dot) = name.rfind('.') else {
+            return name;
+        };
+        let suffix = &name[dot + 1..];
+        let clone = !suffix.is_empty() && suffix.bytes().all(|b| b.is_ascii_digit())
+            || suffix == "llvm"
+            || suffix == "cold";
+        // Only after the last path segment (never inside `<…>` or a path).
+        if !clone || name[dot..].contains("::") || name[dot..].contains('>') {
+            return name;
+        }
+        name.truncate(dot);
     }
 }
 
@@ -453,6 +472,25 @@ mod tests {
             "symtab: first backtrace::resolve {first_lookup:?}, then one in libc {:?}",
             started.elapsed()
         );
+    }
+
+    #[test]
+    fn clone_suffixes_are_left_out() {
+        for (name, bare) in [
+            (
+                "<a::RouteFuture<E> as core::future::Future>::poll.2692",
+                "<a::RouteFuture<E> as core::future::Future>::poll",
+            ),
+            ("my_app::handler.llvm.12345", "my_app::handler"),
+            ("my_app::slow_path.cold", "my_app::slow_path"),
+            ("my_app::handler", "my_app::handler"),
+            (
+                "<f64 as core::fmt::Display>::fmt",
+                "<f64 as core::fmt::Display>::fmt",
+            ),
+        ] {
+            assert_eq!(without_clone_suffix(name.to_string()), bare);
+        }
     }
 
     #[test]

@@ -484,7 +484,9 @@ mod imp {
         read: &mut impl FnMut(u64) -> Result<u64, ()>,
         cache: &mut Cache,
     ) -> Option<(u64, UnwindRegsX86_64, bool)> {
-        let function = process.function_start(address.address_for_lookup() as usize);
+        let function = process
+            .function_range(address.address_for_lookup() as usize)
+            .map(|range| range.start);
         let sp = regs.sp();
         let mut indirect = None;
         for offset in (0..MAX_FRAME_BYTES as u64).step_by(8) {
@@ -495,7 +497,11 @@ mod imp {
             let call = process.call_before(return_address as usize);
             let fits = match call {
                 Call::None => continue,
-                Call::Direct(target) => function == Some(target),
+                // The frame's own function, or one that tail-calls it (`jmp` to it: the caller
+                // called a function that left no frame of its own).
+                Call::Direct(target) => function.is_some_and(|function| {
+                    function == target || process.jumps_to(target, function)
+                }),
                 Call::Indirect | Call::Through(_) => {
                     if indirect.is_none() {
                         indirect = Some(bp);
@@ -550,8 +556,8 @@ mod imp {
                 .find(|object| object.code.iter().any(|code| code.contains(&address)))
         }
 
-        /// The start of the function `address` is in, as its unwind table entry (FDE) says.
-        fn function_start(&self, address: usize) -> Option<usize> {
+        /// The function `address` is in, as its unwind table entry (FDE) says.
+        fn function_range(&self, address: usize) -> Option<Range<usize>> {
             let object = self.object_of(address)?;
             let bases = BaseAddresses::default()
                 .set_eh_frame_hdr(object.eh_frame_hdr_at as u64)
@@ -569,7 +575,53 @@ mod imp {
                     |section, bases, offset| section.cie_from_offset(bases, offset),
                 )
                 .ok()?;
-            Some(fde.initial_address() as usize)
+            let start = fde.initial_address() as usize;
+            Some(start..start.saturating_add(fde.len() as usize))
+        }
+
+        /// Whether the function that starts at `caller` jumps to `callee` (a tail call: `jmp
+        /// rel32`, or `jmp *disp32(%rip)` through the global offset table), read from its code
+        /// within the bounds its unwind table entry gives.
+        fn jumps_to(&self, caller: usize, callee: usize) -> bool {
+            const MAX_SCANNED: usize = 64 * 1024;
+            let Some(range) = self
+                .function_range(caller)
+                .filter(|range| range.start == caller)
+            else {
+                return false;
+            };
+            let Some(code) = self
+                .object_of(caller)
+                .and_then(|object| object.code.iter().find(|code| code.contains(&caller)))
+            else {
+                return false;
+            };
+            let end = range
+                .end
+                .min(code.end)
+                .min(caller.saturating_add(MAX_SCANNED));
+            if end <= caller {
+                return false;
+            }
+            // SAFETY: [caller, end) lies inside one executable segment, mapped for the object's
+            // life.
+            let bytes = unsafe { std::slice::from_raw_parts(caller as *const u8, end - caller) };
+            bytes.windows(6).enumerate().any(|(at, window)| {
+                let here = caller + at;
+                let rel = |from: usize| {
+                    i32::from_le_bytes([
+                        window[from],
+                        window[from + 1],
+                        window[from + 2],
+                        window[from + 3],
+                    ]) as isize
+                };
+                (window[0] == 0xE9 && here.wrapping_add(5).wrapping_add_signed(rel(1)) == callee)
+                    || (window[0] == 0xFF
+                        && window[1] == 0x25
+                        && self.read_pointer(here.wrapping_add(6).wrapping_add_signed(rel(2)))
+                            == Some(callee))
+            })
         }
 
         /// The call instruction the return address `address` follows, read from the code.

@@ -509,17 +509,21 @@ impl Symbolizer {
                 None => names,
             };
         };
+        // A full path has `::` outside its generic arguments (`<T as Trait>::f` too);
+        // `format_escaped_str_contents<&mut Vec<u8>>`, `poll<Pin<Box<…>>>` or `{closure#0}`
+        // does not.
+        let full_path = |name: &String| without_generics(name).contains("::");
         let Some(outer) = table.name(ip) else {
-            return names;
+            // Not one of the table's functions: a library's (whose C names are what they are),
+            // or code of the executable the table does not cover, named by full path or not
+            // at all.
+            return match super::signal::offset_in_executable(ip) {
+                Some(_) => names.into_iter().filter(full_path).collect(),
+                None => names,
+            };
         };
         let inlined = names.len().saturating_sub(1);
-        // A full path has `::` outside its generic arguments (`<T as Trait>::f` too);
-        // `format_escaped_str_contents<&mut Vec<u8>>` or `{closure#0}` does not.
-        let mut named: Vec<String> = names
-            .into_iter()
-            .take(inlined)
-            .filter(|name| without_generics(name).contains("::"))
-            .collect();
+        let mut named: Vec<String> = names.into_iter().take(inlined).filter(full_path).collect();
         named.push(super::stalls::cap_name(outer));
         named
     }

@@ -42,6 +42,20 @@ fn sleeping_caller(time: Duration) {
     black_box(());
 }
 
+/// Sleeps as its last act: a release build makes that a tail call (`jmp` to
+/// `std::thread::sleep`), so this function leaves no frame of its own.
+#[inline(never)]
+fn tail_calling_blocker(time: Duration) {
+    std::thread::sleep(time)
+}
+
+#[inline(never)]
+fn tail_caller(time: Duration) {
+    black_box(planted_returned_helper(40));
+    tail_calling_blocker(time);
+    black_box(());
+}
+
 #[inline(never)]
 fn spinning_blocker(time: Duration) -> u64 {
     let start = Instant::now();
@@ -156,6 +170,34 @@ fn a_sleep_stall_names_the_exact_chain_in_a_report_taken_right_after_it() {
     // fat LTO inlined it into `sleeping_blocker`, the C library's sleep right away.
     let innermost = stack.rsplit(';').next().unwrap_or_default();
     assert!(innermost.contains("sleep"), "{stack}");
+}
+
+/// A blocking function that tail-calls `std::thread::sleep` leaves no frame: its caller is still
+/// found, exactly (not marked uncertain), and named the culprit (the innermost app frame).
+#[test]
+fn a_sleep_behind_a_tail_call_keeps_its_caller() {
+    let events = Arc::default();
+    let detector = detector(Arc::clone(&events));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(detector.watch("tail", async { tail_caller(Duration::from_millis(600)) }));
+    let report = detector.report();
+    let entry = report.entry("tail").expect("an entry");
+    assert_eq!(entry.stalls, 1);
+    let culprit = &entry.top_culprits.first().expect("a culprit").culprit;
+    let stack = &entry.top_stacks.first().expect("a stack").stack;
+    if stripped() {
+        assert!(!stack.contains("planted"), "{stack}");
+        return;
+    }
+    // The blocking function itself shows only where the build kept its frame (no tail call).
+    assert!(
+        culprit.contains("tail_calling_blocker") || culprit.contains("tail_caller"),
+        "culprit {culprit}, stack {stack}"
+    );
+    assert_chain(stack, &["tail_caller"]);
 }
 
 /// A wrapped poll spins 600 ms on the CPU (the thread is signalled and unwound in the handler).
