@@ -59,6 +59,7 @@ mod recorder;
 mod render;
 mod report;
 mod runtime;
+mod schema;
 mod watch;
 #[cfg(feature = "watchdog")]
 mod watch_runtime;

@@ -1,14 +1,16 @@
 //! The OpenTelemetry bridge: each label's figures as instruments of an OpenTelemetry [`Meter`],
 //! so whatever exporter the app's `MeterProvider` has (OTLP, Prometheus, stdout) carries them.
 //! It depends on the `opentelemetry` API only, never on an SDK: the app picks the SDK, as
-//! OpenTelemetry asks of libraries.
+//! OpenTelemetry asks of libraries. Names, units, help and buckets come from the crate's metric
+//! schema, as `/debug/hogs/metrics` has them: every duration in seconds.
 //!
 //! Counters are observable counters: a report holds totals, and an observable counter is a
 //! total read when the SDK collects. The reporter keeps, per label, the sum of what every report
 //! added since it started (a report's totals minus the last report's, or a reset window's totals
 //! whole, as the `metrics` bridge does), and the counters' callbacks read those sums. So a
 //! counter never goes down when the detector's window is reset (`report_and_reset`), and a
-//! window's polls are counted once however often it is published.
+//! window's polls are counted once however often it is published. Gauges (the longest stall)
+//! are observed as the last report has them.
 //!
 //! The poll-duration distribution is the hard part: OpenTelemetry has no asynchronous histogram,
 //! and its synchronous `Histogram` has no way to record a value with a count. A library cannot
@@ -23,8 +25,8 @@
 //! Under sustained load beyond the budget the histogram lags behind the counters, but no poll is
 //! lost or counted twice, the samples of each publish keep the shape of the distribution, and a
 //! publish's cost stays bounded. The histogram's explicit bucket bounds are those of
-//! `/debug/hogs/metrics` plus the detector's threshold, so "polls over the threshold" is a
-//! bucket boundary in any backend.
+//! `/debug/hogs/metrics`, the detector's threshold among them, so "polls over the threshold" is
+//! a bucket boundary in any backend.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -32,92 +34,48 @@ use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use ::opentelemetry::metrics::{AsyncInstrument, Histogram, Meter, ObservableCounter};
+use ::opentelemetry::metrics::{AsyncInstrument, Histogram, Meter};
 use ::opentelemetry::KeyValue;
 
 use super::added_polls;
 use crate::detector::Detector;
 use crate::recorder::PollHistogram;
-use crate::report::Entry;
-
-/// Instrument names, in OpenTelemetry's dotted form. An OpenTelemetry-to-Prometheus exporter
-/// adds the unit and `_total` suffixes, which gives the names `/debug/hogs/metrics` uses
-/// (`hogwatch.slow_poll` in seconds becomes `hogwatch_slow_poll_seconds_total`).
-const POLLS: &str = "hogwatch.polls";
-const SLOW_POLLS: &str = "hogwatch.slow_polls";
-const BUSY: &str = "hogwatch.busy";
-const SLOW_BUSY: &str = "hogwatch.slow_poll";
-const STALLS: &str = "hogwatch.stalls";
-const FUTURES: &str = "hogwatch.futures";
-const REQUESTS: &str = "hogwatch.requests";
-const RESPONSES: &str = "hogwatch.responses";
-/// The poll-duration histogram, in seconds.
-const POLL_DURATION: &str = "hogwatch.poll.duration";
-
-/// Upper bounds of the histogram's buckets, in microseconds (10 µs .. 10 s): those of
-/// `/debug/hogs/metrics`, to which the threshold is added.
-const BOUNDS_US: [u64; 19] = crate::render::prometheus::BUCKETS_US;
+use crate::report::{Entry, Report};
+use crate::schema::{self, Kind, Metric, Shown, Unit, LABEL_SERIES};
 
 /// Histogram samples a publish records by default, beyond which polls wait for the next one.
 const DEFAULT_SAMPLE_BUDGET: usize = 100_000;
 
-/// The counters of a label, indexed as [`counters`] returns them.
-const COUNTERS: usize = 14;
+/// The series of a label, indexed as [`LABEL_SERIES`].
+const SERIES: usize = LABEL_SERIES.len();
 
-/// One series of an instrument: which counter it reads, the attribute it adds to `label`, and
-/// whether a zero is left out. Series that stay zero (no request on a `watch` label, no 1xx
-/// response) are not observed, so the streams per instrument stay near the number of labels,
-/// under the SDK's default cardinality limit (2,000) at the default `max_labels` (1,024).
-struct Series {
-    index: usize,
-    extra: Option<(&'static str, &'static str)>,
-    skip_zero: bool,
+/// Whether a series is left out while it is zero. Series that stay zero (no request on a
+/// `watch` label, no 1xx response, no stall sampled) are not observed, so the streams per
+/// instrument stay near the number of labels, under the SDK's default cardinality limit (2,000)
+/// at the default `max_labels` (1,024).
+fn skip_zero(series: &schema::Series) -> bool {
+    series.extra.is_some() || series.shown != Shown::Always
 }
 
-const fn series(index: usize, extra: Option<(&'static str, &'static str)>) -> Series {
-    Series {
-        index,
-        extra,
-        skip_zero: extra.is_some(),
-    }
-}
-
-const POLLS_SERIES: &[Series] = &[series(0, None)];
-const SLOW_POLLS_SERIES: &[Series] = &[series(1, None)];
-const BUSY_SERIES: &[Series] = &[series(2, None)];
-const SLOW_BUSY_SERIES: &[Series] = &[series(3, None)];
-const STALLS_SERIES: &[Series] = &[series(4, None)];
-const FUTURES_SERIES: &[Series] = &[
-    series(5, Some(("outcome", "completed"))),
-    series(6, Some(("outcome", "cancelled"))),
-    series(7, Some(("outcome", "panicked"))),
-];
-const REQUESTS_SERIES: &[Series] = &[Series {
-    index: 8,
-    extra: None,
-    skip_zero: true,
-}];
-const RESPONSES_SERIES: &[Series] = &[
-    series(9, Some(("class", "1xx"))),
-    series(10, Some(("class", "2xx"))),
-    series(11, Some(("class", "3xx"))),
-    series(12, Some(("class", "4xx"))),
-    series(13, Some(("class", "5xx"))),
-];
-
-/// What the counters' callbacks read: per label, the sum of everything published.
+/// What the instruments' callbacks read: per label, the sum of everything published for a
+/// counter, the last value for a gauge.
 type Totals = Arc<Mutex<BTreeMap<String, LabelTotals>>>;
 
 struct LabelTotals {
     attribute: KeyValue,
-    counters: [u64; COUNTERS],
+    values: [u64; SERIES],
 }
 
 /// Publishes a [`Detector`]'s per-label figures as OpenTelemetry instruments (feature
-/// `opentelemetry`): observable counters of polls, slow polls, busy and slow time (seconds),
-/// stalls, futures by `outcome`, requests and responses by status `class`, all with the
-/// attribute `label`, and the histogram `hogwatch.poll.duration` (seconds) with explicit bucket
-/// bounds from 10 µs to 10 s that include the detector's threshold.
+/// `opentelemetry`), named and described by the crate's metric schema as `/debug/hogs/metrics`
+/// is: observable counters of polls, slow polls, stalls, futures by `outcome`, requests and
+/// responses by status `class`, and of the time in polls, in slow polls and the stalls' watched
+/// and CPU time (seconds); the observable gauges `hogwatch.longest_stall` and, without
+/// attributes, `hogwatch.threshold` (seconds); all with the attribute `label` but the threshold;
+/// and the histogram `hogwatch.poll_duration` (seconds) with explicit bucket bounds from 10 µs
+/// to 10 s that include the detector's threshold. Through an OpenTelemetry-to-Prometheus
+/// exporter they become the Prometheus names (`hogwatch_polls_total`,
+/// `hogwatch_slow_poll_seconds_total`, `hogwatch_poll_duration_seconds`, ...).
 ///
 /// Build one with [`Detector::opentelemetry_reporter`] from the app's [`Meter`], then either
 /// call [`publish`](Self::publish) before each collection or spawn [`run`](Self::run). The
@@ -147,7 +105,7 @@ struct LabelTotals {
 /// #     .flat_map(|exported| exported.scope_metrics()).flat_map(|scope| scope.metrics())
 /// #     .map(|metric| metric.name().to_owned()).collect();
 /// # assert!(names.iter().any(|name| name == "hogwatch.polls"), "{names:?}");
-/// # assert!(names.iter().any(|name| name == "hogwatch.poll.duration"), "{names:?}");
+/// # assert!(names.iter().any(|name| name == "hogwatch.poll_duration"), "{names:?}");
 /// # Ok(()) }
 /// ```
 pub struct OpenTelemetryReporter {
@@ -159,15 +117,15 @@ pub struct OpenTelemetryReporter {
     window_us: u64,
     histogram: Histogram<f64>,
     budget: usize,
-    /// The instruments whose callbacks read `totals`, kept with the reporter they report for.
-    _counters: Vec<ObservableCounter<u64>>,
-    _times: Vec<ObservableCounter<f64>>,
+    /// The observable instruments, whose callbacks read `totals`, kept with the reporter they
+    /// report for.
+    _instruments: Vec<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 /// A label as the reporter last saw it, in the current window.
 struct Seen {
     attribute: KeyValue,
-    counters: [u64; COUNTERS],
+    values: [u64; SERIES],
     histogram: PollHistogram,
     /// Polls not yet recorded in the histogram: bucket value (µs) -> polls.
     backlog: BTreeMap<u64, u64>,
@@ -205,68 +163,25 @@ impl Detector {
     #[cfg_attr(docsrs, doc(cfg(feature = "opentelemetry")))]
     pub fn opentelemetry_reporter(&self, meter: &Meter) -> OpenTelemetryReporter {
         let totals = Totals::default();
-        let count = |name: &'static str, unit, description, series: &'static [Series]| {
+        let threshold_us = u64::try_from(self.threshold().as_micros()).unwrap_or(u64::MAX);
+        let mut instruments = instruments(meter, &totals);
+        let threshold = &schema::THRESHOLD;
+        instruments.push(Box::new(
             meter
-                .u64_observable_counter(name)
-                .with_unit(unit)
-                .with_description(description)
-                .with_callback(observe(totals.clone(), series, |value| value))
-                .build()
-        };
-        let counters = vec![
-            count(POLLS, "{poll}", "Polls of watched futures.", POLLS_SERIES),
-            count(
-                SLOW_POLLS,
-                "{poll}",
-                "Polls longer than the threshold.",
-                SLOW_POLLS_SERIES,
-            ),
-            count(
-                STALLS,
-                "{poll}",
-                "Polls the stall watchdog caught still running past its threshold.",
-                STALLS_SERIES,
-            ),
-            count(
-                FUTURES,
-                "{future}",
-                "Watched futures that ended, by outcome.",
-                FUTURES_SERIES,
-            ),
-            count(
-                REQUESTS,
-                "{request}",
-                "HTTP requests seen by the layer.",
-                REQUESTS_SERIES,
-            ),
-            count(
-                RESPONSES,
-                "{response}",
-                "HTTP responses by status class.",
-                RESPONSES_SERIES,
-            ),
-        ];
-        let time = |name: &'static str, description, series: &'static [Series]| {
-            meter
-                .f64_observable_counter(name)
-                .with_unit("s")
-                .with_description(description)
-                .with_callback(observe(totals.clone(), series, |us| us as f64 / 1e6))
-                .build()
-        };
-        let times = vec![
-            time(BUSY, "Time spent inside polls.", BUSY_SERIES),
-            time(
-                SLOW_BUSY,
-                "Time spent inside polls longer than the threshold.",
-                SLOW_BUSY_SERIES,
-            ),
-        ];
+                .f64_observable_gauge(threshold.otel_name)
+                .with_unit(threshold.otel_unit())
+                .with_description(threshold.help)
+                .with_callback(move |observer| {
+                    observer.observe(schema::seconds_f64(threshold_us), &[]);
+                })
+                .build(),
+        ));
+        let duration = &schema::POLL_DURATION;
         let histogram = meter
-            .f64_histogram(POLL_DURATION)
-            .with_unit("s")
-            .with_description("Duration of each poll of a watched future.")
-            .with_boundaries(bounds(self.threshold()))
+            .f64_histogram(duration.otel_name)
+            .with_unit(duration.otel_unit())
+            .with_description(duration.help)
+            .with_boundaries(bounds(threshold_us))
             .build();
         OpenTelemetryReporter {
             detector: self.clone(),
@@ -275,35 +190,89 @@ impl Detector {
             window_us: 0,
             histogram,
             budget: DEFAULT_SAMPLE_BUDGET,
-            _counters: counters,
-            _times: times,
+            _instruments: instruments,
         }
     }
 }
 
-/// The histogram's bucket bounds in seconds: [`BOUNDS_US`] with `threshold` among them.
-fn bounds(threshold: Duration) -> Vec<f64> {
-    let threshold_us = u64::try_from(threshold.as_micros()).unwrap_or(u64::MAX);
-    let mut bounds_us = BOUNDS_US.to_vec();
-    if let Err(at) = bounds_us.binary_search(&threshold_us) {
-        bounds_us.insert(at, threshold_us);
+/// One observable instrument for each metric of [`LABEL_SERIES`], whose callback observes that
+/// metric's series of every label in `totals`: counts as `u64`, seconds as `f64`.
+fn instruments(meter: &Meter, totals: &Totals) -> Vec<Box<dyn std::any::Any + Send + Sync>> {
+    let mut instruments: Vec<Box<dyn std::any::Any + Send + Sync>> = Vec::new();
+    let mut done: Vec<&str> = Vec::new();
+    for series in &LABEL_SERIES {
+        let metric: &'static Metric = series.metric;
+        if done.contains(&metric.name) {
+            continue;
+        }
+        done.push(metric.name);
+        let indexes: Vec<usize> = (0..SERIES)
+            .filter(|&at| LABEL_SERIES[at].metric.name == metric.name)
+            .collect();
+        let (name, unit, help) = (metric.otel_name, metric.otel_unit(), metric.help);
+        let totals = totals.clone();
+        let instrument: Box<dyn std::any::Any + Send + Sync> = match (metric.kind, metric.unit) {
+            (Kind::Counter, Unit::Seconds) => Box::new(
+                meter
+                    .f64_observable_counter(name)
+                    .with_unit(unit)
+                    .with_description(help)
+                    .with_callback(observe(totals, indexes, schema::seconds_f64))
+                    .build(),
+            ),
+            (Kind::Counter, _) => Box::new(
+                meter
+                    .u64_observable_counter(name)
+                    .with_unit(unit)
+                    .with_description(help)
+                    .with_callback(observe(totals, indexes, |value| value))
+                    .build(),
+            ),
+            (Kind::Gauge, Unit::Seconds) => Box::new(
+                meter
+                    .f64_observable_gauge(name)
+                    .with_unit(unit)
+                    .with_description(help)
+                    .with_callback(observe(totals, indexes, schema::seconds_f64))
+                    .build(),
+            ),
+            _ => Box::new(
+                meter
+                    .u64_observable_gauge(name)
+                    .with_unit(unit)
+                    .with_description(help)
+                    .with_callback(observe(totals, indexes, |value| value))
+                    .build(),
+            ),
+        };
+        instruments.push(instrument);
     }
-    bounds_us.into_iter().map(|us| us as f64 / 1e6).collect()
+    instruments
 }
 
-/// A callback that observes `series` of every label in `totals`, converted by `value`.
+/// The histogram's bucket bounds in seconds: the schema's, with the threshold among them.
+fn bounds(threshold_us: u64) -> Vec<f64> {
+    schema::poll_duration_bounds_us(threshold_us)
+        .into_iter()
+        .map(schema::seconds_f64)
+        .collect()
+}
+
+/// A callback that observes the series at `indexes` of every label in `totals`, converted by
+/// `value`.
 fn observe<T: 'static>(
     totals: Totals,
-    series: &'static [Series],
+    indexes: Vec<usize>,
     value: fn(u64) -> T,
 ) -> impl Fn(&dyn AsyncInstrument<T>) + Send + Sync + 'static {
     move |observer| {
         // Nothing panics while the lock is held; a poisoned lock still holds whole totals.
         let totals = totals.lock().unwrap_or_else(PoisonError::into_inner);
         for label in totals.values() {
-            for series in series {
-                let total = label.counters[series.index];
-                if total == 0 && series.skip_zero {
+            for &at in &indexes {
+                let series = &LABEL_SERIES[at];
+                let total = label.values[at];
+                if total == 0 && skip_zero(series) {
                     continue;
                 }
                 match series.extra {
@@ -343,6 +312,10 @@ impl OpenTelemetryReporter {
     /// the hot path. Never panics.
     pub fn publish(&mut self) {
         let report = self.detector.report();
+        self.publish_report(&report);
+    }
+
+    fn publish_report(&mut self, report: &Report) {
         if report.window_us < self.window_us {
             self.seen.values_mut().for_each(Seen::new_window);
         }
@@ -359,10 +332,14 @@ impl OpenTelemetryReporter {
                     .entry(entry.label.clone())
                     .or_insert_with(|| LabelTotals {
                         attribute: seen.attribute.clone(),
-                        counters: [0; COUNTERS],
+                        values: [0; SERIES],
                     });
-                for (total, added) in label.counters.iter_mut().zip(added) {
-                    *total = total.saturating_add(added);
+                for (at, series) in LABEL_SERIES.iter().enumerate() {
+                    let total = &mut label.values[at];
+                    *total = match series.metric.kind {
+                        Kind::Gauge => seen.values[at],
+                        _ => total.saturating_add(added[at]),
+                    };
                 }
             }
         }
@@ -386,7 +363,7 @@ impl OpenTelemetryReporter {
                 } else {
                     share(*count, budget, waiting)
                 };
-                let seconds = value_us as f64 / 1e6;
+                let seconds = schema::seconds_f64(value_us);
                 for _ in 0..take {
                     self.histogram.record(seconds, attributes);
                 }
@@ -418,7 +395,7 @@ impl Seen {
     fn new(label: &str) -> Self {
         Self {
             attribute: KeyValue::new("label", label.to_owned()),
-            counters: [0; COUNTERS],
+            values: [0; SERIES],
             histogram: PollHistogram::default(),
             backlog: BTreeMap::new(),
         }
@@ -427,54 +404,37 @@ impl Seen {
     /// The window was reset: everything in the next report is new. The backlog stays: those
     /// polls happened, and the histogram has not had them yet.
     fn new_window(&mut self) {
-        self.counters = [0; COUNTERS];
+        self.values = [0; SERIES];
         self.histogram = PollHistogram::default();
     }
 
-    /// Takes in the label's entry of a new report: returns what each counter gained and puts
-    /// the polls each bucket gained in the backlog.
-    fn add(&mut self, entry: &Entry) -> [u64; COUNTERS] {
-        let now = counters(entry);
-        // A total below the last one means a new window (also caught by the window's length,
-        // unless the new window already lasted longer than the old one).
+    /// Takes in the label's entry of a new report: returns what each counter gained (a gauge's
+    /// value is left in `values`) and puts the polls each bucket gained in the backlog.
+    fn add(&mut self, entry: &Entry) -> [u64; SERIES] {
+        let now: [u64; SERIES] = std::array::from_fn(|at| (LABEL_SERIES[at].value)(entry));
+        // A counter below its last total means a new window (also caught by the window's
+        // length, unless the new window already lasted longer than the old one). Gauges go
+        // down as they like.
         let reset = entry.histogram.len() < self.histogram.len()
-            || now.iter().zip(&self.counters).any(|(now, last)| now < last);
+            || LABEL_SERIES
+                .iter()
+                .zip(now.iter().zip(&self.values))
+                .any(|(series, (now, last))| series.metric.kind == Kind::Counter && now < last);
         if reset {
             self.new_window();
         }
-        let mut added = [0; COUNTERS];
-        for ((added, now), last) in added.iter_mut().zip(&now).zip(&self.counters) {
+        let mut added = [0; SERIES];
+        for ((added, now), last) in added.iter_mut().zip(&now).zip(&self.values) {
             *added = now.saturating_sub(*last);
         }
         for (value_us, polls) in added_polls(&entry.histogram, &self.histogram) {
             let waiting = self.backlog.entry(value_us).or_default();
             *waiting = waiting.saturating_add(polls);
         }
-        self.counters = now;
+        self.values = now;
         self.histogram = entry.histogram.clone();
         added
     }
-}
-
-/// The label's counters, in a fixed order (the [`Series`] indexes).
-fn counters(entry: &Entry) -> [u64; COUNTERS] {
-    let responses = &entry.responses;
-    [
-        entry.polls,
-        entry.slow_polls,
-        entry.busy_us,
-        entry.slow_busy_us,
-        entry.stalls,
-        entry.completed,
-        entry.cancelled,
-        entry.panicked,
-        entry.requests,
-        responses.informational,
-        responses.success,
-        responses.redirection,
-        responses.client_error,
-        responses.server_error,
-    ]
 }
 
 #[cfg(test)]
@@ -490,6 +450,10 @@ mod tests {
     };
 
     use super::*;
+    use crate::schema::{
+        BUSY, FUTURES, LONGEST_STALL, POLLS, POLL_DURATION, REQUESTS, SLOW_POLL, SLOW_POLLS,
+        STALLS, STALL_SAMPLED, THRESHOLD,
+    };
     use crate::OTHER_LABEL;
 
     /// A meter provider whose only reader exports into memory when flushed (its period is
@@ -561,7 +525,7 @@ mod tests {
     /// The histogram of `label`: (bounds, count per bucket, count, sum).
     fn histogram_of(metrics: &ResourceMetrics, label: &str) -> (Vec<f64>, Vec<u64>, u64, f64) {
         let Some(AggregatedMetrics::F64(MetricData::Histogram(histogram))) =
-            metric(metrics, POLL_DURATION)
+            metric(metrics, POLL_DURATION.otel_name)
         else {
             panic!("no histogram: {metrics:?}");
         };
@@ -612,29 +576,29 @@ mod tests {
         reporter.publish();
         let metrics = collect(&provider, &exporter);
         let parse = [("label", "parse")];
-        assert_eq!(sum_of(&metrics, POLLS, &parse), Some(4));
-        assert_eq!(sum_of(&metrics, SLOW_POLLS, &parse), Some(1));
-        assert_eq!(sum_of(&metrics, STALLS, &parse), Some(0));
+        assert_eq!(sum_of(&metrics, POLLS.otel_name, &parse), Some(4));
+        assert_eq!(sum_of(&metrics, SLOW_POLLS.otel_name, &parse), Some(1));
+        assert_eq!(sum_of(&metrics, STALLS.otel_name, &parse), Some(0));
         assert_eq!(
             sum_of(
                 &metrics,
-                FUTURES,
+                FUTURES.otel_name,
                 &[("label", "parse"), ("outcome", "completed")]
             ),
             Some(4)
         );
         // Series that stayed zero are left out: no request, no cancelled future.
-        assert_eq!(sum_of(&metrics, REQUESTS, &parse), None);
+        assert_eq!(sum_of(&metrics, REQUESTS.otel_name, &parse), None);
         assert_eq!(
             sum_of(
                 &metrics,
-                FUTURES,
+                FUTURES.otel_name,
                 &[("label", "parse"), ("outcome", "cancelled")]
             ),
             None
         );
-        let busy_us = sum_of(&metrics, BUSY, &parse).unwrap();
-        let slow_us = sum_of(&metrics, SLOW_BUSY, &parse).unwrap();
+        let busy_us = sum_of(&metrics, BUSY.otel_name, &parse).unwrap();
+        let slow_us = sum_of(&metrics, SLOW_POLL.otel_name, &parse).unwrap();
         assert!(
             slow_us >= 60_000 && busy_us >= slow_us,
             "{busy_us} {slow_us}"
@@ -646,7 +610,11 @@ mod tests {
             bounds.contains(&0.02),
             "the threshold is a bound: {bounds:?}"
         );
-        assert_eq!(bounds.len(), BOUNDS_US.len() + 1, "{bounds:?}");
+        assert_eq!(
+            bounds.len(),
+            schema::poll_duration_bounds_us(0).len() + 1,
+            "{bounds:?}"
+        );
         assert_eq!(count, 4);
         assert_eq!(counts.iter().sum::<u64>(), 4);
         let at_most = |bound: f64| {
@@ -661,6 +629,70 @@ mod tests {
         assert_eq!(at_most(0.05), 3, "none in 20..50 ms: {bounds:?} {counts:?}");
         assert_eq!(at_most(0.1), 4, "the 60 ms poll: {bounds:?} {counts:?}");
         assert!((0.059..0.2).contains(&sum), "{sum}");
+    }
+
+    /// A gauge's data points, by attributes.
+    fn gauge_of(metrics: &ResourceMetrics, name: &str) -> BTreeMap<Attributes, f64> {
+        match metric(metrics, name) {
+            Some(AggregatedMetrics::F64(MetricData::Gauge(gauge))) => gauge
+                .data_points()
+                .map(|point| (attributes(point.attributes()), point.value()))
+                .collect(),
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_series_of_the_schema_is_an_instrument_in_seconds_or_counts() {
+        let (provider, exporter) = pipeline();
+        let detector = detector(Duration::from_millis(20));
+        let mut reporter = detector.opentelemetry_reporter(&provider.meter("hogwatch"));
+        block_on(detector.watch("stalled", async {}));
+        let mut report = detector.report();
+        let entry = &mut report.entries[0];
+        entry.requests = 1;
+        entry.responses.success = 1;
+        entry.cancelled = 1;
+        entry.panicked = 1;
+        entry.stalls = 1;
+        entry.samples = 4;
+        entry.stall_wall_us = 1_000_000;
+        entry.stall_cpu_us = 500_000;
+        entry.longest_stall_us = 1_250_000;
+        reporter.publish_report(&report);
+        let metrics = collect(&provider, &exporter);
+        for series in &LABEL_SERIES {
+            let mut wanted = vec![("label".to_owned(), "stalled".to_owned())];
+            if let Some((key, value)) = series.extra {
+                wanted.push((key.to_owned(), value.to_owned()));
+            }
+            wanted.sort();
+            let name = series.metric.otel_name;
+            let found = match series.metric.kind {
+                Kind::Gauge => gauge_of(&metrics, name).contains_key(&wanted),
+                _ => sums(&metrics, name).contains_key(&wanted),
+            };
+            assert!(
+                found || (series.value)(&report.entries[0]) == 0,
+                "{name} {wanted:?}"
+            );
+        }
+        let stalled = vec![("label".to_owned(), "stalled".to_owned())];
+        assert_eq!(gauge_of(&metrics, LONGEST_STALL.otel_name)[&stalled], 1.25);
+        assert_eq!(gauge_of(&metrics, THRESHOLD.otel_name)[&Vec::new()], 0.02);
+        assert_eq!(
+            sum_of(&metrics, STALL_SAMPLED.otel_name, &[("label", "stalled")]),
+            Some(1_000_000)
+        );
+        // A gauge follows the report down (a new window), where a counter would not.
+        report.entries[0].longest_stall_us = 0;
+        reporter.publish_report(&report);
+        let metrics = collect(&provider, &exporter);
+        assert_eq!(gauge_of(&metrics, LONGEST_STALL.otel_name)[&stalled], 0.0);
+        assert_eq!(
+            sum_of(&metrics, STALL_SAMPLED.otel_name, &[("label", "stalled")]),
+            Some(1_000_000)
+        );
     }
 
     #[test]
@@ -680,19 +712,19 @@ mod tests {
         poll(2);
         reporter.publish();
         let first = collect(&provider, &exporter);
-        assert_eq!(sum_of(&first, POLLS, &parse), Some(2));
+        assert_eq!(sum_of(&first, POLLS.otel_name, &parse), Some(2));
         assert_eq!(histogram_count(&first, "parse"), 2);
 
         // Published again with nothing new: the same totals.
         reporter.publish();
         let again = collect(&provider, &exporter);
-        assert_eq!(sum_of(&again, POLLS, &parse), Some(2));
+        assert_eq!(sum_of(&again, POLLS.otel_name, &parse), Some(2));
         assert_eq!(histogram_count(&again, "parse"), 2);
 
         poll(1);
         reporter.publish();
         let second = collect(&provider, &exporter);
-        assert_eq!(sum_of(&second, POLLS, &parse), Some(3));
+        assert_eq!(sum_of(&second, POLLS.otel_name, &parse), Some(3));
         assert_eq!(histogram_count(&second, "parse"), 3);
 
         // A reset window holds one poll: it is added to what was published, once.
@@ -701,11 +733,11 @@ mod tests {
         reporter.publish();
         reporter.publish();
         let third = collect(&provider, &exporter);
-        assert_eq!(sum_of(&third, POLLS, &parse), Some(4));
+        assert_eq!(sum_of(&third, POLLS.otel_name, &parse), Some(4));
         assert_eq!(
             sum_of(
                 &third,
-                FUTURES,
+                FUTURES.otel_name,
                 &[("label", "parse"), ("outcome", "completed")]
             ),
             Some(4)
@@ -725,13 +757,16 @@ mod tests {
         });
         reporter.publish();
         let metrics = collect(&provider, &exporter);
-        let polls = sums(&metrics, POLLS);
+        let polls = sums(&metrics, POLLS.otel_name);
         let labels: Vec<&str> = polls.keys().map(|key| key[0].1.as_str()).collect();
         assert_eq!(labels, [OTHER_LABEL, "a", "b"], "{polls:?}");
-        assert_eq!(sum_of(&metrics, POLLS, &[("label", OTHER_LABEL)]), Some(3));
+        assert_eq!(
+            sum_of(&metrics, POLLS.otel_name, &[("label", OTHER_LABEL)]),
+            Some(3)
+        );
         assert_eq!(histogram_count(&metrics, OTHER_LABEL), 3);
         let Some(AggregatedMetrics::F64(MetricData::Histogram(histogram))) =
-            metric(&metrics, POLL_DURATION)
+            metric(&metrics, POLL_DURATION.otel_name)
         else {
             panic!("no histogram");
         };
@@ -760,7 +795,10 @@ mod tests {
             .count() as u64;
         reporter.publish();
         let first = collect(&provider, &exporter);
-        assert_eq!(sum_of(&first, POLLS, &[("label", "tick")]), Some(1_000));
+        assert_eq!(
+            sum_of(&first, POLLS.otel_name, &[("label", "tick")]),
+            Some(1_000)
+        );
         let recorded = histogram_count(&first, "tick");
         assert!(
             (100..=100 + buckets).contains(&recorded),
@@ -805,7 +843,7 @@ mod tests {
         reporter.publish();
         reporter.publish();
         let totals = reporter.totals.lock().unwrap();
-        assert_eq!(totals["quiet"].counters[0], 1);
+        assert_eq!(totals["quiet"].values[0], 1);
         drop(totals);
 
         // An SDK whose view drops every hogwatch instrument.
@@ -830,9 +868,12 @@ mod tests {
         provider.force_flush().unwrap();
         // With every instrument dropped there may be nothing to export at all.
         for metrics in exporter.get_finished_metrics().unwrap() {
-            assert!(metric(&metrics, POLLS).is_none(), "{metrics:?}");
-            assert!(metric(&metrics, POLL_DURATION).is_none(), "{metrics:?}");
+            assert!(metric(&metrics, POLLS.otel_name).is_none(), "{metrics:?}");
+            assert!(
+                metric(&metrics, POLL_DURATION.otel_name).is_none(),
+                "{metrics:?}"
+            );
         }
-        assert_eq!(reporter.totals.lock().unwrap()["quiet"].counters[0], 1);
+        assert_eq!(reporter.totals.lock().unwrap()["quiet"].values[0], 1);
     }
 }

@@ -10,6 +10,7 @@
 use std::fmt::Write;
 
 use crate::report::{Entry, Report};
+use crate::schema::{self, Metric, Unit};
 
 impl Report {
     /// The report in the Prometheus text exposition format (0.0.4), as `/debug/hogs/metrics`
@@ -37,281 +38,167 @@ impl Report {
     }
 }
 
-/// Upper bounds of the poll-duration histogram buckets, in microseconds: 10 µs .. 10 s (the
-/// OpenTelemetry bridge uses the same, so both exports bucket alike).
-#[cfg_attr(not(feature = "opentelemetry"), allow(unreachable_pub))]
-pub(crate) const BUCKETS_US: [u64; 19] = [
-    10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000,
-    500_000, 1_000_000, 2_500_000, 5_000_000, 10_000_000,
-];
-
-/// Writes `report` in the Prometheus text format into `out`.
+/// Writes `report` in the Prometheus text format into `out`: every metric of the schema, by its
+/// Prometheus name, type and help.
 pub(crate) fn render(report: &Report, out: &mut String) {
     let entries = &report.entries;
 
-    header(
-        out,
-        "hogwatch_threshold_seconds",
-        "gauge",
-        "Polls longer than this are counted as slow polls.",
-    );
+    header(out, &schema::THRESHOLD);
     let _ = writeln!(
         out,
-        "hogwatch_threshold_seconds {}",
+        "{} {}",
+        schema::THRESHOLD.name,
         seconds(report.threshold_us)
     );
 
-    header(
+    header(out, &schema::FOLDED_LABELS);
+    let _ = writeln!(
         out,
-        "hogwatch_folded_labels_total",
-        "counter",
-        "Watched futures whose label did not fit under max_labels and were counted as <other>.",
+        "{} {}",
+        schema::FOLDED_LABELS.name,
+        report.folded_labels
     );
-    let _ = writeln!(out, "hogwatch_folded_labels_total {}", report.folded_labels);
 
-    header(
-        out,
-        "hogwatch_label_info",
-        "gauge",
-        "What made each label: watch, route, task or other (always 1).",
-    );
+    header(out, &schema::LABEL_INFO);
     for entry in entries {
         let _ = writeln!(
             out,
-            "hogwatch_label_info{{label=\"{}\",kind=\"{}\"}} 1",
+            "{}{{label=\"{}\",kind=\"{}\"}} 1",
+            schema::LABEL_INFO.name,
             escape(&entry.label),
             super::text::kind(entry.kind)
         );
     }
     render_runtime(report, out);
-
-    header(
-        out,
-        "hogwatch_poll_duration_seconds",
-        "histogram",
-        "Duration of each poll of a watched future.",
-    );
-    for entry in entries {
-        let label = escape(&entry.label);
-        for le in BUCKETS_US {
-            let count = count_up_to(entry, le);
-            let _ = writeln!(
-                out,
-                "hogwatch_poll_duration_seconds_bucket{{label=\"{label}\",le=\"{}\"}} {count}",
-                seconds(le)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "hogwatch_poll_duration_seconds_bucket{{label=\"{label}\",le=\"+Inf\"}} {}",
-            entry.polls
-        );
-        let _ = writeln!(
-            out,
-            "hogwatch_poll_duration_seconds_sum{{label=\"{label}\"}} {}",
-            seconds(entry.busy_us)
-        );
-        let _ = writeln!(
-            out,
-            "hogwatch_poll_duration_seconds_count{{label=\"{label}\"}} {}",
-            entry.polls
-        );
-    }
-
-    counter(
-        out,
-        "hogwatch_polls_total",
-        "Polls of watched futures.",
-        entries,
-        |entry| entry.polls,
-    );
-    counter(
-        out,
-        "hogwatch_slow_polls_total",
-        "Polls longer than the threshold.",
-        entries,
-        |entry| entry.slow_polls,
-    );
-    header(
-        out,
-        "hogwatch_slow_poll_seconds_total",
-        "counter",
-        "Time spent in polls longer than the threshold.",
-    );
-    for entry in entries {
-        let _ = writeln!(
-            out,
-            "hogwatch_slow_poll_seconds_total{{label=\"{}\"}} {}",
-            escape(&entry.label),
-            seconds(entry.slow_busy_us)
-        );
-    }
-
-    header(
-        out,
-        "hogwatch_futures_total",
-        "counter",
-        "Watched futures that ended, by outcome.",
-    );
-    for entry in entries {
-        let label = escape(&entry.label);
-        for (outcome, count) in [
-            ("completed", entry.completed),
-            ("cancelled", entry.cancelled),
-            ("panicked", entry.panicked),
-        ] {
-            let _ = writeln!(
-                out,
-                "hogwatch_futures_total{{label=\"{label}\",outcome=\"{outcome}\"}} {count}"
-            );
-        }
-    }
-
-    counter(
-        out,
-        "hogwatch_stalls_total",
-        "Polls the stall watchdog caught still running past its threshold (0 without a watchdog).",
-        entries,
-        |entry| entry.stalls,
-    );
+    render_histograms(report, out);
+    render_label_series(entries, out);
     render_samples(entries, out);
     render_watchdog(report, out);
+}
 
-    let routes: Vec<&Entry> = entries.iter().filter(|entry| entry.requests > 0).collect();
-    header(
-        out,
-        "hogwatch_requests_total",
-        "counter",
-        "HTTP requests seen by the layer.",
-    );
-    for entry in &routes {
-        let _ = writeln!(
-            out,
-            "hogwatch_requests_total{{label=\"{}\"}} {}",
-            escape(&entry.label),
-            entry.requests
-        );
-    }
-    header(
-        out,
-        "hogwatch_responses_total",
-        "counter",
-        "HTTP responses by status class.",
-    );
-    for entry in &routes {
+/// The poll-duration histogram of every label, with the schema's bucket bounds.
+fn render_histograms(report: &Report, out: &mut String) {
+    let name = schema::POLL_DURATION.name;
+    header(out, &schema::POLL_DURATION);
+    let bounds: Vec<(u64, String)> = schema::poll_duration_bounds_us(report.threshold_us)
+        .into_iter()
+        .map(|us| (us, seconds(us)))
+        .collect();
+    for entry in &report.entries {
         let label = escape(&entry.label);
-        let responses = &entry.responses;
-        for (class, count) in [
-            ("1xx", responses.informational),
-            ("2xx", responses.success),
-            ("3xx", responses.redirection),
-            ("4xx", responses.client_error),
-            ("5xx", responses.server_error),
-        ] {
+        for (le_us, le) in &bounds {
+            let count = count_up_to(entry, *le_us);
             let _ = writeln!(
                 out,
-                "hogwatch_responses_total{{label=\"{label}\",class=\"{class}\"}} {count}"
+                "{name}_bucket{{label=\"{label}\",le=\"{le}\"}} {count}"
             );
         }
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{label=\"{label}\",le=\"+Inf\"}} {}",
+            entry.polls
+        );
+        let _ = writeln!(
+            out,
+            "{name}_sum{{label=\"{label}\"}} {}",
+            seconds(entry.busy_us)
+        );
+        let _ = writeln!(out, "{name}_count{{label=\"{label}\"}} {}", entry.polls);
+    }
+}
+
+/// The schema's per-label series ([`schema::LABEL_SERIES`]), one metric after the other.
+fn render_label_series(entries: &[Entry], out: &mut String) {
+    let mut last: Option<&str> = None;
+    for series in &schema::LABEL_SERIES {
+        let metric = series.metric;
+        if last != Some(metric.name) {
+            header(out, metric);
+            last = Some(metric.name);
+        }
+        for entry in entries.iter().filter(|entry| series.shown.includes(entry)) {
+            let _ = write!(out, "{}{{label=\"{}\"", metric.name, escape(&entry.label));
+            if let Some((key, value)) = series.extra {
+                let _ = write!(out, ",{key}=\"{value}\"");
+            }
+            let _ = writeln!(out, "}} {}", value(metric, (series.value)(entry)));
+        }
+    }
+}
+
+/// A schema value as Prometheus text: seconds for a metric in seconds, else the count.
+fn value(metric: &Metric, raw: u64) -> String {
+    match metric.unit {
+        Unit::Seconds => seconds(raw),
+        _ => raw.to_string(),
     }
 }
 
 /// The lag probe as a summary and the tokio-metrics figures as gauges, when the report has them.
 fn render_runtime(report: &Report, out: &mut String) {
     if let Some(lag) = &report.event_loop_lag {
-        header(
-            out,
-            "hogwatch_event_loop_lag_seconds",
-            "summary",
-            "How late the lag probe woke up: the delay every task on the runtime suffered.",
-        );
+        let name = schema::EVENT_LOOP_LAG.name;
+        header(out, &schema::EVENT_LOOP_LAG);
         for (quantile, us) in [
             ("0", lag.min_us),
             ("0.5", lag.p50_us),
             ("0.99", lag.p99_us),
             ("1", lag.max_us),
         ] {
-            let _ = writeln!(
-                out,
-                "hogwatch_event_loop_lag_seconds{{quantile=\"{quantile}\"}} {}",
-                seconds(us)
-            );
+            let _ = writeln!(out, "{name}{{quantile=\"{quantile}\"}} {}", seconds(us));
         }
         let _ = writeln!(
             out,
-            "hogwatch_event_loop_lag_seconds_sum {}",
+            "{name}_sum {}",
             seconds(lag.mean_us.saturating_mul(lag.samples))
         );
-        let _ = writeln!(out, "hogwatch_event_loop_lag_seconds_count {}", lag.samples);
+        let _ = writeln!(out, "{name}_count {}", lag.samples);
     }
     if let Some(runtime) = &report.runtime {
         let gauges = [
-            ("hogwatch_runtime_workers", "Worker threads of the runtime.", Some(runtime.workers as f64)),
-            ("hogwatch_runtime_live_tasks", "Tasks alive at the end of the last interval.", Some(runtime.live_tasks as f64)),
-            ("hogwatch_runtime_busy_ratio", "Share of the last interval the workers were busy (0 to 1).", Some(runtime.busy_ratio)),
-            ("hogwatch_runtime_global_queue_depth", "Tasks in the global queue at the end of the last interval.", Some(runtime.global_queue_depth as f64)),
-            ("hogwatch_runtime_parks", "Times the workers parked in the last interval.", Some(runtime.total_park_count as f64)),
-            ("hogwatch_runtime_mean_poll_seconds", "Mean task poll duration in the last interval (tokio_unstable).", runtime.mean_poll_us.map(|us| us as f64 / 1e6)),
-            ("hogwatch_runtime_local_queue_depth", "Tasks in the workers' local queues at the end of the last interval (tokio_unstable).", runtime.total_local_queue_depth.map(|depth| depth as f64)),
+            (&schema::RUNTIME_WORKERS, Some(runtime.workers as f64)),
+            (&schema::RUNTIME_LIVE_TASKS, Some(runtime.live_tasks as f64)),
+            (&schema::RUNTIME_BUSY, Some(runtime.busy_ratio)),
+            (
+                &schema::RUNTIME_GLOBAL_QUEUE_DEPTH,
+                Some(runtime.global_queue_depth as f64),
+            ),
+            (
+                &schema::RUNTIME_PARKS,
+                Some(runtime.total_park_count as f64),
+            ),
+            (
+                &schema::RUNTIME_MEAN_POLL,
+                runtime.mean_poll_us.map(|us| us as f64 / 1e6),
+            ),
+            (
+                &schema::RUNTIME_LOCAL_QUEUE_DEPTH,
+                runtime.total_local_queue_depth.map(|depth| depth as f64),
+            ),
         ];
-        for (name, help, value) in gauges {
+        for (metric, value) in gauges {
             if let Some(value) = value {
-                header(out, name, "gauge", help);
-                let _ = writeln!(out, "{name} {value}");
+                header(out, metric);
+                let _ = writeln!(out, "{} {value}", metric.name);
             }
         }
     }
 }
 
 /// The watchdog's samples of stalled polls by label and cause (summed over system calls, so at
-/// most seven series per label), and the stalls' CPU and watched time.
+/// most seven series per label).
 fn render_samples(entries: &[Entry], out: &mut String) {
     let stalled: Vec<&Entry> = entries.iter().filter(|entry| entry.samples > 0).collect();
     if stalled.is_empty() {
         return;
     }
-    header(
-        out,
-        "hogwatch_stall_samples_total",
-        "counter",
-        "Samples of stalled polls by what the thread was doing: cpu, sleep, lock, io, wait, preempted or syscall.",
-    );
+    let name = schema::STALL_SAMPLES.name;
+    header(out, &schema::STALL_SAMPLES);
     for entry in &stalled {
         let label = escape(&entry.label);
         for (cause, count) in super::by_cause(&entry.causes) {
-            let _ = writeln!(
-                out,
-                "hogwatch_stall_samples_total{{label=\"{label}\",cause=\"{cause}\"}} {count}"
-            );
+            let _ = writeln!(out, "{name}{{label=\"{label}\",cause=\"{cause}\"}} {count}");
         }
-    }
-    header(
-        out,
-        "hogwatch_stall_sampled_seconds_total",
-        "counter",
-        "Time from each stall's first sample to its last: the part of the stalls the watchdog watched.",
-    );
-    for entry in &stalled {
-        let _ = writeln!(
-            out,
-            "hogwatch_stall_sampled_seconds_total{{label=\"{}\"}} {}",
-            escape(&entry.label),
-            seconds(entry.stall_wall_us)
-        );
-    }
-    header(
-        out,
-        "hogwatch_stall_cpu_seconds_total",
-        "counter",
-        "The stalled threads' CPU time over that same time: near it for CPU work, near zero for waiting.",
-    );
-    for entry in &stalled {
-        let _ = writeln!(
-            out,
-            "hogwatch_stall_cpu_seconds_total{{label=\"{}\"}} {}",
-            escape(&entry.label),
-            seconds(entry.stall_cpu_us)
-        );
     }
 }
 
@@ -320,25 +207,15 @@ fn render_watchdog(report: &Report, out: &mut String) {
     let Some(watchdog) = &report.watchdog else {
         return;
     };
-    header(
-        out,
-        "hogwatch_watchdog_threshold_seconds",
-        "gauge",
-        "Polls running longer than this are stalls: the watchdog captures their stacks.",
-    );
+    header(out, &schema::WATCHDOG_THRESHOLD);
     let _ = writeln!(
         out,
-        "hogwatch_watchdog_threshold_seconds {}",
+        "{} {}",
+        schema::WATCHDOG_THRESHOLD.name,
         seconds(watchdog.threshold_us)
     );
-    header(
-        out,
-        "hogwatch_watchdog_captures_total",
-        "counter",
-        "Stack captures of stalled polls, by result: completed (a stack), timeout (the thread did \
-         not answer in time: a loaded machine) or failed (the signal taken by another handler, \
-         not sent, or a capture stuck or overlapping another).",
-    );
+    let name = schema::WATCHDOG_CAPTURES.name;
+    header(out, &schema::WATCHDOG_CAPTURES);
     // Timeouts apart: a sample between two reports waits one check interval at most, so a
     // loaded machine times some out, which is no fault of the setup an alert should page on.
     for (result, count) in [
@@ -351,34 +228,13 @@ fn render_watchdog(report: &Report, out: &mut String) {
                 .saturating_sub(watchdog.captures_timeout),
         ),
     ] {
-        let _ = writeln!(
-            out,
-            "hogwatch_watchdog_captures_total{{result=\"{result}\"}} {count}"
-        );
+        let _ = writeln!(out, "{name}{{result=\"{result}\"}} {count}");
     }
 }
 
-fn header(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-}
-
-fn counter(
-    out: &mut String,
-    name: &str,
-    help: &str,
-    entries: &[Entry],
-    value: impl Fn(&Entry) -> u64,
-) {
-    header(out, name, "counter", help);
-    for entry in entries {
-        let _ = writeln!(
-            out,
-            "{name}{{label=\"{}\"}} {}",
-            escape(&entry.label),
-            value(entry)
-        );
-    }
+fn header(out: &mut String, metric: &Metric) {
+    let _ = writeln!(out, "# HELP {} {}", metric.name, metric.help);
+    let _ = writeln!(out, "# TYPE {} {}", metric.name, metric.kind.prometheus());
 }
 
 /// Polls of at most `le_us` microseconds (cumulative, as Prometheus buckets are).
@@ -507,6 +363,48 @@ mod tests {
         assert!(out.contains("hogwatch_watchdog_captures_total{result=\"completed\"} 2\n"));
         assert!(out.contains("hogwatch_watchdog_captures_total{result=\"timeout\"} 3\n"));
         assert!(out.contains("hogwatch_watchdog_captures_total{result=\"failed\"} 1\n"));
+    }
+
+    /// One schema: every metric it describes is written with its type and help, the
+    /// longest stall among them.
+    #[test]
+    fn every_metric_of_the_schema_is_written() {
+        let detector = crate::Detector::builder().build().unwrap();
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(detector.watch("route", async {}));
+        let mut report = detector.report();
+        report.event_loop_lag = Some(crate::EventLoopLag::default());
+        report.runtime = Some(crate::RuntimeFigures {
+            mean_poll_us: Some(5),
+            total_local_queue_depth: Some(1),
+            ..Default::default()
+        });
+        report.watchdog = Some(crate::WatchdogStats::default());
+        let entry = &mut report.entries[0];
+        entry.requests = 1;
+        entry.samples = 1;
+        entry.stalls = 1;
+        entry.longest_stall_us = 1_250_000;
+        let out = report.to_prometheus();
+        for metric in schema::ALL {
+            let help = format!("# HELP {} {}\n", metric.name, metric.help);
+            let kind = format!("# TYPE {} {}\n", metric.name, metric.kind.prometheus());
+            assert!(
+                out.contains(&help) && out.contains(&kind),
+                "{}\n{out}",
+                metric.name
+            );
+        }
+        assert!(
+            out.contains("hogwatch_longest_stall_seconds{label=\"route\"} 1.25\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("hogwatch_busy_seconds_total{label=\"route\"} "),
+            "{out}"
+        );
     }
 
     /// Issue 15: the Prometheus text needs no axum. This test runs in the
