@@ -83,3 +83,21 @@ pub use watch::{FutureTiming, Watched};
 #[cfg(feature = "watchdog")]
 #[cfg_attr(docsrs, doc(cfg(feature = "watchdog")))]
 pub use watchdog::NoWatchdog;
+
+/// The paths of hogwatch's own poll wrappers (`Watched`, and the layer's route future and body),
+/// as `std::any::type_name` spells them without generic arguments: in a stall's stack, the
+/// frames below the first of them are the executor's. Taken from the types themselves, here
+/// where every room is in view, so that the watchdog names no module of the wrappers and a
+/// rename cannot leave it behind.
+#[cfg(feature = "watchdog")]
+pub(crate) fn poll_wrappers() -> Vec<&'static str> {
+    fn path<T: ?Sized>() -> &'static str {
+        let name = std::any::type_name::<T>();
+        name.split('<').next().unwrap_or(name)
+    }
+    #[allow(unused_mut)]
+    let mut wrappers = vec![path::<watch::Watched<()>>()];
+    #[cfg(feature = "axum")]
+    wrappers.extend([path::<layer::HogFuture<()>>(), path::<layer::HogBody<()>>()]);
+    wrappers
+}

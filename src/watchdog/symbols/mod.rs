@@ -234,14 +234,20 @@ fn crate_of(name: &str) -> &str {
     name.split("::").next().unwrap_or(name)
 }
 
-/// Whether `name` is where a poll hogwatch watches begins: hogwatch's `Watched::poll`, the
-/// layer's `HogFuture::poll` (a route's poll), or the functions of tokio's task harness that
-/// poll a task's future (for the polls the task hooks publish). The frames below it are the
-/// executor's (and, in a scanned stack, whatever the HTTP stack left behind).
+/// Whether `name` is where a poll hogwatch watches begins: a poll of one of hogwatch's own
+/// wrappers (`crate::poll_wrappers`: `Watched`, the layer's route future and body), or the
+/// functions of tokio's task harness that poll a task's future (for the polls the task hooks
+/// publish). The frames below it are the executor's.
 fn is_poll_boundary(name: &str) -> bool {
+    static WRAPPERS: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
     let name = name.trim_start_matches('<');
-    name.starts_with("hogwatch::watch::Watched")
-        || name.starts_with("hogwatch::layer::HogFuture")
+    WRAPPERS
+        .get_or_init(crate::poll_wrappers)
+        .iter()
+        .any(|wrapper| {
+            name.strip_prefix(wrapper)
+                .is_some_and(|rest| rest.starts_with(['<', ' ', ':']) || rest.is_empty())
+        })
         || is_task_harness(name)
 }
 

@@ -230,3 +230,39 @@ fn a_task_poll_ends_at_the_task_harness() {
         "<hogwatch::layer::HogFuture<F> as core::future::future::Future>::poll"
     ));
 }
+
+/// The wrappers' frames, spelled as a stack names them, end the poll: the list comes from the
+/// types, so a wrapper renamed or moved is still found (the literals it replaced were not
+/// updated when the layer's body wrapper came, whose frames were then taken for the user's).
+#[test]
+fn the_poll_wrappers_come_from_their_types() {
+    let wrappers = crate::poll_wrappers();
+    assert!(
+        wrappers.contains(&"hogwatch::watch::Watched"),
+        "{wrappers:?}"
+    );
+    #[cfg(feature = "axum")]
+    {
+        assert!(
+            wrappers.contains(&"hogwatch::layer::HogFuture"),
+            "{wrappers:?}"
+        );
+        assert!(
+            wrappers.contains(&"hogwatch::layer::HogBody"),
+            "{wrappers:?}"
+        );
+    }
+    for wrapper in wrappers {
+        for frame in [
+            format!("<{wrapper}<F> as core::future::future::Future>::poll"),
+            format!("<{wrapper}<B> as http_body::Body>::poll_frame"),
+            format!("{wrapper}<F>::poll_inner"),
+        ] {
+            assert!(is_poll_boundary(&frame), "{frame}");
+        }
+    }
+    // A user's type whose name merely starts alike is not one of them.
+    assert!(!is_poll_boundary(
+        "<hogwatch::watch::WatchedByUser as Future>::poll"
+    ));
+}
