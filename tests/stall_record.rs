@@ -198,3 +198,81 @@ fn an_instrumented_task_stall_is_a_full_record() {
     assert!(label.starts_with("task "), "{label}");
     assert_full_record(&report, &label);
 }
+
+async fn blocking_handler() -> &'static str {
+    sleep_for_a_second();
+    "done"
+}
+
+/// Serves `app` on a loopback port of a 2-worker runtime watched with `watch_runtime`, sends it
+/// one `GET /block` over a real socket, and returns the report once the answer came.
+fn serve_and_block(detector: &Detector, app: axum::Router) -> Report {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.worker_threads(2).enable_all();
+    detector.watch_runtime(&mut builder).unwrap();
+    let runtime = builder.build().unwrap();
+    let answer = runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        stream
+            .write_all(b"GET /block HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut answer))
+            .await
+            .expect("answered within 10 s")
+            .unwrap();
+        server.abort();
+        tokio::time::sleep(THRESHOLD).await;
+        answer
+    });
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    detector.report()
+}
+
+/// A handler that blocks inside hyper's connection task, under a real `axum::serve`, with
+/// `watch_runtime` alone: one stall, named after the handler (hyper's, axum's and tower's
+/// frames are the runtime's).
+#[test]
+fn a_handler_stall_under_axum_serve_is_named_after_the_handler() {
+    let _serial = serial();
+    let detector = detector();
+    let app = axum::Router::new().route("/block", axum::routing::get(blocking_handler));
+    let report = serve_and_block(&detector, app);
+    let stalled: Vec<(&str, u64)> = report
+        .entries
+        .iter()
+        .filter(|entry| entry.stalls > 0)
+        .map(|entry| (entry.label.as_str(), entry.stalls))
+        .collect();
+    assert_eq!(
+        stalled,
+        [("task stall_record::blocking_handler", 1)],
+        "{report:#?}"
+    );
+    assert_full_record(&report, "task stall_record::blocking_handler");
+}
+
+/// The same with the layer: the stall is the route's, counted once (the runtime watchdog leaves
+/// a watched poll to the wrapped path).
+#[test]
+fn a_route_stall_under_axum_serve_is_counted_once_under_its_route() {
+    let _serial = serial();
+    let detector = detector();
+    let app = axum::Router::new()
+        .route("/block", axum::routing::get(blocking_handler))
+        .layer(detector.layer());
+    let report = serve_and_block(&detector, app);
+    let stalled: Vec<(&str, u64)> = report
+        .entries
+        .iter()
+        .filter(|entry| entry.stalls > 0)
+        .map(|entry| (entry.label.as_str(), entry.stalls))
+        .collect();
+    assert_eq!(stalled, [("GET /block", 1)], "{report:#?}");
+    assert_full_record(&report, "GET /block");
+}
