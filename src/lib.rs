@@ -76,7 +76,8 @@ pub use detector::{Builder, ConfigError, Detector};
 pub use event::{HogEvent, HogKind};
 pub use recorder::{Bucket, LabelKind, PollHistogram, CUT_MARKER, MAX_LABEL_BYTES, OTHER_LABEL};
 pub use report::{
-    CauseCount, CulpritCount, Entry, FunctionSamples, Report, Responses, StackCount, WatchdogStats,
+    CauseCount, CulpritCount, Entry, FunctionSamples, Report, Responses, StackCount, StallCause,
+    WatchdogStats,
 };
 pub use runtime::{EventLoopLag, RuntimeFigures};
 pub use watch::{FutureTiming, Watched};

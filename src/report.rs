@@ -118,9 +118,93 @@ pub struct CulpritCount {
     pub called_from: Option<String>,
 }
 
+/// Why a stalled thread held its executor: what the watchdog found it doing.
+///
+/// JSON, the text report, the page and Prometheus use its lowercase name ([`as_str`]), and
+/// [`hint`] says what to do about it.
+///
+/// [`as_str`]: Self::as_str
+/// [`hint`]: Self::hint
+///
+/// ```
+/// use hogwatch::StallCause;
+/// assert_eq!(StallCause::Sleep.as_str(), "sleep");
+/// assert_eq!(StallCause::Sleep.hint(), Some("use tokio::time::sleep"));
+/// assert_eq!(StallCause::Lock, "lock");
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum StallCause {
+    /// Running its own code on a CPU.
+    Cpu,
+    /// In `nanosleep` or `clock_nanosleep` (`std::thread::sleep`), or `pause`.
+    Sleep,
+    /// In `futex`: a `std::sync::Mutex`, a condition variable, a channel, a `block_on`.
+    Lock,
+    /// Reading, writing, sending, receiving, polling, connecting, accepting, opening, syncing.
+    Io,
+    /// Waiting for a child process (`wait4`, `waitid`).
+    Wait,
+    /// Runnable in its own code, but it had less than a quarter of a CPU since the previous
+    /// sample: the machine is oversubscribed and this code is the victim.
+    Preempted,
+    /// Any other system call.
+    Syscall,
+}
+
+impl StallCause {
+    /// The lowercase name, as in JSON: `"cpu"`, `"sleep"`, `"lock"`, `"io"`, `"wait"`,
+    /// `"preempted"` or `"syscall"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StallCause::Cpu => "cpu",
+            StallCause::Sleep => "sleep",
+            StallCause::Lock => "lock",
+            StallCause::Io => "io",
+            StallCause::Wait => "wait",
+            StallCause::Preempted => "preempted",
+            StallCause::Syscall => "syscall",
+        }
+    }
+
+    /// What to do about a stall of this cause, in one line (`None`: see the system call).
+    pub fn hint(self) -> Option<&'static str> {
+        Some(match self {
+            StallCause::Cpu => {
+                "send the cached bytes as they are, or move the work to spawn_blocking / a thread pool"
+            }
+            StallCause::Sleep => "use tokio::time::sleep",
+            StallCause::Lock => "shorten the critical section, or use tokio::sync::Mutex",
+            StallCause::Io => "use the async API (tokio::fs, an async client), or spawn_blocking",
+            StallCause::Wait => "use tokio::process",
+            StallCause::Preempted => "the machine is oversubscribed: this code is the victim",
+            StallCause::Syscall => return None,
+        })
+    }
+}
+
+impl std::fmt::Display for StallCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for StallCause {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl PartialEq<str> for StallCause {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
 /// Why a stalled thread held its executor, and how many samples found it so.
 ///
-/// `cause` is one of `"cpu"` (running its own code), `"sleep"` (`nanosleep`,
+/// `cause` (a [`StallCause`]) is one of `"cpu"` (running its own code), `"sleep"` (`nanosleep`,
 /// `clock_nanosleep`), `"lock"` (`futex`: a `std::sync::Mutex`, a channel, a `block_on`), `"io"`
 /// (reads, writes, sends, receives, `poll`/`epoll`/`select`, `connect`, `accept`, `open`,
 /// `fsync`...), `"wait"` (`wait4`/`waitid` on a child process), `"preempted"` (runnable, but it
@@ -142,8 +226,8 @@ pub struct CulpritCount {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct CauseCount {
-    /// `"cpu"`, `"sleep"`, `"lock"`, `"io"`, `"wait"`, `"preempted"` or `"syscall"`.
-    pub cause: &'static str,
+    /// What the thread was doing; JSON has its lowercase name (`"cpu"`, `"sleep"`...).
+    pub cause: StallCause,
     /// Samples with this cause (and system call).
     pub count: u64,
     /// The system call the thread was blocked in (`"read"`, `"futex"`...), if any.

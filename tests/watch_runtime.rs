@@ -572,7 +572,7 @@ fn a_task_spinning_on_the_cpu_is_reported_and_named() {
         .expect("the stall is in the report");
     assert_eq!(entry.stalls, 1, "{entry:#?}");
     assert_eq!(
-        entry.causes.first().map(|count| count.cause),
+        entry.causes.first().map(|count| count.cause.as_str()),
         Some("cpu"),
         "{entry:#?}"
     );

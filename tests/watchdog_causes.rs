@@ -82,9 +82,12 @@ fn assert_causes(entry: &Entry, causes: &[&str], function: &str) {
     assert!(entry.samples >= 10, "a few samples per stall: {entry:#?}");
     let mut by_cause: Vec<(&str, u64)> = Vec::new();
     for count in &entry.causes {
-        match by_cause.iter_mut().find(|(name, _)| *name == count.cause) {
+        match by_cause
+            .iter_mut()
+            .find(|(name, _)| *name == count.cause.as_str())
+        {
             Some((_, sum)) => *sum += count.count,
-            None => by_cause.push((count.cause, count.count)),
+            None => by_cause.push((count.cause.as_str(), count.count)),
         }
     }
     by_cause.sort_by_key(|(_, count)| std::cmp::Reverse(*count));
@@ -166,7 +169,8 @@ fn a_spin_is_cpu_and_on_the_cpu() {
     assert!(share > 0.05, "{entry:#?}");
     let json = serde_json::to_value(&entry).unwrap();
     assert_eq!(
-        json["causes"][0]["cause"], entry.causes[0].cause,
+        json["causes"][0]["cause"],
+        entry.causes[0].cause.as_str(),
         "{json:#}"
     );
     assert_eq!(

@@ -122,7 +122,7 @@ pub fn diagnosis(entry: Option<&hogwatch::Entry>) -> [String; 2] {
         .top_culprits
         .first()
         .map_or("?".to_owned(), |culprit| short(&culprit.culprit, 56));
-    let mut causes: Vec<(&str, u64)> = Vec::new();
+    let mut causes: Vec<(hogwatch::StallCause, u64)> = Vec::new();
     for cause in &entry.causes {
         match causes.iter_mut().find(|(name, _)| *name == cause.cause) {
             Some((_, count)) => *count += cause.count,
@@ -141,7 +141,7 @@ pub fn diagnosis(entry: Option<&hogwatch::Entry>) -> [String; 2] {
                 .and_then(|counted| counted.syscall.as_deref())
             {
                 Some(syscall) => format!("{cause} ({syscall})"),
-                None => (*cause).to_owned(),
+                None => cause.to_string(),
             }
         }
     };

@@ -294,9 +294,9 @@ mod tests {
         let entry = &mut report.entries[0];
         entry.samples = 9;
         entry.causes = vec![
-            cause("io", 4, Some("read")),
-            cause("cpu", 3, None),
-            cause("io", 2, Some("poll")),
+            cause(crate::StallCause::Io, 4, Some("read")),
+            cause(crate::StallCause::Cpu, 3, None),
+            cause(crate::StallCause::Io, 2, Some("poll")),
         ];
         entry.stall_wall_us = 1_500_000;
         entry.stall_cpu_us = 250_000;

@@ -162,7 +162,7 @@ fn write_causes(entry: &crate::Entry, out: &mut String) {
     }
     out.push('\n');
     for (cause, _) in super::by_cause(&entry.causes) {
-        if let Some(hint) = super::hint(cause) {
+        if let Some(hint) = cause.hint() {
             let _ = writeln!(out, "  fix ({cause}): {hint}");
         }
     }
@@ -244,12 +244,12 @@ mod tests {
         entry.stall_cpu_us = 450_000;
         entry.causes = vec![
             crate::CauseCount {
-                cause: "cpu",
+                cause: crate::StallCause::Cpu,
                 count: 9,
                 syscall: None,
             },
             crate::CauseCount {
-                cause: "sleep",
+                cause: crate::StallCause::Sleep,
                 count: 1,
                 syscall: Some("clock_nanosleep".to_string()),
             },

@@ -5,7 +5,7 @@
 //! [`MAX_DEPTH`] frames of at most [`MAX_NAME_BYTES`] bytes), [`TRACKED`] culprits of at most
 //! [`MAX_NAME_BYTES`] bytes, and [`MAX_CAUSES`] cause counters: about 136 KiB at worst.
 
-use crate::report::{CauseCount, CulpritCount, FunctionSamples, StackCount};
+use crate::report::{CauseCount, CulpritCount, FunctionSamples, StackCount, StallCause};
 
 /// The most frequent keys of a stream, approximately, in at most `capacity` entries
 /// ("space-saving": a new key replaces the rarest one and inherits its count, so a key that is
@@ -59,14 +59,14 @@ pub(crate) fn preempted(cpu_ns: u64, wall_ns: u64) -> bool {
 }
 
 impl Cause {
-    /// The cause's name in the report, and the system call's name where there is one.
-    pub(crate) fn describe(self) -> (&'static str, Option<String>) {
+    /// The cause as the report has it, and the system call's name where there is one.
+    pub(crate) fn describe(self) -> (StallCause, Option<String>) {
         let Cause::Syscall(nr) = self else {
             return (
                 if self == Cause::Cpu {
-                    "cpu"
+                    StallCause::Cpu
                 } else {
-                    "preempted"
+                    StallCause::Preempted
                 },
                 None,
             );
@@ -76,17 +76,19 @@ impl Cause {
         #[cfg(not(target_os = "linux"))]
         let name: Option<&str> = None;
         let Some(name) = name else {
-            return ("syscall", Some(format!("syscall {nr}")));
+            return (StallCause::Syscall, Some(format!("syscall {nr}")));
         };
         let kind = match name {
-            "nanosleep" | "clock_nanosleep" | "pause" => "sleep",
-            "futex" => "lock",
-            "wait4" | "waitid" => "wait",
+            "nanosleep" | "clock_nanosleep" | "pause" => StallCause::Sleep,
+            "futex" => StallCause::Lock,
+            "wait4" | "waitid" => StallCause::Wait,
             "read" | "write" | "readv" | "writev" | "pread64" | "pwrite64" | "open" | "openat"
             | "close" | "fsync" | "fdatasync" | "poll" | "ppoll" | "select" | "pselect6"
             | "epoll_wait" | "epoll_pwait" | "connect" | "accept" | "accept4" | "sendto"
-            | "recvfrom" | "sendmsg" | "recvmsg" | "flock" | "sendfile" | "splice" => "io",
-            _ => "syscall",
+            | "recvfrom" | "sendmsg" | "recvmsg" | "flock" | "sendfile" | "splice" => {
+                StallCause::Io
+            }
+            _ => StallCause::Syscall,
         };
         (kind, Some(name.to_string()))
     }
@@ -135,7 +137,7 @@ impl Causes {
             .collect();
         if other > 0 {
             report.push(CauseCount {
-                cause: "syscall",
+                cause: StallCause::Syscall,
                 syscall: Some("other".to_string()),
                 count: other,
             });
@@ -408,15 +410,15 @@ mod tests {
         assert_eq!(kind(libc::SYS_futex).0, "lock");
         assert_eq!(
             kind(libc::SYS_recvfrom),
-            ("io", Some("recvfrom".to_string()))
+            (StallCause::Io, Some("recvfrom".to_string()))
         );
         assert_eq!(kind(libc::SYS_waitid).0, "wait");
         assert_eq!(kind(libc::SYS_getrandom).0, "syscall");
         assert_eq!(
             kind(100_000),
-            ("syscall", Some("syscall 100000".to_string()))
+            (StallCause::Syscall, Some("syscall 100000".to_string()))
         );
-        assert_eq!(Cause::Cpu.describe(), ("cpu", None));
+        assert_eq!(Cause::Cpu.describe(), (StallCause::Cpu, None));
         assert!(preempted(10, 41) && !preempted(10, 40) && !preempted(0, 0));
     }
 

@@ -533,7 +533,7 @@ fn render_causes(entry: &Entry, html: &mut Html<'_>) {
     );
     for (cause, count) in super::by_cause(&entry.causes) {
         html.raw("<tr><td><strong>")
-            .text(cause)
+            .text(cause.as_str())
             .raw("</strong></td><td class=\"num\">")
             .text(format_args!(
                 "{count} ({})",
@@ -548,7 +548,7 @@ fn render_causes(entry: &Entry, html: &mut Html<'_>) {
             .collect();
         html.text(calls.join(", "))
             .raw("</code></td><td>")
-            .text(super::hint(cause).unwrap_or("see the system call"))
+            .text(cause.hint().unwrap_or("see the system call"))
             .raw("</td></tr>");
     }
     html.raw("</tbody></table>\n");
@@ -916,9 +916,9 @@ mod tests {
             syscall: Some(syscall.to_string()),
         };
         entry.causes = vec![
-            cause("io", 2, "read"),
-            cause("lock", 1, "futex"),
-            cause("io", 1, "poll"),
+            cause(crate::StallCause::Io, 2, "read"),
+            cause(crate::StallCause::Lock, 1, "futex"),
+            cause(crate::StallCause::Io, 1, "poll"),
         ];
         entry.functions = vec![crate::FunctionSamples {
             function: "app::<load>".to_string(),
