@@ -403,6 +403,9 @@ pub(crate) fn capture(
     signal: c_int,
     timeout: Duration,
 ) -> Result<RawStack, CaptureError> {
+    // A library loaded since the unwind tables were read gets its tables now, here and not in
+    // the handler.
+    super::unwind::refresh();
     // Without our handler, the signal would take its default action (for `SIGPROF`: end the
     // process) or reach another program's handler. What is left of the race (a disposition
     // changed between this check and the signal) is described in the guide.
