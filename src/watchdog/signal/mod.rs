@@ -30,7 +30,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::atomic::{
     compiler_fence, AtomicBool, AtomicI32, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering,
 };
-use std::sync::{Arc, Mutex, Once, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub(crate) use super::unwind::MAX_FRAMES;
@@ -250,145 +250,12 @@ fn current_tid() -> i32 {
     unsafe { libc::gettid() }
 }
 
-/// Whether `signal` can be used to interrupt threads: one meant for profiling or for the
-/// program's own use, whose default action nobody relies on. Fault signals, `SIGINT`, `SIGTERM`
-/// and the like are refused, and so are the real-time signals glibc keeps for itself (below
-/// `SIGRTMIN()`).
-pub(crate) fn usable(signal: c_int) -> bool {
-    let own_use = [libc::SIGPROF, libc::SIGVTALRM, libc::SIGUSR1, libc::SIGUSR2];
-    (own_use.contains(&signal) || (libc::SIGRTMIN()..=libc::SIGRTMAX()).contains(&signal))
-        && usize::try_from(signal).is_ok_and(|index| index < SIGNALS)
-}
-
 /// Whether the handler unwinds (unwind tables located at installation) or records the
 /// interrupted instruction only.
 static FULL_UNWIND: AtomicBool = AtomicBool::new(false);
-/// The handler that was installed before ours, per signal (0: none, `SIG_DFL` or `SIG_IGN`).
-static PREVIOUS: [AtomicUsize; SIGNALS] = [const { AtomicUsize::new(0) }; SIGNALS];
-/// Whether that previous handler takes three arguments (`SA_SIGINFO`).
-static PREVIOUS_SIGINFO: [AtomicBool; SIGNALS] = [const { AtomicBool::new(false) }; SIGNALS];
-
 /// Whether captures walk the whole stack (`true`) or record the interrupted instruction only.
 pub(crate) fn full_unwind() -> bool {
     FULL_UNWIND.load(Ordering::Relaxed)
-}
-
-/// Installs the handler for `signal`, once per process; it stays installed (a signal still in
-/// flight must never meet the default action, which for `SIGPROF` ends the process).
-///
-/// # Errors
-///
-/// The `sigaction` error, if the kernel refuses the handler.
-pub(crate) fn install(signal: c_int) -> std::io::Result<()> {
-    static INSTALLED: Mutex<u128> = Mutex::new(0);
-    static WARMED_UP: OnceLock<bool> = OnceLock::new();
-    let index = usize::try_from(signal)
-        .ok()
-        .filter(|index| *index < SIGNALS && usable(signal))
-        .ok_or_else(|| std::io::Error::from_raw_os_error(libc::EINVAL))?;
-    let full = *WARMED_UP.get_or_init(|| {
-        // Locate the unwind tables and allocate the handlers' caches here, never in a handler.
-        super::unwind::prepare();
-        cfg!(target_arch = "x86_64")
-    });
-    FULL_UNWIND.store(full, Ordering::Relaxed);
-    // A poisoned lock only means a thread panicked while holding it; the bit set is still valid.
-    let mut installed = INSTALLED.lock().unwrap_or_else(|p| p.into_inner());
-    if *installed & (1 << index) != 0 {
-        return Ok(());
-    }
-    static AT_FORK: Once = Once::new();
-    AT_FORK.call_once(|| {
-        // SAFETY: the three handlers are extern "C" fns without arguments that stay valid for
-        // the life of the process; see each one for what it may do at that point of a fork.
-        // Registration fails only without memory, and then the child is merely less safe.
-        let _ = unsafe {
-            libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child))
-        };
-    });
-    let mut previous = zeroed_action();
-    // SAFETY: `signal` is catchable (checked by `usable`), both pointers are valid for the call,
-    // and `handler` is an extern "C" fn of the SA_SIGINFO shape, async-signal-safe as described
-    // in the module docs.
-    if unsafe { libc::sigaction(signal, &our_action(), &mut previous) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let chained = previous.sa_sigaction;
-    if chained != libc::SIG_DFL && chained != libc::SIG_IGN {
-        PREVIOUS_SIGINFO[index].store(previous.sa_flags & libc::SA_SIGINFO != 0, Ordering::Relaxed);
-        PREVIOUS[index].store(chained, Ordering::Release);
-    }
-    *installed |= 1 << index;
-    Ok(())
-}
-
-fn zeroed_action() -> libc::sigaction {
-    // SAFETY: an all-zero sigaction is a valid value of this plain C struct.
-    unsafe { std::mem::zeroed() }
-}
-
-/// The address of [`handler`], as `sigaction` reports it.
-fn handler_address() -> usize {
-    handler as extern "C" fn(c_int, *mut libc::siginfo_t, *mut c_void) as usize
-}
-
-/// hogwatch's disposition: [`handler`] with `SA_SIGINFO` and `SA_RESTART` (system calls it
-/// interrupts restart where the kernel allows). Not `SA_ONSTACK`: the unwinder needs more room
-/// than the few kilobytes of an alternate signal stack (Rust gives each thread one for stack
-/// overflows), so the handler runs on the thread's own stack, below the frames it reads, and
-/// unwinds only with [`HEADROOM`] to spare there.
-fn our_action() -> libc::sigaction {
-    let mut action = zeroed_action();
-    action.sa_sigaction = handler_address();
-    action.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
-    // SAFETY: sa_mask is a valid sigset_t inside `action`, which we own.
-    unsafe { libc::sigemptyset(&mut action.sa_mask) };
-    action
-}
-
-/// How many times [`capture`] found the signal's disposition reset to the default (or ignored)
-/// and installed the handler again.
-static REINSTALLED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-/// How many times the handler was installed again since the process started (see [`capture`]).
-pub(crate) fn reinstalled() -> u64 {
-    REINSTALLED.load(Ordering::Relaxed)
-}
-
-/// Checks that `signal` still reaches [`handler`], re-installing it over a default or ignored
-/// disposition (what a profiler leaves when it stops). Another handler is left alone.
-fn ensure_ours(signal: c_int) -> Result<(), CaptureError> {
-    let mut current = zeroed_action();
-    // SAFETY: a null new action only reads the current one into `current`, which we own.
-    if unsafe { libc::sigaction(signal, std::ptr::null(), &mut current) } != 0 {
-        return Err(CaptureError::Displaced);
-    }
-    if current.sa_sigaction == handler_address() {
-        return Ok(());
-    }
-    if current.sa_sigaction != libc::SIG_DFL && current.sa_sigaction != libc::SIG_IGN {
-        return Err(CaptureError::Displaced);
-    }
-    // Whatever we chained to before has given up the signal: there is no one to pass it on to.
-    if let Some(index) = usize::try_from(signal)
-        .ok()
-        .filter(|index| *index < SIGNALS)
-    {
-        PREVIOUS[index].store(0, Ordering::Release);
-    }
-    let mut replaced = zeroed_action();
-    // SAFETY: as in `install`; `signal` was accepted by `install` before, so it is catchable.
-    if unsafe { libc::sigaction(signal, &our_action(), &mut replaced) } != 0 {
-        return Err(CaptureError::Displaced);
-    }
-    REINSTALLED.fetch_add(1, Ordering::Relaxed);
-    // Someone else's handler may have come in between our two calls: put it back.
-    if replaced.sa_sigaction != libc::SIG_DFL && replaced.sa_sigaction != libc::SIG_IGN {
-        // SAFETY: `replaced` is the disposition the kernel just handed us, valid as it was.
-        unsafe { libc::sigaction(signal, &replaced, std::ptr::null_mut()) };
-        return Err(CaptureError::Displaced);
-    }
-    Ok(())
 }
 
 /// Asks `target`'s thread for its stack with `signal` and waits up to `timeout` for it.
@@ -607,66 +474,6 @@ fn record(target: &Target, context: *mut c_void) {
     target.depth.store(frames.depth, Ordering::Relaxed);
 }
 
-/// Whether `ip` lies in the C library, the dynamic linker, the unwinder or the vDSO: code that is
-/// never the culprit, whatever its (often internal) symbol is called. Not for the handler.
-pub(crate) fn in_system_library(ip: usize) -> bool {
-    // SAFETY: an all-zero Dl_info is a valid value of this plain C struct.
-    let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
-    // SAFETY: dladdr only reads the loaded objects' tables and writes `info`, which we own;
-    // any address may be asked about.
-    if unsafe { libc::dladdr(ip as *const c_void, &mut info) } == 0 || info.dli_fname.is_null() {
-        return false;
-    }
-    // SAFETY: dladdr succeeded, so dli_fname is a NUL-terminated path owned by the dynamic
-    // linker, valid while the object stays loaded (system libraries are never unloaded).
-    let path = unsafe { std::ffi::CStr::from_ptr(info.dli_fname) }.to_bytes();
-    let name = path.rsplit(|byte| *byte == b'/').next().unwrap_or(path);
-    const SYSTEM: [&[u8]; 10] = [
-        b"libc.so",
-        b"libc-",
-        b"ld-linux",
-        b"ld-musl",
-        b"libpthread",
-        b"libgcc_s",
-        b"libm.so",
-        b"libdl",
-        b"librt",
-        b"linux-vdso",
-    ];
-    SYSTEM.iter().any(|system| name.starts_with(system))
-}
-
-/// The name of the exported symbol at or before `ip` in the shared object it lies in (the C
-/// library's `clock_nanosleep`), if the dynamic linker knows one. Not for the handler.
-pub(crate) fn exported_name(ip: usize) -> Option<String> {
-    // SAFETY: as in `in_system_library`.
-    let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
-    // SAFETY: as in `in_system_library`.
-    if unsafe { libc::dladdr(ip as *const c_void, &mut info) } == 0 || info.dli_sname.is_null() {
-        return None;
-    }
-    // SAFETY: dladdr succeeded with a symbol: dli_sname is a NUL-terminated name owned by the
-    // dynamic linker, valid while the object stays loaded.
-    let name = unsafe { std::ffi::CStr::from_ptr(info.dli_sname) };
-    Some(name.to_string_lossy().into_owned())
-}
-
-/// Where `ip` lies in the executable hogwatch is linked into, as an offset from its start, or
-/// `None` if it lies elsewhere (a library, the vDSO). Not for the handler.
-pub(crate) fn offset_in_executable(ip: usize) -> Option<usize> {
-    let base = |address: usize| {
-        // SAFETY: as in `in_system_library`.
-        let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
-        // SAFETY: as in `in_system_library`.
-        match unsafe { libc::dladdr(address as *const c_void, &mut info) } {
-            0 => None,
-            _ => Some(info.dli_fbase as usize),
-        }
-    };
-    let ours = base(offset_in_executable as fn(usize) -> Option<usize> as usize)?;
-    (base(ip)? == ours).then(|| ip - ours)
-}
-
 /// The instruction pointer saved in the signal context (0 where we do not know the layout).
 #[allow(clippy::needless_return)]
 fn interrupted_pc(context: *const c_void) -> usize {
@@ -692,38 +499,14 @@ fn interrupted_pc(context: *const c_void) -> usize {
     }
 }
 
-/// Calls the handler that was installed before ours, if there was a real one.
-///
-/// # Safety
-///
-/// Must be called from the signal handler for `signal`, with the arguments the kernel passed.
-unsafe fn chain(signal: c_int, info: *mut libc::siginfo_t, context: *mut c_void) {
-    let Some(index) = usize::try_from(signal)
-        .ok()
-        .filter(|index| *index < SIGNALS)
-    else {
-        return;
-    };
-    let previous = PREVIOUS[index].load(Ordering::Acquire);
-    if previous == 0 {
-        return;
-    }
-    if PREVIOUS_SIGINFO[index].load(Ordering::Relaxed) {
-        // SAFETY: `previous` was the sa_sigaction of a handler installed with SA_SIGINFO, so it
-        // is a function of this shape; the caller passes the kernel's own arguments.
-        unsafe {
-            let f: extern "C" fn(c_int, *mut libc::siginfo_t, *mut c_void) =
-                std::mem::transmute(previous);
-            f(signal, info, context);
-        }
-    } else {
-        // SAFETY: without SA_SIGINFO, sa_sigaction holds a one-argument sa_handler.
-        unsafe {
-            let f: extern "C" fn(c_int) = std::mem::transmute(previous);
-            f(signal);
-        }
-    }
-}
+mod disposition;
+mod objects;
+
+use disposition::{chain, ensure_ours};
+#[cfg(test)]
+use disposition::{handler_address, zeroed_action};
+pub(crate) use disposition::{install, reinstalled, usable};
+pub(crate) use objects::{exported_name, in_system_library, offset_in_executable};
 
 #[cfg(test)]
 mod tests;

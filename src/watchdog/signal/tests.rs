@@ -2,7 +2,7 @@
 
 use super::*;
 use std::sync::atomic::AtomicBool;
-use std::sync::mpsc;
+use std::sync::{mpsc, OnceLock};
 
 /// A handler of this signal that claims a request waits until this is cleared (0): a stuck
 /// handler, on demand.
