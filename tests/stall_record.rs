@@ -94,6 +94,7 @@ fn assert_full_record(report: &Report, label: &str, blocker: &str) {
     let stack = entry["top_stacks"][0]["stack"].as_str().unwrap_or_default();
     assert!(stack.contains(blocker), "{entry:#}");
     assert!(!stack.contains("[unknown]"), "{entry:#}");
+    assert!(!stack.contains("(uncertain)"), "{entry:#}");
 
     let text = report.to_text();
     let stalls_line = format!("stalls {}: 1, in ", label.escape_debug());

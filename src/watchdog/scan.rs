@@ -18,9 +18,13 @@ use super::activity::Registers;
 use super::signal::RawStack;
 use super::unwind;
 
+/// The stack bytes first read from the stack pointer up: the frames of a release build's
+/// stall, usually. A walk that needs more reads again, up to [`MAX_SCAN_BYTES`].
+const SCAN_BYTES: usize = 32 * 1024;
+
 /// The most stack bytes read from the stack pointer up: deep enough for the frames between a
 /// watched poll and the system call in a debug build, small enough to read in microseconds.
-const SCAN_BYTES: usize = 256 * 1024;
+const MAX_SCAN_BYTES: usize = 256 * 1024;
 
 /// How long the list of mappings is trusted before it is read again (threads started later
 /// have their stacks elsewhere).
@@ -56,19 +60,26 @@ impl Scanner {
                 self.mapping(registers.sp).map(|(_, end)| end)?
             }
         };
-        let length = (stack_end - registers.sp).min(SCAN_BYTES);
         if self.mem.is_none() {
             self.mem = File::open("/proc/self/mem").ok();
         }
         let mem = self.mem.as_ref()?;
-        self.buffer.resize(length, 0);
-        let read = read_fully(mem, &mut self.buffer, registers.sp);
-        let copied = unwind::unwind_copied(
-            registers.pc,
-            registers.sp,
-            &self.buffer[..read],
-            &mut self.scratch,
-        );
+        let mut length = (stack_end - registers.sp).min(SCAN_BYTES);
+        let copied = loop {
+            self.buffer.resize(length, 0);
+            let read = read_fully(mem, &mut self.buffer, registers.sp);
+            let copied = unwind::unwind_copied(
+                registers.pc,
+                registers.sp,
+                &self.buffer[..read],
+                &mut self.scratch,
+            );
+            let longer = (stack_end - registers.sp).min(MAX_SCAN_BYTES);
+            if !copied.beyond_copy || read < length || length >= longer {
+                break copied;
+            }
+            length = longer;
+        };
         Some(RawStack {
             pc: registers.pc,
             uncertain_from: copied.uncertain_from,

@@ -60,6 +60,8 @@ impl Sink for Vec<usize> {
 pub(crate) struct Copied {
     pub(crate) ips: Vec<usize>,
     pub(crate) uncertain_from: usize,
+    /// The walk asked for memory past the end of the copy: a longer copy may go further.
+    pub(crate) beyond_copy: bool,
 }
 
 #[cfg(not(target_arch = "x86_64"))]
@@ -92,6 +94,7 @@ mod fallback {
         Copied {
             ips: vec![pc],
             uncertain_from: 1,
+            beyond_copy: false,
         }
     }
 }
@@ -151,6 +154,8 @@ mod imp {
         objects: Vec<Object>,
         /// The loader's count of objects ever added when this was built (`dlpi_adds`).
         adds: u64,
+        /// The lowest and highest code address of all the objects.
+        code_span: (usize, usize),
     }
 
     static PROCESS: AtomicPtr<Process> = AtomicPtr::new(std::ptr::null_mut());
@@ -245,10 +250,16 @@ mod imp {
                 unwinder.add_module(module);
             }
         }
+        let code = objects.iter().flat_map(|object| object.code.iter());
+        let code_span = (
+            code.clone().map(|code| code.start).min().unwrap_or(0),
+            code.map(|code| code.end).max().unwrap_or(0),
+        );
         Process {
             unwinder,
             objects,
             adds,
+            code_span,
         }
     }
 
@@ -414,16 +425,19 @@ mod imp {
         let mut copied = Copied {
             ips: vec![pc],
             uncertain_from: usize::MAX,
+            beyond_copy: false,
         };
         let Some(process) = current() else {
             copied.uncertain_from = copied.ips.len();
             return copied;
         };
+        let mut beyond_copy = false;
         let mut read = |address: u64| -> Result<u64, ()> {
             let offset = (address as usize).checked_sub(sp).ok_or(())?;
-            let bytes = stack
-                .get(offset..offset.checked_add(8).ok_or(())?)
-                .ok_or(())?;
+            let Some(bytes) = stack.get(offset..offset.checked_add(8).ok_or(())?) else {
+                beyond_copy = true;
+                return Err(());
+            };
             let mut word = [0u8; 8];
             word.copy_from_slice(bytes);
             Ok(u64::from_le_bytes(word))
@@ -469,6 +483,7 @@ mod imp {
         if copied.uncertain_from == usize::MAX {
             copied.uncertain_from = copied.ips.len();
         }
+        copied.beyond_copy = beyond_copy;
         copied
     }
 
@@ -477,48 +492,62 @@ mod imp {
     /// saved its caller's frame pointer and return address, such that the return address
     /// follows a direct call to the start of the frame's function (certain), or else follows
     /// an indirect call and the walk goes on from there (uncertain).
-    fn recover(
+    fn recover<R: FnMut(u64) -> Result<u64, ()>>(
         process: &Process,
         address: FrameAddress,
         regs: UnwindRegsX86_64,
-        read: &mut impl FnMut(u64) -> Result<u64, ()>,
+        read: &mut R,
         cache: &mut Cache,
     ) -> Option<(u64, UnwindRegsX86_64, bool)> {
         let function = process
             .function_range(address.address_for_lookup() as usize)
             .map(|range| range.start);
+        // Only a function that keeps a frame pointer needs one (its rule reads `rbp`); any
+        // other frame's walk ended or failed for a reason of its own (the thread's start).
+        if !function.is_some_and(|function| process.keeps_frame_pointer(function)) {
+            return None;
+        }
+        let function = function?;
         let sp = regs.sp();
         let mut indirect = None;
+        // Places followed by a direct call elsewhere, for the tail-call pass.
+        let mut elsewhere: Vec<(u64, u64, usize)> = Vec::new();
+        // The step with `bp` as the frame pointer, if it leads to `return_address`.
+        let mut confirm = |bp: u64, return_address: u64, read: &mut R| {
+            let mut after = regs;
+            after.set_bp(bp);
+            match process
+                .unwinder
+                .unwind_frame(address, &mut after, cache, read)
+            {
+                Ok(Some(next)) if next == return_address => Some((next, after)),
+                _ => None,
+            }
+        };
         for offset in (0..MAX_FRAME_BYTES as u64).step_by(8) {
             let bp = sp + offset;
             let Ok(return_address) = read(bp + 8) else {
                 break;
             };
-            let call = process.call_before(return_address as usize);
-            let fits = match call {
-                Call::None => continue,
-                // The frame's own function, or one that tail-calls it (`jmp` to it: the caller
-                // called a function that left no frame of its own).
-                Call::Direct(target) => function.is_some_and(|function| {
-                    function == target || process.jumps_to(target, function)
-                }),
-                Call::Indirect | Call::Through(_) => {
-                    if indirect.is_none() {
-                        indirect = Some(bp);
+            match process.call_before(return_address as usize) {
+                Call::None => {}
+                Call::Direct(target) if target == function => {
+                    if let Some((next, after)) = confirm(bp, return_address, read) {
+                        return Some((next, after, true));
                     }
-                    continue;
                 }
-            };
-            if !fits {
-                continue;
+                Call::Direct(target) => elsewhere.push((bp, return_address, target)),
+                Call::Indirect | Call::Through(_) => {
+                    indirect = indirect.or(Some(bp));
+                }
             }
-            let mut after = regs;
-            after.set_bp(bp);
-            if let Ok(Some(next)) = process
-                .unwinder
-                .unwind_frame(address, &mut after, cache, read)
-            {
-                if next == return_address {
+        }
+        // A call to a function that tail-calls the frame's own (`jmp` to it): the caller called
+        // a function that left no frame of its own. Read from code, so only where no direct
+        // call to the function itself was found.
+        for (bp, return_address, target) in elsewhere {
+            if process.jumps_to(target, function) {
+                if let Some((next, after)) = confirm(bp, return_address, read) {
                     return Some((next, after, true));
                 }
             }
@@ -579,6 +608,25 @@ mod imp {
             Some(start..start.saturating_add(fde.len() as usize))
         }
 
+        /// Whether the function that starts at `start` sets up a frame pointer: `push rbp; mov
+        /// rbp, rsp`, after an `endbr64` where there is one.
+        fn keeps_frame_pointer(&self, start: usize) -> bool {
+            const ENDBR64: [u8; 4] = [0xF3, 0x0F, 0x1E, 0xFA];
+            const PROLOGUE: [u8; 4] = [0x55, 0x48, 0x89, 0xE5];
+            let Some(code) = self
+                .object_of(start)
+                .and_then(|object| object.code.iter().find(|code| code.contains(&start)))
+            else {
+                return false;
+            };
+            let end = (start + 8).min(code.end);
+            // SAFETY: at most 8 bytes from the function's start, inside its executable segment,
+            // mapped for the object's life.
+            let bytes = unsafe { std::slice::from_raw_parts(start as *const u8, end - start) };
+            let bytes = bytes.strip_prefix(&ENDBR64).unwrap_or(bytes);
+            bytes.starts_with(&PROLOGUE)
+        }
+
         /// Whether the function that starts at `caller` jumps to `callee` (a tail call: `jmp
         /// rel32`, or `jmp *disp32(%rip)` through the global offset table), read from its code
         /// within the bounds its unwind table entry gives.
@@ -626,22 +674,32 @@ mod imp {
 
         /// The call instruction the return address `address` follows, read from the code.
         fn call_before(&self, address: usize) -> Call {
+            // Most words of a stack are not code addresses: out before any look-up.
+            if !(self.code_span.0..self.code_span.1).contains(&address) {
+                return Call::None;
+            }
             let Some(code) = self
                 .object_of(address)
                 .and_then(|object| object.code.iter().find(|code| code.contains(&address)))
             else {
                 return Call::None;
             };
-            if address < code.start + 8 {
+            if address < code.start + 16 {
                 return Call::None;
             }
-            let mut before = [0u8; 8];
-            // SAFETY: the 8 bytes before `address` lie in the same executable segment, mapped
+            let mut before = [0u8; 16];
+            // SAFETY: the 16 bytes before `address` lie in the same executable segment, mapped
             // for the object's life.
             unsafe {
-                std::ptr::copy_nonoverlapping((address - 8) as *const u8, before.as_mut_ptr(), 8)
+                std::ptr::copy_nonoverlapping((address - 16) as *const u8, before.as_mut_ptr(), 16)
             };
-            match call_kind(&before, address) {
+            let mut last = [0u8; 8];
+            last.copy_from_slice(&before[8..]);
+            let call = match call_kind(&last, address) {
+                Call::Indirect => loaded_then_called(&before, address).unwrap_or(Call::Indirect),
+                call => call,
+            };
+            match call {
                 Call::Through(slot) => self.read_pointer(slot).map_or(Call::Indirect, Call::Direct),
                 call => call,
             }
@@ -657,6 +715,31 @@ mod imp {
             // SAFETY: 8 bytes inside a loaded segment, mapped for the object's life.
             Some(unsafe { std::ptr::read_unaligned(slot as *const usize) })
         }
+    }
+
+    /// A call through a register just loaded from a known place, as a debug build calls
+    /// another crate's function: `mov disp32(%rip), %reg` then `call *%reg`, ending at `address`
+    /// (the 16 bytes before it in `before`).
+    pub(crate) fn loaded_then_called(before: &[u8; 16], address: usize) -> Option<Call> {
+        // `call *%reg`: FF D0+r, or 41 FF D0+r for r8-r15; the `mov` before it: 48 8B, or 4C 8B
+        // for r8-r15, then a ModRM byte 00 reg 101 (RIP-relative) and the displacement.
+        let (call_length, extended) = match before {
+            [.., 0x41, 0xFF, r] if r & 0xF8 == 0xD0 => (3, true),
+            [.., 0xFF, r] if r & 0xF8 == 0xD0 => (2, false),
+            _ => return None,
+        };
+        let register = before[15] & 7;
+        let mov = &before[16 - call_length - 7..16 - call_length];
+        let rex = if extended { 0x4C } else { 0x48 };
+        if mov[0] != rex || mov[1] != 0x8B || mov[2] != 0x05 | register << 3 {
+            return None;
+        }
+        let offset = i32::from_le_bytes([mov[3], mov[4], mov[5], mov[6]]);
+        // RIP-relative to the end of the `mov`, which is where the call begins.
+        let after_mov = address - call_length;
+        Some(Call::Through(
+            after_mov.wrapping_add_signed(offset as isize),
+        ))
     }
 
     /// The call instruction the 8 bytes before `address` end with, if any.
@@ -697,7 +780,29 @@ mod imp {
 
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
-    use super::imp::{call_kind, Call};
+    use super::imp::{call_kind, loaded_then_called, Call};
+
+    #[test]
+    fn a_call_through_a_register_loaded_from_the_got_is_read() {
+        // mov 0x10(%rip),%rax ; call *%rax   (ends at 0x1010: the mov's operand is 0x100e+0x10)
+        let mut before = [0x90u8; 16];
+        before[7..].copy_from_slice(&[0x48, 0x8B, 0x05, 0x10, 0, 0, 0, 0xFF, 0xD0]);
+        assert_eq!(
+            loaded_then_called(&before, 0x1010),
+            Some(Call::Through(0x100e + 0x10))
+        );
+        // mov 0x20(%rip),%r11 ; call *%r11
+        let mut before = [0x90u8; 16];
+        before[6..].copy_from_slice(&[0x4C, 0x8B, 0x1D, 0x20, 0, 0, 0, 0x41, 0xFF, 0xD3]);
+        assert_eq!(
+            loaded_then_called(&before, 0x1010),
+            Some(Call::Through(0x100d + 0x20))
+        );
+        // A register loaded with another one, or from elsewhere, is not followed.
+        let mut before = [0x90u8; 16];
+        before[7..].copy_from_slice(&[0x48, 0x8B, 0x0D, 0x10, 0, 0, 0, 0xFF, 0xD0]);
+        assert_eq!(loaded_then_called(&before, 0x1010), None);
+    }
 
     #[test]
     fn call_instructions_are_recognised() {
