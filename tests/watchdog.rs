@@ -735,7 +735,7 @@ mod tasks {
         });
         assert!(panicked.unwrap_err().is_panic());
 
-        let waiting = common::CpuWaitSince::of(common::tids_named("tokio-runtime-w"));
+        let waiting = common::CpuWaitSince::of(Vec::new(), &["tokio-rt-worker"]);
         let started = Arc::new(OnceLock::new());
         let start = started.clone();
         let (task, line) = rt.block_on(async move {
@@ -782,7 +782,7 @@ mod tasks {
             .build()
             .unwrap();
         let rt = instrumented(&detector);
-        let waiting = common::CpuWaitSince::of(common::tids_named("tokio-runtime-w"));
+        let waiting = common::CpuWaitSince::of(Vec::new(), &["tokio-rt-worker"]);
         let watched = detector.clone();
         // When the task's poll and the inner poll started, on the worker.
         let (task_started, inner_started) = (Arc::new(OnceLock::new()), Arc::new(OnceLock::new()));

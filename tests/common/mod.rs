@@ -270,24 +270,61 @@ pub fn assert_capture_failures(
 
 /// The time some threads of this process waited for a CPU from now on ([`cpu_wait`]).
 pub struct CpuWaitSince {
+    /// The threads' ids, and names of threads counted too (from their start if they start
+    /// later: tokio starts its blocking threads on demand).
     tids: Vec<String>,
-    before: std::time::Duration,
+    names: Vec<String>,
+    before: Vec<(String, std::time::Duration)>,
 }
 
 impl CpuWaitSince {
     /// From now on, for the calling thread.
     pub fn here() -> Self {
-        Self::of(vec![this_tid()])
+        Self::of(vec![this_tid()], &[])
     }
 
-    /// From now on, for the threads `tids`.
-    pub fn of(tids: Vec<String>) -> Self {
-        let before = cpu_wait(&tids);
-        Self { tids, before }
+    /// From now on, for the threads `tids` and every thread named one of `names` (`comm`).
+    pub fn of(tids: Vec<String>, names: &[&str]) -> Self {
+        let names: Vec<String> = names.iter().map(|name| name.to_string()).collect();
+        let mut since = Self {
+            tids,
+            names,
+            before: Vec::new(),
+        };
+        since.before = since
+            .threads()
+            .into_iter()
+            .map(|tid| {
+                let waited = cpu_wait(std::slice::from_ref(&tid));
+                (tid, waited)
+            })
+            .collect();
+        since
     }
 
-    /// How long they waited for a CPU since.
+    fn threads(&self) -> Vec<String> {
+        let mut tids = self.tids.clone();
+        for name in &self.names {
+            tids.extend(tids_named(name));
+        }
+        tids.sort();
+        tids.dedup();
+        tids
+    }
+
+    /// How long they waited for a CPU since (a thread gone by now counts nothing: call this
+    /// while the signalled threads live).
     pub fn waited(&self) -> std::time::Duration {
-        cpu_wait(&self.tids).saturating_sub(self.before)
+        self.threads()
+            .into_iter()
+            .map(|tid| {
+                let before = self
+                    .before
+                    .iter()
+                    .find(|(old, _)| *old == tid)
+                    .map_or(std::time::Duration::ZERO, |(_, waited)| *waited);
+                cpu_wait(std::slice::from_ref(&tid)).saturating_sub(before)
+            })
+            .sum()
     }
 }
