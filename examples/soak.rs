@@ -5,8 +5,8 @@
 //! route, every request must have been answered with a 2xx, and resident memory after warm-up
 //! must grow by less than 5 %; in the second phase every request of the stalling route must be
 //! counted as exactly one stall and first reported while it blocks (within its 100 ms: five
-//! times the watchdog's threshold), and no stack capture may fail (a timeout only as the
-//! server's threads' waits for a CPU explain). Exits non-zero if any check fails.
+//! times the watchdog's threshold), and no stack capture may fail (a timeout or a stuck handler
+//! only as the server's threads' waits for a CPU explain). Exits non-zero if any check fails.
 //!
 //! ```sh
 //! cargo run --release --example soak -- --seconds 60     # CI's short run
@@ -257,17 +257,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             first.len()
         ));
     }
-    // A capture of a thread on a CPU is answered in microseconds: each timeout means the thread
-    // waited for a CPU at least the sample's capture timeout (a quarter of the threshold).
+    // A capture of a thread on a CPU is answered in microseconds, and its handler only walks
+    // the stack: each timeout means the thread waited for a CPU at least the sample's capture
+    // timeout (a quarter of the threshold), each stuck handler four times that.
     let allowed = (waited.as_nanos() / (WATCHDOG / 4).as_nanos()) as u64;
     println!(
         "the server's threads waited {waited:?} for a CPU: {allowed} capture timeouts allowed"
     );
-    if stats.captures_stuck != 0
-        || stats.captures_busy != 0
+    if stats.captures_busy != 0
         || stats.captures_displaced != 0
         || stats.captures_unsent != 0
-        || stats.captures_timeout > allowed
+        || stats.captures_timeout + 4 * stats.captures_stuck > allowed
     {
         failures.push(format!(
             "captures failed: {} stuck, {} overlapping, {} displaced, {} unsent, {} timed out \
