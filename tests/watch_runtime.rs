@@ -390,9 +390,9 @@ fn a_blocking_closure_is_not_a_task_stall() {
     let rt = watched_runtime(&detector);
     let waiting = runtime_threads();
     // The control first: the same two blocks in tasks on this runtime are both task stalls,
-    // reported within twice the threshold. (Run after the blocking closures, in a debug build,
-    // they were first reported 2.5 to 3.7 thresholds into their polls: the first task stalls of
-    // a process whose blocking pool the watchdog sampled before come late.)
+    // reported within twice the threshold. (Run after the blocking closures, they were first
+    // reported 2.5 to 3.7 thresholds into their polls in every run here; first, in one run of
+    // three: a worker sampled between two polls is left alone for two thresholds.)
     let refresh_started = Arc::new(Mutex::new(None));
     let rebuild_started = Arc::new(Mutex::new(None));
     let (refresh, rebuild) = (
