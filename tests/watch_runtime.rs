@@ -2,6 +2,8 @@
 //! function, with no false stall under a load of short polls.
 #![cfg(target_os = "linux")]
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,6 +25,21 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 
 /// What `on_hog` saw: each stall event with the time it arrived.
 type Seen = Arc<Mutex<Vec<(Instant, HogEvent)>>>;
+
+/// The threads a watched runtime's poll may run on from now on: tokio's workers and blocking
+/// threads, and this one (a current-thread runtime's), for [`assert_captures`].
+fn runtime_threads() -> common::CpuWaitSince {
+    common::CpuWaitSince::of(vec![common::this_tid()], &["tokio-rt-worker"])
+}
+
+/// Checks every failure kind of `detector`'s captures; a timeout only if the runtime's threads
+/// waited for a CPU a quarter of the threshold (a sample's capture timeout) for it. Call it
+/// before the runtime is dropped (its threads' waits go with them).
+fn assert_captures(detector: &Detector, waiting: &common::CpuWaitSince) {
+    let stats = detector.watchdog_stats().unwrap();
+    let timeout = std::time::Duration::from_micros(stats.threshold_us) / 4;
+    common::assert_capture_failures(&stats, waiting.waited(), timeout);
+}
 
 fn detector() -> (Detector, Seen) {
     detector_with(WATCHDOG)
@@ -79,6 +96,7 @@ fn is_std_sleep(frame: &str) -> bool {
 /// Runs both tasks on `rt` and checks each stall: reported within 2x the watchdog threshold of
 /// the task's start, named after the task's function, with a stack containing the sleep.
 fn both_stalls_are_reported(rt: tokio::runtime::Runtime, detector: &Detector, seen: &Seen) {
+    let waiting = runtime_threads();
     let refresh_started = Arc::new(Mutex::new(None));
     let consume_started = Arc::new(Mutex::new(None));
     let (refresh, consume) = (refresh_started.clone(), consume_started.clone());
@@ -88,6 +106,7 @@ fn both_stalls_are_reported(rt: tokio::runtime::Runtime, detector: &Detector, se
         a.await.unwrap();
         b.await.unwrap();
     });
+    assert_captures(detector, &waiting);
     drop(rt);
     let events = seen.lock().unwrap().clone();
     for (function, culprit, started) in [
@@ -146,13 +165,26 @@ fn parked_workers_are_never_sampled() {
     let _serial = serial();
     let (detector, seen) = detector();
     let rt = watched_runtime(&detector);
-    rt.block_on(async {
-        // Idle for 20 thresholds: the workers park and stay parked.
-        tokio::time::sleep(20 * WATCHDOG).await;
-    });
+    let waiting = runtime_threads();
+    let idle = || {
+        rt.block_on(async {
+            // Idle for 20 thresholds: the workers park and stay parked.
+            tokio::time::sleep(20 * WATCHDOG).await;
+        })
+    };
+    idle();
     let stats = detector.watchdog_stats().unwrap();
     assert_eq!(stats.captures_requested, 0, "{stats:?}");
     assert!(seen.lock().unwrap().is_empty());
+    // The control: a task spinning on a worker of the same runtime is sampled and reported.
+    a_real_stall_is_reported(&rt, &detector, &seen);
+    let sampled = detector.watchdog_stats().unwrap().captures_requested;
+    assert!(sampled > 0, "{:?}", detector.watchdog_stats());
+    // And once its workers park again, they are left alone again.
+    idle();
+    let stats = detector.watchdog_stats().unwrap();
+    assert_eq!(stats.captures_requested, sampled, "{stats:?}");
+    assert_captures(&detector, &waiting);
 }
 
 #[test]
@@ -209,13 +241,48 @@ fn drive(rt: &tokio::runtime::Runtime, load: Duration, batch: usize, work: Durat
     })
 }
 
-/// Runs `load` on a runtime watched at `threshold`, then checks it made no stall.
+/// Runs `load` on a runtime watched at `threshold`, then checks it made no stall, and that a
+/// real stall on the same runtime is reported.
 fn no_stall_while(threshold: Duration, load: impl FnOnce(&tokio::runtime::Runtime)) {
     let (detector, seen) = detector_with(threshold);
     let rt = watched_runtime(&detector);
+    let waiting = runtime_threads();
     load(&rt);
-    drop(rt);
     assert_no_stall(&detector, &seen);
+    a_real_stall_is_reported(&rt, &detector, &seen);
+    assert_captures(&detector, &waiting);
+}
+
+/// The control of a test that nothing is a stall: on the same runtime, a task spinning for
+/// `BLOCK` is reported within twice the threshold of its start, under its function's name.
+fn a_real_stall_is_reported(rt: &tokio::runtime::Runtime, detector: &Detector, seen: &Seen) {
+    let started = Arc::new(Mutex::new(None));
+    let task = rebuild_index(started.clone());
+    rt.block_on(async { tokio::spawn(task).await.unwrap() });
+    let started = started.lock().unwrap().expect("the task ran");
+    let events = seen.lock().unwrap();
+    let (at, event) = events
+        .iter()
+        .find(|(at, _)| *at >= started)
+        .unwrap_or_else(|| {
+            panic!(
+                "the control's stall was not reported: {events:#?}\n{:?}",
+                detector.watchdog_stats()
+            )
+        });
+    // A release build may inline the `async fn` into tokio's harness (see the guide).
+    assert!(
+        matches!(
+            &*event.label,
+            "task watch_runtime::rebuild_index" | "task watch_runtime::crunch_in_rebuild"
+        ),
+        "{events:#?}"
+    );
+    let late = at.duration_since(started);
+    assert!(
+        late <= 2 * event.threshold,
+        "the control's stall reported {late:?} after its start: {event:#?}"
+    );
 }
 
 /// No stall event and no stall in the report, though the workers were sampled.
@@ -244,11 +311,11 @@ fn a_load_of_short_polls_is_never_a_stall() {
     let started = Instant::now();
     // Both workers stay busy, running the same code at the same stack depth poll after poll,
     // and never park.
+    let waiting = runtime_threads();
     let polls = drive(&rt, LOAD, 64, Duration::from_micros(100));
     assert!(polls > 10_000, "{polls} polls");
     let elapsed = started.elapsed();
     let watchdog_ns = watchdog_cpu().saturating_sub(watchdog_before);
-    drop(rt);
     assert_no_stall(&detector, &seen);
     let stats = detector.watchdog_stats().unwrap();
     // At most one sample per worker per half threshold.
@@ -268,6 +335,8 @@ fn a_load_of_short_polls_is_never_a_stall() {
         watchdog_ns as f64 / elapsed.as_nanos() as f64 * 100.0,
         watchdog_ns as f64 / 1e3 / stats.captures_requested.max(1) as f64,
     );
+    a_real_stall_is_reported(&rt, &detector, &seen);
+    assert_captures(&detector, &waiting);
 }
 
 /// Polls of a tenth of the threshold back to back: tokio publishes a worker's busy time every 61
@@ -319,19 +388,58 @@ fn a_blocking_closure_is_not_a_task_stall() {
     let _serial = serial();
     let (detector, seen) = detector();
     let rt = watched_runtime(&detector);
+    let waiting = runtime_threads();
+    // The control first: the same two blocks in tasks on this runtime are both task stalls,
+    // reported within twice the threshold. (Run after the blocking closures, they were first
+    // reported 2.5 to 3.7 thresholds into their polls in every run here; first, in one run of
+    // three: a worker sampled between two polls is left alone for two thresholds.)
+    let refresh_started = Arc::new(Mutex::new(None));
+    let rebuild_started = Arc::new(Mutex::new(None));
+    let (refresh, rebuild) = (
+        refresh_cache(refresh_started.clone()),
+        rebuild_index(rebuild_started.clone()),
+    );
+    rt.block_on(async {
+        let a = tokio::spawn(refresh);
+        let b = tokio::spawn(rebuild);
+        a.await.unwrap();
+        b.await.unwrap();
+    });
+    let control = seen.lock().unwrap().clone();
+    for (started, functions) in [
+        (&refresh_started, ["refresh_cache", "sleep_in_refresh"]),
+        (&rebuild_started, ["rebuild_index", "crunch_in_rebuild"]),
+    ] {
+        let started = started.lock().unwrap().expect("the task ran");
+        let labels = functions.map(|function| format!("task watch_runtime::{function}"));
+        // A release build may inline the `async fn` into tokio's harness (see the guide).
+        let (at, _) = control
+            .iter()
+            .find(|(_, event)| labels.iter().any(|label| *event.label == **label))
+            .unwrap_or_else(|| panic!("no stall for {labels:?}: {control:#?}"));
+        let late = at.duration_since(started);
+        assert!(
+            late <= 2 * WATCHDOG,
+            "{labels:?} reported {late:?} after its start: {control:#?}"
+        );
+    }
+    assert_eq!(control.len(), 2, "{control:#?}");
+    let stalls_before = stalled(&detector);
+    let sampled_before = detector.watchdog_stats().unwrap().captures_requested;
+
     rt.block_on(async {
         let sleeper = tokio::task::spawn_blocking(|| sleep_in_refresh(BLOCK));
         let spinner = tokio::task::spawn_blocking(|| crunch_in_rebuild(BLOCK));
         sleeper.await.unwrap();
         spinner.await.unwrap();
     });
-    drop(rt);
-    assert!(
-        seen.lock().unwrap().is_empty(),
-        "{:#?}",
-        seen.lock().unwrap()
-    );
-    assert_eq!(stalled(&detector), []);
+    // The spinning blocking thread was looked at (signalled for its stack) and left alone.
+    let stats = detector.watchdog_stats().unwrap();
+    assert!(stats.captures_requested > sampled_before, "{stats:?}");
+    let events = seen.lock().unwrap().clone();
+    assert_eq!(events.len(), control.len(), "{events:#?}");
+    assert_eq!(stalled(&detector), stalls_before);
+    assert_captures(&detector, &waiting);
 }
 
 /// Two current-thread runtimes built one after the other on the same thread, each blocked by a
@@ -340,13 +448,23 @@ fn a_blocking_closure_is_not_a_task_stall() {
 fn a_runtime_built_after_another_on_the_same_thread_is_watched() {
     let _serial = serial();
     let (detector, seen) = detector();
-    for _ in 0..2 {
+    let waiting = runtime_threads();
+    for round in 0..2 {
         let rt = watched_current_thread_runtime(&detector);
+        // Just before the task starts: a bound from here holds from its start too.
+        let started = Instant::now();
         rt.block_on(async { tokio::spawn(warm_cache()).await.unwrap() });
         drop(rt);
+        let events = seen.lock().unwrap();
+        assert_eq!(events.len(), round + 1, "{events:#?}");
+        let (at, event) = &events[round];
+        let late = at.duration_since(started);
+        assert!(
+            late <= 2 * WATCHDOG,
+            "round {round}: reported {late:?} after the task started: {event:#?}"
+        );
     }
-    let events = seen.lock().unwrap();
-    assert_eq!(events.len(), 2, "{events:#?}");
+    assert_captures(&detector, &waiting);
 }
 
 /// The CPU time of this process's `hogwatch-watchdog` threads so far (`/proc`, in ns).
@@ -403,8 +521,14 @@ fn a_watched_future_stall_is_counted_once_under_its_own_label() {
     let _serial = serial();
     let (detector, seen) = detector();
     let rt = watched_runtime(&detector);
-    let watched = detector.watch("refresh", async { sleep_in_refresh(BLOCK) });
-    rt.block_on(async move { tokio::spawn(watched).await.unwrap() });
+    let waiting = runtime_threads();
+    let watched = detector.watch("refresh", async {
+        let started = Instant::now();
+        sleep_in_refresh(BLOCK);
+        started
+    });
+    let started = rt.block_on(async move { tokio::spawn(watched).await.unwrap() });
+    assert_captures(&detector, &waiting);
     drop(rt);
     // The watched poll is published in the worker's slot: the watchdog reports it under its
     // label, and the runtime watchdog leaves that worker alone while it is published.
@@ -415,6 +539,9 @@ fn a_watched_future_stall_is_counted_once_under_its_own_label() {
         events.iter().all(|(_, event)| *event.label == *"refresh"),
         "{events:#?}"
     );
+    let (at, _) = events.first().expect("the stall was reported");
+    let late = at.duration_since(started);
+    assert!(late <= 2 * WATCHDOG, "reported {late:?} after its start");
 }
 
 #[cfg(feature = "axum")]
@@ -423,12 +550,16 @@ fn a_stalled_route_is_counted_once_under_its_route() {
     let _serial = serial();
     use tower::ServiceExt;
 
-    let (detector, _seen) = detector();
+    let (detector, seen) = detector();
     let rt = watched_runtime(&detector);
+    let waiting = runtime_threads();
+    let started = Arc::new(Mutex::new(None));
+    let start = started.clone();
     let app = axum::Router::new()
         .route(
             "/block",
-            axum::routing::get(|| async {
+            axum::routing::get(|| async move {
+                *start.lock().unwrap() = Some(Instant::now());
                 sleep_in_consume(BLOCK);
                 "done"
             }),
@@ -444,10 +575,17 @@ fn a_stalled_route_is_counted_once_under_its_route() {
         .await
         .unwrap()
     });
+    assert_captures(&detector, &waiting);
     drop(rt);
     assert_eq!(status, 200);
     assert_eq!(stalled(&detector), [("GET /block".to_string(), 1)]);
     assert_eq!(detector.watchdog_stats().unwrap().stalls, 1);
+    let started = started.lock().unwrap().expect("the handler ran");
+    let events = seen.lock().unwrap();
+    let (at, event) = events.first().expect("the stall was reported");
+    assert_eq!(&*event.label, "GET /block", "{events:#?}");
+    let late = at.duration_since(started);
+    assert!(late <= 2 * WATCHDOG, "reported {late:?} after its start");
 }
 
 /// With tokio's task hooks too, a task's poll is published under its spawn location: one stall,
@@ -456,7 +594,7 @@ fn a_stalled_route_is_counted_once_under_its_route() {
 #[test]
 fn with_instrument_runtime_a_task_stall_is_counted_once() {
     let _serial = serial();
-    let (detector, _seen) = detector();
+    let (detector, seen) = detector();
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.worker_threads(2).enable_all();
     detector.instrument_runtime(&mut builder);
@@ -465,16 +603,26 @@ fn with_instrument_runtime_a_task_stall_is_counted_once() {
         .unwrap()
         .build()
         .unwrap();
-    let line = rt.block_on(async {
+    let waiting = runtime_threads();
+    let (line, started) = rt.block_on(async {
         let line = line!() + 1;
-        let task = tokio::spawn(async { sleep_in_refresh(BLOCK) });
-        task.await.unwrap();
-        line
+        let task = tokio::spawn(async {
+            let started = Instant::now();
+            sleep_in_refresh(BLOCK);
+            started
+        });
+        (line, task.await.unwrap())
     });
+    assert_captures(&detector, &waiting);
     drop(rt);
     let label = format!("task {}:{line}", file!());
-    assert_eq!(stalled(&detector), [(label, 1)]);
+    assert_eq!(stalled(&detector), [(label.clone(), 1)]);
     assert_eq!(detector.watchdog_stats().unwrap().stalls, 1);
+    let events = seen.lock().unwrap();
+    let (at, event) = events.first().expect("the stall was reported");
+    assert_eq!(*event.label, *label, "{events:#?}");
+    let late = at.duration_since(started);
+    assert!(late <= 2 * WATCHDOG, "reported {late:?} after its start");
 }
 
 /// A background task blocking its worker for 300 ms.
@@ -489,9 +637,11 @@ fn a_300_ms_stall_right_after_build_is_reported_while_it_lasts() {
     let _serial = serial();
     let (detector, seen) = detector();
     let rt = watched_runtime(&detector);
+    let waiting = runtime_threads();
     let started = Instant::now();
     rt.block_on(async { tokio::spawn(warm_cache()).await.unwrap() });
     let ended = Instant::now();
+    assert_captures(&detector, &waiting);
     drop(rt);
     let events = seen.lock().unwrap();
     assert_eq!(events.len(), 1, "{events:#?}");
@@ -544,9 +694,11 @@ fn a_task_spinning_on_the_cpu_is_reported_and_named() {
     let _serial = serial();
     let (detector, seen) = detector();
     let rt = watched_runtime(&detector);
+    let waiting = runtime_threads();
     let started = Arc::new(Mutex::new(None));
     let task = rebuild_index(started.clone());
     rt.block_on(async { tokio::spawn(task).await.unwrap() });
+    assert_captures(&detector, &waiting);
     drop(rt);
     let started = started.lock().unwrap().expect("the task ran");
     let events = seen.lock().unwrap();
@@ -603,6 +755,7 @@ fn a_blocking_read_right_after_build_is_reported_and_not_interrupted() {
     let rt = watched_runtime(&detector);
     let started = Instant::now();
     let read = rt.block_on(async { tokio::spawn(fetch_config()).await.unwrap() });
+    common::assert_no_failed_captures(&detector.watchdog_stats().unwrap());
     drop(rt);
     let error = read.expect_err("nothing was written");
     assert_eq!(error.kind(), std::io::ErrorKind::WouldBlock, "{error}");
@@ -645,6 +798,7 @@ fn a_stall_beside_a_worker_that_serves_and_parks_is_reported() {
     let _serial = serial();
     let (detector, seen) = detector();
     let rt = watched_runtime(&detector);
+    let waiting = runtime_threads();
     let started = Arc::new(Mutex::new(None));
     let task = refresh_cache(started.clone());
     rt.block_on(async {
@@ -660,6 +814,7 @@ fn a_stall_beside_a_worker_that_serves_and_parks_is_reported() {
         blocked.await.unwrap();
         serving.await.unwrap();
     });
+    assert_captures(&detector, &waiting);
     drop(rt);
     let started = started.lock().unwrap().expect("the task ran");
     let events = seen.lock().unwrap();

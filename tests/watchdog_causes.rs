@@ -31,22 +31,40 @@ fn current_thread() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-fn detector() -> Detector {
+fn detector(log: &common::StallLog) -> Detector {
     Detector::builder()
         .threshold(Duration::from_millis(50))
         .watchdog(WATCHDOG)
+        .on_hog(log.on_hog())
         .build()
         .unwrap()
 }
 
-/// Runs `block` inside one watched poll labelled `label` and returns its entry.
-fn stalled<T>(label: &str, block: impl FnOnce() -> T) -> Entry {
-    let detector = detector();
-    let result = current_thread().block_on(detector.watch(label, async move { block() }));
+/// How soon a stall must first be reported, from the start of its block: twice the threshold
+/// (the watchdog looks every quarter of it; one test runs at a time here).
+const PROMPTLY: Duration = Duration::from_millis(2 * 50);
+
+/// Runs `block` inside one watched poll labelled `label` on this thread and returns its entry,
+/// once every stack it took is named. Checks that the stall was first reported within `bound`
+/// of the block's start by the clock (and within `PROMPTLY` by the duration the event states:
+/// when the watchdog saw it), and every failure kind of the captures (timeouts only as many as
+/// this thread's waits for a CPU explain).
+fn stalled<T>(label: &str, bound: Duration, block: impl FnOnce() -> T) -> Entry {
+    let log = common::StallLog::default();
+    let detector = detector(&log);
+    let tid = common::this_tid();
+    let waited_before = common::cpu_wait(std::slice::from_ref(&tid));
+    let (started, result) = current_thread().block_on(detector.watch(label, async move {
+        let started = std::time::Instant::now();
+        (started, block())
+    }));
+    let waited = common::cpu_wait(std::slice::from_ref(&tid)) - waited_before;
     black_box(result);
+    let first = log.assert_first_within(label, started, bound);
+    assert!(first.duration <= PROMPTLY, "{first:#?}");
     // The samples are counted as they are taken; their stacks are named by the naming thread,
     // which may still be loading the debug information (a second or so in a debug build): wait
-    // (10 s at most) until every stack taken is named.
+    // until every stack taken is named (the count stands still across 200 ms), 10 s at most.
     let named = |entry: &Entry| {
         entry
             .top_stacks
@@ -56,17 +74,22 @@ fn stalled<T>(label: &str, block: impl FnOnce() -> T) -> Entry {
     };
     let start = std::time::Instant::now();
     let mut last = None;
-    loop {
+    let entry = loop {
         let entry = detector.report().entry(label).cloned().unwrap();
         if last == Some(named(&entry)) && !entry.top_culprits.is_empty() {
-            return entry;
+            break entry;
         }
-        if start.elapsed() > Duration::from_secs(10) {
-            return entry;
-        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{label}: stacks not named within 10 s: {entry:#?}"
+        );
         last = Some(named(&entry));
         std::thread::sleep(Duration::from_millis(200));
-    }
+    };
+    let stats = detector.watchdog_stats().unwrap();
+    assert_eq!(stats.stalls, 1, "{stats:?}");
+    common::assert_capture_failures(&stats, waited, WATCHDOG / 4);
+    entry
 }
 
 /// Checks that `cause` is the top cause, in at least 9 of 10 samples, and that the culprit is
@@ -150,7 +173,7 @@ fn wait_for_the_child(child: &mut std::process::Child) -> bool {
 #[test]
 fn a_spin_is_cpu_and_on_the_cpu() {
     let _serial = serial();
-    let entry = stalled("spin", spin_a_while);
+    let entry = stalled("spin", PROMPTLY, spin_a_while);
     let share = cpu_share(&entry);
     if share >= 0.4 {
         assert_cause(&entry, "cpu", "crunch_numbers");
@@ -252,7 +275,11 @@ fn the_victim_of_an_oversubscribed_cpu_is_preempted() {
     }
     // 20 ms of CPU: at about 1 % of a CPU, a stall of a second or more.
     let rounds = rounds_for(Duration::from_millis(20));
-    let entry = stalled("victim", || {
+    // The watchdog, on the other CPU, sees the stall on time; its report waits for the
+    // signalled victim's stack, up to the report's 250 ms capture timeout (src/watchdog/mod.rs):
+    // a thread at nice 19 on an oversubscribed CPU may not run for that long.
+    let bound = PROMPTLY + Duration::from_millis(250);
+    let entry = stalled("victim", bound, || {
         on_thread("taskset", &["-pc", "0"], &tid());
         on_thread("renice", &["-n", "19", "-p"], &tid());
         fixed_work(rounds)
@@ -276,7 +303,7 @@ fn the_victim_of_an_oversubscribed_cpu_is_preempted() {
 #[test]
 fn a_sleep_is_sleep_and_off_the_cpu() {
     let _serial = serial();
-    let entry = stalled("sleep", sleep_a_while);
+    let entry = stalled("sleep", PROMPTLY, sleep_a_while);
     assert_cause(&entry, "sleep", "sleep_a_while");
     let syscall = entry.causes[0].syscall.as_deref();
     assert!(
@@ -301,7 +328,7 @@ fn a_std_mutex_held_elsewhere_is_lock() {
         })
     };
     barrier.wait();
-    let entry = stalled("lock", || wait_for_the_lock(&lock));
+    let entry = stalled("lock", PROMPTLY, || wait_for_the_lock(&lock));
     holder.join().unwrap();
     assert_cause(&entry, "lock", "wait_for_the_lock");
     assert_eq!(entry.causes[0].syscall.as_deref(), Some("futex"));
@@ -319,7 +346,7 @@ fn a_socket_read_waiting_for_a_slow_server_is_io() {
         stream.write_all(b"the answer").unwrap();
     });
     let mut stream = std::net::TcpStream::connect(address).unwrap();
-    let entry = stalled("io", || read_the_answer(&mut stream));
+    let entry = stalled("io", PROMPTLY, || read_the_answer(&mut stream));
     server.join().unwrap();
     assert_cause(&entry, "io", "read_the_answer");
     assert!(
@@ -340,7 +367,7 @@ fn waiting_for_a_child_process_is_wait() {
         .arg("0.6")
         .spawn()
         .unwrap();
-    let entry = stalled("wait", || wait_for_the_child(&mut child));
+    let entry = stalled("wait", PROMPTLY, || wait_for_the_child(&mut child));
     assert_cause(&entry, "wait", "wait_for_the_child");
     assert!(cpu_share(&entry) < 0.1, "{entry:#?}");
 }
@@ -348,7 +375,9 @@ fn waiting_for_a_child_process_is_wait() {
 #[test]
 fn a_two_second_spin_gives_tens_of_samples_and_a_profile_led_by_the_spinning_function() {
     let _serial = serial();
-    let entry = stalled("profile", || common::crunch_numbers(Duration::from_secs(2)));
+    let entry = stalled("profile", PROMPTLY, || {
+        common::crunch_numbers(Duration::from_secs(2))
+    });
     assert!(entry.samples >= 10, "{entry:#?}");
     let top = &entry.functions[0];
     assert!(
@@ -370,7 +399,8 @@ fn a_two_second_spin_gives_tens_of_samples_and_a_profile_led_by_the_spinning_fun
 #[test]
 fn the_async_versions_have_no_slow_poll_and_no_stall() {
     let _serial = serial();
-    let detector = detector();
+    let log = common::StallLog::default();
+    let detector = detector(&log);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -424,6 +454,18 @@ fn the_async_versions_have_no_slow_poll_and_no_stall() {
         assert_eq!(entry.stalls, 0, "{entry:#?}");
         assert_eq!(entry.samples, 0, "{entry:#?}");
     }
+    assert!(log.events().is_empty(), "{:#?}", log.events());
+    // The control: on the same runtime and detector, the blocking sleep is a slow poll and a
+    // stall, reported on time.
+    let started = runtime.block_on(detector.watch("blocking sleep", async {
+        let started = std::time::Instant::now();
+        black_box(sleep_a_while());
+        started
+    }));
+    log.assert_first_within("blocking sleep", started, PROMPTLY);
+    let entry = detector.report().entry("blocking sleep").cloned().unwrap();
+    assert_eq!((entry.slow_polls, entry.stalls), (1, 1), "{entry:#?}");
+    common::assert_no_failed_captures(&detector.watchdog_stats().unwrap());
 }
 
 /// The threads of this process whose name (`comm`, cut to 15 bytes) is `name`, with their CPU
@@ -469,21 +511,27 @@ fn sampling_costs_the_watchdog_threads_little_cpu_per_sample() {
             threads_named("hogwatch-watchd"),
             threads_named("hogwatch-symbol"),
         );
-        let detector = detector();
+        let log = common::StallLog::default();
+        let detector = detector(&log);
         // Let the naming thread load the debug information first: that is paid once per
         // process.
         std::thread::sleep(Duration::from_millis(1_500));
         let watchdog_before = new_thread_cpu_ns("hogwatch-watchd", &watchdogs);
         let namer_before = new_thread_cpu_ns("hogwatch-symbol", &namers);
-        let result = current_thread().block_on(detector.watch("cost", async move {
-            if spin {
+        let waited_before = common::cpu_wait(&[common::this_tid()]);
+        let (started, result) = current_thread().block_on(detector.watch("cost", async move {
+            let started = std::time::Instant::now();
+            let result = if spin {
                 common::crunch_numbers(Duration::from_secs(2))
             } else {
                 std::thread::sleep(Duration::from_secs(2));
                 0
-            }
+            };
+            (started, result)
         }));
+        let waited = common::cpu_wait(&[common::this_tid()]) - waited_before;
         black_box(result);
+        log.assert_first_within("cost", started, PROMPTLY);
         std::thread::sleep(Duration::from_millis(500));
         let watchdog_ns = new_thread_cpu_ns("hogwatch-watchd", &watchdogs) - watchdog_before;
         let namer_ns = new_thread_cpu_ns("hogwatch-symbol", &namers) - namer_before;
@@ -500,6 +548,7 @@ fn sampling_costs_the_watchdog_threads_little_cpu_per_sample() {
         );
         assert!(stats.samples >= 10, "{stats:?}");
         assert_eq!(stats.captures_requested == 0, !spin, "{stats:?}");
+        common::assert_capture_failures(&stats, waited, WATCHDOG / 4);
         assert!(
             watchdog_ns / samples < 2_000_000,
             "{watchdog_ns} ns for {samples} samples"

@@ -100,21 +100,234 @@ impl std::future::Future for Spin {
     }
 }
 
-/// `label`'s report entry once the watchdog's naming thread has named its stacks (10 s at most:
-/// the first names wait for the program's debug information).
+/// `label`'s report entry once the watchdog's naming thread has named its stacks and culprits;
+/// panics with the report if it has not within 10 s (the first names wait for the program's
+/// debug information, a second or so in a debug build).
 #[cfg(feature = "watchdog")]
 pub fn named_entry(detector: &hogwatch::Detector, label: &str) -> hogwatch::Entry {
     let start = std::time::Instant::now();
     loop {
         let entry = detector.report().entry(label).cloned();
-        if let Some(entry) = entry.filter(|entry| !entry.top_stacks.is_empty()) {
-            return entry;
+        let named = |entry: &hogwatch::Entry| {
+            !entry.top_stacks.is_empty() && !entry.top_culprits.is_empty()
+        };
+        if let Some(entry) = entry.as_ref().filter(|entry| named(entry)) {
+            return entry.clone();
         }
         assert!(
             start.elapsed() < std::time::Duration::from_secs(10),
-            "no named stack for {label} within 10 s: {:?}",
+            "no named stack and culprit for {label} within 10 s: {entry:#?}\n{:?}",
             detector.watchdog_stats()
         );
         std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// The stall events an `on_hog` callback got, each with the time it arrived.
+#[derive(Clone, Default)]
+pub struct StallLog(
+    std::sync::Arc<std::sync::Mutex<Vec<(std::time::Instant, hogwatch::HogEvent)>>>,
+);
+
+impl StallLog {
+    /// An `on_hog` callback that records every stall event (and nothing else).
+    pub fn on_hog(&self) -> impl Fn(&hogwatch::HogEvent) + Send + Sync + 'static {
+        let sink = self.0.clone();
+        move |event: &hogwatch::HogEvent| {
+            if event.kind == hogwatch::HogKind::Stall {
+                let mut events = sink.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                events.push((std::time::Instant::now(), event.clone()));
+            }
+        }
+    }
+
+    /// The stall events so far, in the order they came.
+    pub fn events(&self) -> Vec<(std::time::Instant, hogwatch::HogEvent)> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Asserts that `label`'s stall, whose block started at `started`, was first reported within
+    /// `bound` of that start, both by the duration the event states (how long the poll had run
+    /// when the watchdog saw it) and by the clock when `on_hog` got it; returns that event.
+    /// Panics with every event if there was none.
+    pub fn assert_first_within(
+        &self,
+        label: &str,
+        started: std::time::Instant,
+        bound: std::time::Duration,
+    ) -> hogwatch::HogEvent {
+        let events = self.events();
+        let (at, event) = events
+            .iter()
+            .find(|(_, event)| &*event.label == label)
+            .unwrap_or_else(|| panic!("no stall of {label} reported: {events:#?}"));
+        let latency = at
+            .checked_duration_since(started)
+            .unwrap_or_else(|| panic!("{label}: reported before its block started: {events:#?}"));
+        assert!(
+            event.duration >= event.threshold && event.duration <= bound,
+            "{label}: first reported {:?} into the poll (threshold {:?}, bound {bound:?})",
+            event.duration,
+            event.threshold
+        );
+        assert!(
+            latency <= bound,
+            "{label}: on_hog got the stall {latency:?} after the block started (the event says \
+             {:?} into the poll; bound {bound:?})",
+            event.duration
+        );
+        event.clone()
+    }
+}
+
+/// This thread's kernel id.
+pub fn this_tid() -> String {
+    let path = std::fs::read_link("/proc/thread-self").expect("/proc/thread-self");
+    path.file_name().unwrap().to_string_lossy().into_owned()
+}
+
+/// The kernel ids of this process's threads named `name` (`comm`, cut to 15 bytes).
+pub fn tids_named(name: &str) -> Vec<String> {
+    let mut tids = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim_end() == name {
+            tids.push(task.file_name().to_string_lossy().into_owned());
+        }
+    }
+    tids
+}
+
+/// How long the threads `tids` of this process have waited for a CPU while runnable, so far
+/// (the second field of `/proc/self/task/<tid>/schedstat`), summed; a thread gone counts 0.
+pub fn cpu_wait(tids: &[String]) -> std::time::Duration {
+    let ns: u64 = tids
+        .iter()
+        .map(|tid| {
+            std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat"))
+                .unwrap_or_default()
+                .split_whitespace()
+                .nth(1)
+                .and_then(|ns| ns.parse::<u64>().ok())
+                .unwrap_or(0)
+        })
+        .sum();
+    std::time::Duration::from_nanos(ns)
+}
+
+/// Asserts that no stack capture failed: see [`assert_capture_failures`], with no time waited
+/// for a CPU allowed.
+pub fn assert_no_failed_captures(stats: &hogwatch::WatchdogStats) {
+    assert_capture_failures(stats, std::time::Duration::ZERO, std::time::Duration::MAX);
+}
+
+/// Asserts each failure kind of the watchdog's captures:
+/// - `busy`: the watchdog captures one thread at a time, so a capture overlapping another is a
+///   bug whenever seen: 0;
+/// - `displaced` and `unsent` need another handler on the watchdog's signal, or a thread gone
+///   before it was signalled; no test but `watchdog_disposition` installs one, and a watched
+///   thread outlives its polls: 0;
+/// - `timeout` and `stuck`: a signalled thread that runs its own code answers within
+///   microseconds if it is on a CPU, and its handler only walks its stack, so a capture left
+///   unanswered for its timeout (`timeout`: the shortest capture timeout of the test, a quarter
+///   of the watchdog threshold for a sample, 250 ms for a report), or answered but unfinished
+///   after four times it (`stuck`), means the thread waited that long for a CPU: together no
+///   more than `waited`, how long the signalled threads waited for a CPU during the test
+///   ([`cpu_wait`]). None on an idle machine. (A handler that never finishes hangs its thread,
+///   and the test with it.)
+pub fn assert_capture_failures(
+    stats: &hogwatch::WatchdogStats,
+    waited: std::time::Duration,
+    timeout: std::time::Duration,
+) {
+    assert_eq!(stats.captures_busy, 0, "overlapping captures: {stats:?}");
+    assert_eq!(
+        (stats.captures_displaced, stats.captures_unsent),
+        (0, 0),
+        "displaced or unsent captures: {stats:?}"
+    );
+    let unanswered = timeout
+        .saturating_mul(stats.captures_timeout as u32)
+        .saturating_add(timeout.saturating_mul(4 * stats.captures_stuck as u32));
+    assert!(
+        unanswered <= waited,
+        "{} captures timed out and {} got stuck ({unanswered:?} at {timeout:?} each, four times \
+         that for a stuck one), but the signalled threads waited only {waited:?} for a CPU: \
+         {stats:?}",
+        stats.captures_timeout,
+        stats.captures_stuck
+    );
+    assert_eq!(
+        stats.captures_failed,
+        stats.captures_timeout
+            + stats.captures_busy
+            + stats.captures_stuck
+            + stats.captures_displaced
+            + stats.captures_unsent,
+        "{stats:?}"
+    );
+}
+
+/// The time some threads of this process waited for a CPU from now on ([`cpu_wait`]).
+pub struct CpuWaitSince {
+    /// The threads' ids, and names of threads counted too (from their start if they start
+    /// later: tokio starts its blocking threads on demand).
+    tids: Vec<String>,
+    names: Vec<String>,
+    before: Vec<(String, std::time::Duration)>,
+}
+
+impl CpuWaitSince {
+    /// From now on, for the calling thread.
+    pub fn here() -> Self {
+        Self::of(vec![this_tid()], &[])
+    }
+
+    /// From now on, for the threads `tids` and every thread named one of `names` (`comm`).
+    pub fn of(tids: Vec<String>, names: &[&str]) -> Self {
+        let names: Vec<String> = names.iter().map(|name| name.to_string()).collect();
+        let mut since = Self {
+            tids,
+            names,
+            before: Vec::new(),
+        };
+        since.before = since
+            .threads()
+            .into_iter()
+            .map(|tid| {
+                let waited = cpu_wait(std::slice::from_ref(&tid));
+                (tid, waited)
+            })
+            .collect();
+        since
+    }
+
+    fn threads(&self) -> Vec<String> {
+        let mut tids = self.tids.clone();
+        for name in &self.names {
+            tids.extend(tids_named(name));
+        }
+        tids.sort();
+        tids.dedup();
+        tids
+    }
+
+    /// How long they waited for a CPU since (a thread gone by now counts nothing: call this
+    /// while the signalled threads live).
+    pub fn waited(&self) -> std::time::Duration {
+        self.threads()
+            .into_iter()
+            .map(|tid| {
+                let before = self
+                    .before
+                    .iter()
+                    .find(|(old, _)| *old == tid)
+                    .map_or(std::time::Duration::ZERO, |(_, waited)| *waited);
+                cpu_wait(std::slice::from_ref(&tid)).saturating_sub(before)
+            })
+            .sum()
     }
 }
