@@ -267,8 +267,8 @@ impl Checker {
     /// Samples one stalled poll (its cause, stack and CPU time) and, if `report`, counts it
     /// (when `first`) and reports it, with its stack if it can be had (and named) now.
     ///
-    /// The sample is recorded once, under one lock of the stall table: by the naming thread
-    /// with its names when there is a stack, here without one otherwise.
+    /// The sample is recorded here, under one lock of the stall table; the naming thread adds
+    /// its stack's names under another (see `LabelStalls::record_names`).
     fn sample_and_report(
         &mut self,
         slot: &slot::Slot,
@@ -324,21 +324,26 @@ impl Checker {
             stack: Vec::new(),
             culprit: None,
         };
-        // The reason there is no stack, and the sample left to record here.
-        let (reason, record) = match sample {
+        // Counted here, whatever becomes of the stack: naming may wait (the debug information
+        // loading, or, in a `fork()` child, a lock the parent's naming held at the fork).
+        let warn = watchdog
+            .lock()
+            .entry(label.name.clone())
+            .or_default()
+            .record(&record, warn_at);
+        // The reason there is no stack to warn with, if the warning is ours to send.
+        let reason = match sample {
             #[cfg(target_os = "linux")]
             Sample::Stack(raw) => {
                 let (reply, named) = std::sync::mpsc::channel();
                 let job = Job {
                     raw,
                     label: label.name.clone(),
-                    sample: record.clone(),
-                    warn_at,
                     // A sample between reports is named and recorded, nobody waits for it.
-                    event: report.then(|| event.clone()),
+                    event: report.then(|| (event.clone(), warn)),
                     reply: report.then_some(reply),
                 };
-                // The naming thread records the sample and sends the warning; the event gets
+                // The naming thread records the names and sends the warning; the event gets
                 // the names if they come quickly (no new address to look up).
                 if self.namer.send(job) {
                     if !report {
@@ -348,21 +353,13 @@ impl Checker {
                         event.stack = stack;
                         event.culprit = culprit;
                     }
-                    (None, None)
+                    None
                 } else {
-                    let reason = "not named: too many stacks waiting for their names";
-                    (Some(reason.to_string()), Some(record))
+                    Some("not named: too many stacks waiting for their names".to_string())
                 }
             }
-            Sample::None(reason) => (Some(reason), Some(record)),
+            Sample::None(reason) => Some(reason),
         };
-        let warn = record.and_then(|record| {
-            watchdog
-                .lock()
-                .entry(label.name.clone())
-                .or_default()
-                .record(&record, warn_at)
-        });
         if !report {
             return;
         }

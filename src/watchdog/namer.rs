@@ -1,23 +1,20 @@
 //! The naming thread (`hogwatch-symbols`): names the wrapped polls' captured stacks off the
-//! watchdog thread, records each sample with its names, and sends the stall's warning.
+//! watchdog thread, records what the names add to the stall record, and sends the stall's
+//! warning.
 
 use std::sync::Arc;
 
 use crate::event::HogEvent;
 
 use super::table::{warn_stall, Watchdog};
-use super::{signal, stalls, symbols};
+use super::{signal, symbols};
 
 /// A captured stack to name and record under its label, and maybe to warn about.
 pub(super) struct Job {
     pub(super) raw: signal::RawStack,
     pub(super) label: Arc<str>,
-    /// The sample to record with the names.
-    pub(super) sample: stalls::Sample,
-    /// Now and the warning interval, if the sample may warn (see `LabelStalls::record`).
-    pub(super) warn_at: Option<(u64, u64)>,
-    /// The stall's event, without stack yet, if it is reported.
-    pub(super) event: Option<HogEvent>,
+    /// The stall's event, without stack yet, and `Some(suppressed)` if its warning is due.
+    pub(super) event: Option<(HogEvent, Option<u64>)>,
     /// Where the named stack goes if the watchdog thread still waits for it.
     pub(super) reply: Option<std::sync::mpsc::Sender<(Vec<String>, Option<String>)>>,
 }
@@ -49,8 +46,6 @@ impl Namer {
                     let Job {
                         raw,
                         label,
-                        mut sample,
-                        warn_at,
                         event,
                         reply,
                     } = job;
@@ -58,17 +53,16 @@ impl Namer {
                     frames.truncate(signal::MAX_FRAMES);
                     let named = symbols::named_stack(&frames, &watchdog.prefixes);
                     let culprit = named.culprit.clone();
-                    sample.named = Some(named);
-                    let warn = watchdog
+                    watchdog
                         .lock()
                         .entry(label)
                         .or_default()
-                        .record(&sample, warn_at);
+                        .record_names(&named);
                     let stack: Vec<String> = frames.into_iter().map(|frame| frame.name).collect();
                     if let Some(reply) = reply {
                         let _ = reply.send((stack.clone(), culprit.clone()));
                     }
-                    if let (Some(mut event), Some(suppressed)) = (event, warn) {
+                    if let Some((mut event, Some(suppressed))) = event {
                         event.stack = stack;
                         event.culprit = culprit;
                         warn_stall(&watchdog, &event, suppressed, &event.stack.join("\n  "));

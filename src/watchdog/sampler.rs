@@ -94,6 +94,12 @@ struct Reported {
 #[cfg(target_os = "linux")]
 const QUIET_THRESHOLDS: u64 = 2;
 
+/// How many thresholds a thread that has never parked and whose sample showed no task poll is
+/// left alone: the blocking pool's threads (sampled this seldom, they cost little), or a
+/// worker busy since its start.
+#[cfg(target_os = "linux")]
+const QUIET_UNPARKED_THRESHOLDS: u64 = 8;
+
 /// What the watchdog thread remembers of one worker.
 #[cfg(target_os = "linux")]
 struct State {
@@ -363,16 +369,16 @@ impl Sampler {
         };
         if !in_task {
             // A worker caught between two polls runs tasks again at once: it is looked at again
-            // a few thresholds on. A thread that never parked (the blocking pool's: tokio starts
-            // them with the same callback) runs no task: it is left alone until it parks.
-            state.quiet_until = match parked_once {
-                true => now.saturating_add(
-                    recorder
-                        .ticks
-                        .of_ns(threshold_ns.saturating_mul(QUIET_THRESHOLDS)),
-                ),
-                false => u64::MAX,
+            // a few thresholds on. A thread that never parked is likely the blocking pool's
+            // (tokio starts them with the same callback), which runs no task: it is looked at
+            // far less often, but still looked at: a worker kept busy from its start (a task
+            // yielding in a loop) never parks either, and must not go unwatched for good.
+            let quiet = match parked_once {
+                true => QUIET_THRESHOLDS,
+                false => QUIET_UNPARKED_THRESHOLDS,
             };
+            state.quiet_until =
+                now.saturating_add(recorder.ticks.of_ns(threshold_ns.saturating_mul(quiet)));
             state.seen = None;
             return;
         }

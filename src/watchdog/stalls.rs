@@ -323,19 +323,25 @@ impl LabelStalls {
             self.sampled_ns = self.sampled_ns.saturating_add(wall_ns);
         }
         if let Some(named) = &sample.named {
-            if !named.folded.is_empty() {
-                self.stacks.record(&named.folded, TRACKED);
-            }
-            if let Some(culprit) = &named.culprit {
-                self.culprits.record(culprit, TRACKED);
-                if let Some(caller) = &named.called_from {
-                    self.callers
-                        .record(&format!("{culprit}\0{caller}"), TRACKED);
-                }
-            }
-            self.functions.record(named.culprit.as_deref(), &named.own);
+            self.record_names(named);
         }
         warn_at.and_then(|(now_ns, interval_ns)| self.warn_limiter.try_acquire(now_ns, interval_ns))
+    }
+
+    /// What a sample's named stack adds: its stack, culprit and caller, and the function table.
+    /// The wrapped path's naming thread calls it on its own, after the sample was recorded.
+    pub(crate) fn record_names(&mut self, named: &NamedStack) {
+        if !named.folded.is_empty() {
+            self.stacks.record(&named.folded, TRACKED);
+        }
+        if let Some(culprit) = &named.culprit {
+            self.culprits.record(culprit, TRACKED);
+            if let Some(caller) = &named.called_from {
+                self.callers
+                    .record(&format!("{culprit}\0{caller}"), TRACKED);
+            }
+        }
+        self.functions.record(named.culprit.as_deref(), &named.own);
     }
 
     /// A stall that ran for `running_ns` in all has ended (seen after its last sample).
