@@ -130,32 +130,37 @@ fn assert_chain(folded: &str, names: &[&str]) {
     }
 }
 
-/// A wrapped poll blocks 600 ms in `std::thread::sleep` (the thread waits in a system call: its
-/// stack is read from `/proc` and unwound from there), then a report is taken at once.
-#[test]
-fn a_sleep_stall_names_the_exact_chain_in_a_report_taken_right_after_it() {
-    let events = Arc::default();
-    let detector = detector(Arc::clone(&events));
+/// Runs `block` inside a poll watched as `label` on a current-thread runtime, then takes a
+/// report at once: the label's entry (one stall), with its top culprit and top stack.
+fn stall_of<T>(label: &str, block: impl FnOnce() -> T) -> (hogwatch::Entry, String, String) {
+    let detector = detector(Arc::default());
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    runtime.block_on(detector.watch("sleep", async {
-        sleeping_caller(Duration::from_millis(600))
-    }));
+    runtime.block_on(detector.watch(label, async { black_box(block()) }));
     let report = detector.report();
-    let entry = report.entry("sleep").expect("an entry");
-    assert_eq!(entry.stalls, 1);
-    let culprit = &entry
-        .top_culprits
-        .first()
-        .expect("a culprit in the report taken right after")
-        .culprit;
-    let stack = &entry
-        .top_stacks
-        .first()
-        .expect("a stack in the report taken right after")
-        .stack;
+    let entry = report.entry(label).expect("an entry").clone();
+    assert_eq!(entry.stalls, 1, "{entry:#?}");
+    let first = |what: Option<String>, name: &str| {
+        what.unwrap_or_else(|| panic!("a {name} in the report taken right after: {entry:#?}"))
+    };
+    let culprit = first(
+        entry.top_culprits.first().map(|c| c.culprit.clone()),
+        "culprit",
+    );
+    let stack = first(entry.top_stacks.first().map(|s| s.stack.clone()), "stack");
+    for function in &entry.functions {
+        assert!(function.total_percent <= 100.0, "{function:?}");
+    }
+    (entry, culprit, stack)
+}
+
+/// A wrapped poll blocks 600 ms in `std::thread::sleep` (the thread waits in a system call: its
+/// stack is read from `/proc` and unwound from there), then a report is taken at once.
+#[test]
+fn a_sleep_stall_names_the_exact_chain_in_a_report_taken_right_after_it() {
+    let (_, culprit, stack) = stall_of("sleep", || sleeping_caller(Duration::from_millis(600)));
     if stripped() {
         assert!(culprit.starts_with("<stripped>"), "{culprit}");
         assert!(!stack.contains("planted"), "{stack}");
@@ -165,7 +170,7 @@ fn a_sleep_stall_names_the_exact_chain_in_a_report_taken_right_after_it() {
         culprit.contains("sleeping_blocker"),
         "culprit {culprit}, stack {stack}"
     );
-    assert_chain(stack, &["sleeping_caller", "sleeping_blocker"]);
+    assert_chain(&stack, &["sleeping_caller", "sleeping_blocker"]);
     // Then `std::thread::sleep` (`std::thread::functions::sleep` in recent versions), or, where
     // fat LTO inlined it into `sleeping_blocker`, the C library's sleep right away.
     let innermost = stack.rsplit(';').next().unwrap_or_default();
@@ -176,18 +181,7 @@ fn a_sleep_stall_names_the_exact_chain_in_a_report_taken_right_after_it() {
 /// found, exactly (not marked uncertain), and named the culprit (the innermost app frame).
 #[test]
 fn a_sleep_behind_a_tail_call_keeps_its_caller() {
-    let events = Arc::default();
-    let detector = detector(Arc::clone(&events));
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(detector.watch("tail", async { tail_caller(Duration::from_millis(600)) }));
-    let report = detector.report();
-    let entry = report.entry("tail").expect("an entry");
-    assert_eq!(entry.stalls, 1);
-    let culprit = &entry.top_culprits.first().expect("a culprit").culprit;
-    let stack = &entry.top_stacks.first().expect("a stack").stack;
+    let (_, culprit, stack) = stall_of("tail", || tail_caller(Duration::from_millis(600)));
     if stripped() {
         assert!(!stack.contains("planted"), "{stack}");
         return;
@@ -197,34 +191,13 @@ fn a_sleep_behind_a_tail_call_keeps_its_caller() {
         culprit.contains("tail_calling_blocker") || culprit.contains("tail_caller"),
         "culprit {culprit}, stack {stack}"
     );
-    assert_chain(stack, &["tail_caller"]);
+    assert_chain(&stack, &["tail_caller"]);
 }
 
 /// A wrapped poll spins 600 ms on the CPU (the thread is signalled and unwound in the handler).
 #[test]
 fn a_cpu_stall_names_the_exact_chain_in_a_report_taken_right_after_it() {
-    let events = Arc::default();
-    let detector = detector(Arc::clone(&events));
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(detector.watch("spin", async {
-        spinning_caller(Duration::from_millis(600))
-    }));
-    let report = detector.report();
-    let entry = report.entry("spin").expect("an entry");
-    assert_eq!(entry.stalls, 1);
-    let culprit = &entry
-        .top_culprits
-        .first()
-        .expect("a culprit in the report taken right after")
-        .culprit;
-    let stack = &entry
-        .top_stacks
-        .first()
-        .expect("a stack in the report taken right after")
-        .stack;
+    let (_, culprit, stack) = stall_of("spin", || spinning_caller(Duration::from_millis(600)));
     if stripped() {
         assert!(culprit.starts_with("<stripped>"), "{culprit}");
         assert!(!stack.contains("planted"), "{stack}");
@@ -234,10 +207,7 @@ fn a_cpu_stall_names_the_exact_chain_in_a_report_taken_right_after_it() {
         culprit.contains("spinning_blocker"),
         "culprit {culprit}, stack {stack}"
     );
-    assert_chain(stack, &["spinning_caller", "spinning_blocker"]);
-    for function in &entry.functions {
-        assert!(function.total_percent <= 100.0, "{function:?}");
-    }
+    assert_chain(&stack, &["spinning_caller", "spinning_blocker"]);
 }
 
 /// A document of about 8 MB: many objects with strings and numbers.
@@ -267,21 +237,11 @@ fn render_json_handler(document: &serde_json::Value, until: Instant) -> usize {
 /// handler.
 #[test]
 fn a_json_stall_is_blamed_on_serde_json_called_from_the_handler() {
-    let events = Arc::default();
-    let detector = detector(Arc::clone(&events));
     let document = big_document();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
     let until = Instant::now() + Duration::from_millis(600);
-    runtime.block_on(detector.watch("json", async { render_json_handler(&document, until) }));
-    let report = detector.report();
-    let entry = report.entry("json").expect("an entry");
-    assert_eq!(entry.stalls, 1);
-    let top = entry.top_culprits.first().expect("a culprit");
+    let (entry, culprit, _) = stall_of("json", || render_json_handler(&document, until));
     if stripped() {
-        assert!(!top.culprit.contains("::"), "{top:?}");
+        assert!(!culprit.contains("::"), "{culprit}");
         return;
     }
     let culprits: Vec<String> = entry
@@ -303,9 +263,6 @@ fn a_json_stall_is_blamed_on_serde_json_called_from_the_handler() {
             let caller = culprit.called_from.as_deref().unwrap_or_default();
             assert!(caller.contains("render_json_handler"), "{culprits:#?}");
         }
-    }
-    for function in &entry.functions {
-        assert!(function.total_percent <= 100.0, "{function:?}");
     }
 }
 
