@@ -153,6 +153,11 @@ impl Builder {
 
     /// At most one `tracing` warning per label per `interval`; the next warning says how many were
     /// held back. `Duration::ZERO` warns on every hog. Default: one second.
+    ///
+    /// The warnings have the target `hogwatch` at level WARN. A filter that lets only the app's
+    /// own targets through hides them: add `hogwatch=warn` to it, e.g.
+    /// `EnvFilter::new("my_app=debug,tower_http=debug,hogwatch=warn")` or
+    /// `RUST_LOG=my_app=debug,hogwatch=warn`.
     pub fn warn_interval(mut self, interval: Duration) -> Self {
         self.warn_interval = interval;
         self

@@ -85,6 +85,13 @@ pub use watch::{FutureTiming, Watched};
 #[cfg_attr(docsrs, doc(cfg(feature = "watchdog")))]
 pub use watchdog::NoWatchdog;
 
+/// The README's examples, compiled (and run, unless marked `no_run`) as doctests: each is a
+/// whole program, as a user would paste it. One uses the `metrics` bridge, so they are built
+/// with that feature (`cargo test --features metrics --doc ReadmeDoctests`, in CI).
+#[cfg(all(doctest, feature = "metrics"))]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 /// The paths of hogwatch's own poll wrappers (`Watched`, and the layer's route future and body),
 /// as `std::any::type_name` spells them without generic arguments: in a stall's stack, the
 /// frames below the first of them are the executor's. Taken from the types themselves, here
