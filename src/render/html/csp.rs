@@ -68,8 +68,16 @@ mod tests {
     /// fails here (with the new hash to pin) rather than in a browser that refuses the page.
     #[test]
     fn the_pinned_hashes_are_the_page_assets() {
-        assert_eq!(STYLE_SHA256, sha256_base64(STYLE), "pin page.css's new hash");
-        assert_eq!(SCRIPT_SHA256, sha256_base64(SCRIPT), "pin page.js's new hash");
+        assert_eq!(
+            STYLE_SHA256,
+            sha256_base64(STYLE),
+            "pin page.css's new hash"
+        );
+        assert_eq!(
+            SCRIPT_SHA256,
+            sha256_base64(SCRIPT),
+            "pin page.js's new hash"
+        );
     }
 
     #[test]
