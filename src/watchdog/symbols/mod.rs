@@ -281,13 +281,17 @@ fn is_task_harness(name: &str) -> bool {
 fn without_generics(name: &str) -> String {
     let mut depth = 0usize;
     let mut path = String::with_capacity(name.len());
+    let mut previous = ' ';
     for c in name.chars() {
         match c {
             '<' => depth += 1,
+            // The `>` of a function type's `->` closes nothing.
+            '>' if previous == '-' => {}
             '>' => depth = depth.saturating_sub(1),
             _ if depth == 0 => path.push(c),
             _ => {}
         }
+        previous = c;
     }
     path
 }

@@ -266,3 +266,21 @@ fn the_poll_wrappers_come_from_their_types() {
         "<hogwatch::watch::WatchedByUser as Future>::poll"
     ));
 }
+
+/// A short name whose generic arguments hold a function type (`fn(A) -> B`) is still short:
+/// the `>` of `->` closes nothing (line-tables-only's `poll<…, fn(…) -> …>` passed for a path).
+#[test]
+fn generic_arguments_with_function_types_are_left_out_whole() {
+    assert_eq!(
+        without_generics("poll<axum::HandleErrorFuture, fn(core::convert::Infallible) -> core::convert::Infallible>"),
+        "poll"
+    );
+    assert_eq!(
+        without_generics("call_once<fn(core::cmp::Ordering) -> bool, (core::cmp::Ordering)>"),
+        "call_once"
+    );
+    assert_eq!(
+        without_generics("<tokio::runtime::task::core::Core<T,S>>::poll"),
+        "::poll"
+    );
+}

@@ -91,14 +91,24 @@ fn detector(events: Arc<Mutex<Vec<HogEvent>>>) -> Detector {
 /// `name` without its generic arguments (`Vec<u8>::push` is `Vec::push`).
 fn without_generics(name: &str) -> String {
     let mut depth = 0usize;
+    let mut previous = ' ';
     name.chars()
-        .filter(|c| {
-            match c {
-                '<' => depth += 1,
-                '>' => depth = depth.saturating_sub(1),
-                _ => return depth == 0,
-            }
-            false
+        .filter(|&c| {
+            let keep = match c {
+                '<' => {
+                    depth += 1;
+                    false
+                }
+                // The `>` of a function type's `->` closes nothing.
+                '>' if previous == '-' => false,
+                '>' => {
+                    depth = depth.saturating_sub(1);
+                    false
+                }
+                _ => depth == 0,
+            };
+            previous = c;
+            keep
         })
         .collect()
 }
