@@ -265,6 +265,16 @@ fn serve_and_block(detector: &Detector, app: axum::Router) -> Report {
     detector.report()
 }
 
+/// Every label that stalled, with its stall count.
+fn stalled(report: &Report) -> Vec<(&str, u64)> {
+    report
+        .entries
+        .iter()
+        .filter(|entry| entry.stalls > 0)
+        .map(|entry| (entry.label.as_str(), entry.stalls))
+        .collect()
+}
+
 /// A handler that blocks inside hyper's connection task, under a real `axum::serve`, with
 /// `watch_runtime` alone: one stall, named after the handler (hyper's, axum's and tower's
 /// frames are the runtime's), or after the blocking function where a release build inlined
@@ -275,12 +285,7 @@ fn a_handler_stall_under_axum_serve_is_named_after_the_handler() {
     let detector = detector();
     let app = axum::Router::new().route("/block", axum::routing::get(blocking_handler));
     let report = serve_and_block(&detector, app);
-    let stalled: Vec<(&str, u64)> = report
-        .entries
-        .iter()
-        .filter(|entry| entry.stalls > 0)
-        .map(|entry| (entry.label.as_str(), entry.stalls))
-        .collect();
+    let stalled = stalled(&report);
     assert_eq!(stalled.len(), 1, "one stall: {report:#?}");
     let label = stalled_label(
         &report,
@@ -302,12 +307,7 @@ fn a_route_stall_under_axum_serve_is_counted_once_under_its_route() {
         .route("/block", axum::routing::get(blocking_handler))
         .layer(detector.layer());
     let report = serve_and_block(&detector, app);
-    let stalled: Vec<(&str, u64)> = report
-        .entries
-        .iter()
-        .filter(|entry| entry.stalls > 0)
-        .map(|entry| (entry.label.as_str(), entry.stalls))
-        .collect();
+    let stalled = stalled(&report);
     assert_eq!(stalled, [("GET /block", 1)], "{report:#?}");
     assert_full_record(&report, "GET /block", "sleep_for_a_second");
 }
