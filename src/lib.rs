@@ -83,7 +83,7 @@ pub use runtime::{EventLoopLag, RuntimeFigures};
 pub use watch::{FutureTiming, Watched};
 #[cfg(feature = "watchdog")]
 #[cfg_attr(docsrs, doc(cfg(feature = "watchdog")))]
-pub use watchdog::NoWatchdog;
+pub use watchdog::{CurrentRuntimeError, NoWatchdog};
 
 /// The README's examples, compiled (and run, unless marked `no_run`) as doctests: each is a
 /// whole program, as a user would paste it. One uses the `metrics` bridge, so they are built

@@ -3,7 +3,7 @@
 //! watchdog never imports the detector, which builds it).
 
 use crate::detector::Detector;
-use crate::watchdog::NoWatchdog;
+use crate::watchdog::{CurrentRuntimeError, NoWatchdog};
 #[cfg(doc)]
 use crate::HogKind;
 
@@ -53,5 +53,62 @@ impl Detector {
         let watchdog = self.watchdog_state().ok_or(NoWatchdog)?;
         crate::watchdog::install_workers(self.recorder(), &watchdog.runtimes, builder);
         Ok(builder)
+    }
+
+    /// Watches the runtime it is called from, as [`watch_runtime`](Self::watch_runtime) does,
+    /// for apps and tests that never see the runtime's `Builder`: call it at the top of a
+    /// `#[tokio::main]` or `#[tokio::test]` function (either flavor), or from any task.
+    ///
+    /// Stalls of tasks that nothing wraps are reported under `task <the future's function>`,
+    /// with stack, culprit and cause; parked workers are never interrupted; many short polls
+    /// are never a stall. Stacks need Linux; elsewhere it does nothing.
+    ///
+    /// It finds the workers from inside the runtime: a current-thread runtime's thread is the
+    /// caller's; a multi-thread runtime's workers each run one of the registration tasks it
+    /// spawns (called from `block_on`'s thread, as in `#[tokio::main]`, it waits up to 250 ms
+    /// for them; idle workers take microseconds). Compared with `watch_runtime`:
+    ///
+    /// - a worker busy in a long poll when it is called is watched from its next poll on;
+    /// - tokio tells it nothing of parks: the watchdog reads each worker's `/proc` entry at
+    ///   each check (one small read; a parked worker is never signalled) and knows a park by the
+    ///   call tokio parks in, learnt from its stack. A stall's start is known to a check
+    ///   (a quarter of the threshold) rather than to the unpark. In a build without symbols
+    ///   (`strip = true`), parks cannot be told from stacks: an idle worker is looked at every
+    ///   eight thresholds, and a stall that begins meanwhile is reported that much later;
+    /// - a thread that becomes a worker later (after `block_in_place` hands a worker's queue to
+    ///   a new thread) is not watched.
+    ///
+    /// Calling it again from the same thread on the same runtime does nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`CurrentRuntimeError::NoWatchdog`] if the detector was built without
+    /// [`Builder::watchdog`](crate::Builder::watchdog); [`CurrentRuntimeError::NoRuntime`]
+    /// outside a tokio runtime.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// #[tokio::main]
+    /// async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    ///     let detector = hogwatch::Detector::builder()
+    ///         .watchdog(Duration::from_millis(50))
+    ///         .build()?;
+    ///     detector.watch_current_runtime()?;
+    ///     // A background task that blocks its worker for half a second.
+    ///     tokio::spawn(async { std::thread::sleep(Duration::from_millis(500)) }).await?;
+    /// #   if cfg!(target_os = "linux") {
+    ///     let report = detector.report();
+    ///     let stalled = report.entries.iter().find(|entry| entry.stalls > 0).unwrap();
+    ///     assert!(stalled.label.starts_with("task "), "{}", stalled.label);
+    /// #   }
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn watch_current_runtime(&self) -> Result<(), CurrentRuntimeError> {
+        let watchdog = self
+            .watchdog_state()
+            .ok_or(CurrentRuntimeError::NoWatchdog)?;
+        crate::watchdog::watch_current_runtime(self.recorder(), &watchdog.runtimes)
     }
 }

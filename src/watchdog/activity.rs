@@ -30,6 +30,9 @@ pub(crate) enum Activity {
 pub(crate) struct Registers {
     pub(crate) sp: usize,
     pub(crate) pc: usize,
+    /// The call's first argument: for `futex` the word waited on, for `epoll_wait` the epoll
+    /// descriptor (a park of tokio's is told by it, see `sampler`).
+    pub(crate) arg0: usize,
 }
 
 /// A thread's scheduler clock from `/proc/self/task/TID/schedstat`: its time on a CPU, in
@@ -123,6 +126,7 @@ fn parse_registers(text: &[u8]) -> Registers {
     Registers {
         sp: hex(fields.get(7)),
         pc: hex(fields.get(8)),
+        arg0: hex(fields.get(1)),
     }
 }
 
@@ -210,7 +214,8 @@ mod tests {
             parse_registers(b"0 0x3 0x7f 0x20000 0 0 0 0x7ffc 0x7f01\n"),
             Registers {
                 sp: 0x7ffc,
-                pc: 0x7f01
+                pc: 0x7f01,
+                arg0: 3,
             }
         );
         assert_eq!(parse_registers(b"running\n"), Registers::default());

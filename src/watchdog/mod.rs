@@ -8,7 +8,7 @@
 //!   samples the stalled ones within a budget and reports them;
 //! - `namer`: the naming thread, which names a wrapped poll's stack and records its sample;
 //! - `workers`: registration of the runtimes `Detector::watch_runtime` watches (tokio's thread
-//!   callbacks), and `sampler`: the watchdog thread's sampling of their busy workers, with
+//!   callbacks) and of the one `Detector::watch_current_runtime` finds (tasks spawned on it), and `sampler`: the watchdog thread's sampling of their busy workers, with
 //!   `task_names` for a task stall's stack and label;
 //! - `stalls`: the stall record every source fills (`Sample`, `LabelStalls::record`): causes,
 //!   stacks, culprits, the sampled profile, in bounded memory;
@@ -64,4 +64,5 @@ pub(crate) use check::WatchdogThread;
 pub(crate) use symbols::DEFAULT_RUNTIME_PREFIXES;
 pub(crate) use table::{Config, SetupError, Watchdog, MIN_THRESHOLD};
 pub(crate) use workers::install as install_workers;
-pub use workers::NoWatchdog;
+pub(crate) use workers::watch_current as watch_current_runtime;
+pub use workers::{CurrentRuntimeError, NoWatchdog};

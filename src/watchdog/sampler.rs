@@ -144,8 +144,21 @@ pub(crate) struct Sampler {
     names: Names,
     /// Each thread's CPU time, read at most once per check (by `Worker` address).
     cpu: HashMap<usize, (u64, Option<u64>)>,
+    /// The system calls each worker of a runtime `watch_current_runtime` found parks in, learnt
+    /// from its stacks (by `Worker` address; with the check it was last seen at).
+    parks: HashMap<usize, (u64, Vec<Park>)>,
     generation: u64,
 }
+
+/// A system call a worker parks in: its number and first argument (the futex word of its
+/// condition variable, or the I/O driver's epoll descriptor), both its own for its life.
+#[cfg(target_os = "linux")]
+type Park = (libc::c_long, usize);
+
+/// How many park calls are kept per worker (a worker parks on its condition variable, or in
+/// the driver with or without a timeout: the same descriptor).
+#[cfg(target_os = "linux")]
+const MAX_PARKS: usize = 4;
 
 #[cfg(not(target_os = "linux"))]
 pub(crate) struct Sampler;
@@ -171,6 +184,7 @@ impl Sampler {
             scanner: scan::Scanner::default(),
             names: Names::new(),
             cpu: HashMap::new(),
+            parks: HashMap::new(),
             generation: 0,
         }
     }
@@ -202,9 +216,14 @@ impl Sampler {
                 // A stopped runtime: let its handle go.
                 self.handles.remove(&key);
             }
+            if runtime.found {
+                for worker in &workers {
+                    self.observe(recorder, worker);
+                }
+            }
             for worker in &workers {
                 if !runtime.not_the_runtimes(worker) {
-                    self.check_worker(recorder, watchdog, key, worker, &workers);
+                    self.check_worker(recorder, watchdog, key, runtime.found, worker, &workers);
                 }
             }
         }
@@ -217,6 +236,31 @@ impl Sampler {
         self.states
             .retain(|_, state| state.generation == generation);
         self.cpu.retain(|_, (at, _)| *at == generation);
+        self.parks.retain(|_, (at, _)| *at == generation);
+    }
+
+    /// For a worker of a runtime found by `watch_current_runtime`, which no callback tells of,
+    /// whether it is parked now: in one of the calls it was seen parking in before. Its
+    /// `running_since` then reads as the callbacks would have set it, to this check.
+    fn observe(&mut self, recorder: &Recorder, worker: &Worker) {
+        if worker.gone.load(Ordering::Acquire) {
+            return;
+        }
+        let id = std::ptr::from_ref(worker) as usize;
+        let parks = self.parks.entry(id).or_default();
+        parks.0 = self.generation;
+        let parked = match self.reader.read(worker.tid) {
+            Activity::Syscall(nr, registers) => parks.1.contains(&(nr, registers.arg0)),
+            Activity::User => false,
+            Activity::Unknown | Activity::Unreadable => return,
+        };
+        let now = recorder.clock.raw();
+        let running = worker.running_since.load(Ordering::Acquire) != 0;
+        match (parked, running) {
+            (true, true) => worker.parks(now),
+            (false, false) => worker.unparks(now),
+            _ => {}
+        }
     }
 
     fn check_worker(
@@ -224,6 +268,7 @@ impl Sampler {
         recorder: &Recorder,
         watchdog: &Arc<Watchdog>,
         runtime: u64,
+        found: bool,
         worker: &Arc<Worker>,
         workers: &[Arc<Worker>],
     ) {
@@ -305,7 +350,8 @@ impl Sampler {
         let Some(target) = target_of(&worker.slot) else {
             return;
         };
-        let (key, stack, cause) = match self.reader.read(worker.tid) {
+        let activity = self.reader.read(worker.tid);
+        let (key, stack, cause) = match activity {
             Activity::User => {
                 watchdog.requested.fetch_add(1, Ordering::Relaxed);
                 // No longer than the interval between checks: a worker the machine hardly runs
@@ -368,6 +414,18 @@ impl Sampler {
             return;
         };
         if !in_task {
+            // A worker of a runtime found by `watch_current_runtime`, parked in tokio: the
+            // call it parks in is learnt, and it is parked from now on (see `observe`).
+            if let (true, Activity::Syscall(nr, registers)) = (found, activity) {
+                if is_park(nr, &frames, &watchdog.prefixes) {
+                    let parks = &mut self.parks.entry(id).or_default().1;
+                    if parks.len() < MAX_PARKS && !parks.contains(&(nr, registers.arg0)) {
+                        parks.push((nr, registers.arg0));
+                    }
+                    worker.parks(now);
+                    return;
+                }
+            }
             // A worker caught between two polls runs tasks again at once: it is looked at again
             // a few thresholds on. A thread that never parked is likely the blocking pool's
             // (tokio starts them with the same callback), which runs no task: it is looked at
@@ -633,6 +691,35 @@ fn stood_still(
         .filter(|(before, after)| before == after)
         .count();
     still > idle
+}
+
+/// Whether a thread outside any task poll, in system call `nr` with stack `frames`, is parked by
+/// tokio: its stack shows tokio's park; or, where the stack read from `/proc` is certain only
+/// for its first frames (a build without frame pointers), those are all the C library's and
+/// std's, waiting on a futex or in `epoll_wait` (a worker parked on its condition variable with
+/// a timeout); `runtime` are the watchdog's runtime prefixes. The latter could also be a `block_in_place` closure waiting on a contended lock
+/// whose callers could not be read: a task that waits on the same lock on the same thread later
+/// would then be taken for a park.
+#[cfg(target_os = "linux")]
+fn is_park(nr: libc::c_long, frames: &[symbols::Frame], runtime: &[String]) -> bool {
+    let tokio_park = |name: &str| name.starts_with("tokio::runtime::") && name.contains("park");
+    if frames.iter().any(|frame| tokio_park(&frame.name)) {
+        return true;
+    }
+    let waits = [
+        libc::SYS_futex,
+        libc::SYS_epoll_wait,
+        libc::SYS_epoll_pwait,
+        libc::SYS_epoll_pwait2,
+    ];
+    let certain = frames
+        .iter()
+        .take_while(|frame| !frame.name.ends_with(symbols::UNCERTAIN));
+    waits.contains(&nr)
+        && certain.clone().count() < frames.len()
+        && certain
+            .into_iter()
+            .all(|frame| frame.system || symbols::is_runtime(&frame.name, runtime))
 }
 
 /// Each worker's busy time, from tokio's stable metrics (empty if not readable here).

@@ -50,6 +50,125 @@ use crate::recorder::Recorder;
 #[non_exhaustive]
 pub struct NoWatchdog;
 
+/// Why `Detector::watch_current_runtime` could not watch the runtime.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CurrentRuntimeError {
+    /// The detector was built without [`Builder::watchdog`](crate::Builder::watchdog).
+    #[error("watch_current_runtime needs a detector built with Builder::watchdog")]
+    NoWatchdog,
+    /// It was called outside a tokio runtime's context.
+    #[error("watch_current_runtime must be called from inside a tokio runtime (an async fn run by #[tokio::main] or #[tokio::test], or a task)")]
+    NoRuntime,
+}
+
+impl From<NoWatchdog> for CurrentRuntimeError {
+    fn from(_: NoWatchdog) -> Self {
+        CurrentRuntimeError::NoWatchdog
+    }
+}
+
+/// How long `watch_current_runtime`, called from a multi-thread runtime's `block_on` thread,
+/// waits for every worker to have run one of its registration tasks: a task spawned right after
+/// it returns must find its worker watched. Workers that are idle take microseconds; one busy in
+/// a long poll is found when it is done (its registration task stays queued).
+#[cfg(target_os = "linux")]
+const FIND_WORKERS_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// How long each registration task goes on looking for the workers no other one reached.
+#[cfg(target_os = "linux")]
+const FIND_WORKERS_FOR: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Watches the runtime the calling thread is in, found from the runtime itself
+/// (`Detector::watch_current_runtime`): no callback can be installed any more, so its threads
+/// are registered by tasks spawned on it, and the sampler tells their parks from `/proc`
+/// (`Worker::found`).
+pub(crate) fn watch_current(
+    recorder: &Arc<Recorder>,
+    runtimes: &Runtimes,
+) -> Result<(), CurrentRuntimeError> {
+    let handle =
+        tokio::runtime::Handle::try_current().map_err(|_| CurrentRuntimeError::NoRuntime)?;
+    #[cfg(target_os = "linux")]
+    {
+        use tokio::runtime::RuntimeFlavor;
+        static NEXT_RUNTIME: AtomicU64 = AtomicU64::new(1 << 32);
+        // Called again on a runtime this thread already serves for this detector: nothing to do.
+        if Runtime::already_found_here(recorder) {
+            return Ok(());
+        }
+        let runtime = Arc::new(Runtime {
+            id: NEXT_RUNTIME.fetch_add(1, Ordering::Relaxed),
+            recorder: recorder.clone(),
+            workers: Mutex::new(Vec::new()),
+            handle: Mutex::new(Some(handle.clone())),
+            handle_sent: AtomicBool::new(true),
+            threads_started: AtomicBool::new(false),
+            found: true,
+        });
+        runtimes.add(&runtime);
+        super::symbols::symbol_table();
+        let workers = handle.metrics().num_workers();
+        let in_task = tokio::task::try_id().is_some();
+        match handle.runtime_flavor() {
+            // Its only thread is this one.
+            RuntimeFlavor::CurrentThread => {
+                runtime.runs_from_now();
+            }
+            _ => {
+                if in_task {
+                    // A task runs on a worker: this one.
+                    runtime.runs_from_now();
+                } else {
+                    // `block_on`'s thread is none of the workers: marked, so that a second call
+                    // from it is known.
+                    runtime.mark_here();
+                }
+                for _ in 0..workers {
+                    handle.spawn(find_workers(runtime.clone(), workers));
+                }
+                if !in_task {
+                    let deadline = std::time::Instant::now() + FIND_WORKERS_WAIT;
+                    while runtime.found_workers() < workers && std::time::Instant::now() < deadline
+                    {
+                        std::thread::sleep(std::time::Duration::from_micros(200));
+                    }
+                }
+            }
+        }
+        // The runtime owns its record from now on: the task is dropped, and with it the record,
+        // when the runtime shuts down (the watchdog then lets go of its handle).
+        handle.spawn(async move {
+            let _runtime = runtime;
+            std::future::pending::<()>().await
+        });
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (recorder, runtimes, handle);
+    Ok(())
+}
+
+/// A registration task of `watch_current_runtime`: registers the worker that runs it, then keeps
+/// yielding (so that the other workers pick up the other registration tasks, stealing them from
+/// this one's queue) until all `workers` are registered, or for [`FIND_WORKERS_FOR`].
+#[cfg(target_os = "linux")]
+async fn find_workers(runtime: Arc<Runtime>, workers: usize) {
+    let started = std::time::Instant::now();
+    let mut rounds = 0u32;
+    loop {
+        runtime.runs_from_now();
+        if runtime.found_workers() >= workers || started.elapsed() > FIND_WORKERS_FOR {
+            return;
+        }
+        rounds += 1;
+        if rounds < 1000 {
+            tokio::task::yield_now().await;
+        } else {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    }
+}
+
 /// Watches the runtime `builder` builds with `runtimes`, a watchdog's list, for `recorder`'s
 /// detector: installs tokio's thread callbacks (`Detector::watch_runtime`).
 pub(crate) fn install(
@@ -67,6 +186,7 @@ pub(crate) fn install(
             handle: Mutex::new(None),
             handle_sent: AtomicBool::new(false),
             threads_started: AtomicBool::new(false),
+            found: false,
         });
         runtimes.add(&runtime);
         // The program's symbol table, read here on the caller's thread (milliseconds, at
@@ -127,6 +247,9 @@ pub(super) struct Runtime {
     /// tokio has started a thread for it: a multi-thread runtime's workers start in `build()`,
     /// a current-thread runtime starts none until its blocking pool is used.
     pub(super) threads_started: AtomicBool,
+    /// Found by `watch_current_runtime`, without tokio's callbacks: the sampler tells when its
+    /// workers park from `/proc` (see `Sampler::observe`).
+    pub(super) found: bool,
 }
 
 /// One thread of a watched runtime.
@@ -182,6 +305,38 @@ impl Drop for Registered {
 impl Runtime {
     pub(super) fn key(&self) -> u64 {
         self.id
+    }
+
+    /// How many of its threads are registered.
+    fn found_workers(&self) -> usize {
+        self.workers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .len()
+    }
+
+    /// Whether the calling thread already serves a runtime `watch_current_runtime` found for
+    /// `recorder`'s detector (or called it from that runtime's `block_on`).
+    fn already_found_here(recorder: &Arc<Recorder>) -> bool {
+        REGISTERED
+            .try_with(|registered| {
+                registered.0.borrow().iter().any(|(_, runtime, _)| {
+                    runtime.upgrade().is_some_and(|runtime| {
+                        runtime.found && Arc::ptr_eq(&runtime.recorder, recorder)
+                    })
+                })
+            })
+            .unwrap_or(false)
+    }
+
+    /// Marks the calling thread as having found this runtime without being one of its workers.
+    fn mark_here(self: &Arc<Self>) {
+        let _ = REGISTERED.try_with(|registered| {
+            registered
+                .0
+                .borrow_mut()
+                .push((self.key(), Arc::downgrade(self), None))
+        });
     }
 
     /// This thread's worker of this runtime, registered on first sight. Off the hot path: once
@@ -324,21 +479,31 @@ impl Runtime {
     fn parked(self: &Arc<Self>) {
         self.send_handle();
         if let Some(worker) = self.register() {
-            worker.parked_once.store(true, Ordering::Release);
-            worker
-                .parked_raw
-                .store(self.recorder.clock.raw(), Ordering::Release);
-            worker.running_since.store(0, Ordering::Release);
+            worker.parks(self.recorder.clock.raw());
         }
     }
 
     fn unparked(self: &Arc<Self>) {
         if let Some(worker) = self.register() {
-            // Never 0, which means parked.
-            let now = self.recorder.clock.raw().max(1);
-            worker.unparks.fetch_add(1, Ordering::Relaxed);
-            worker.running_since.store(now, Ordering::Release);
+            worker.unparks(self.recorder.clock.raw());
         }
+    }
+}
+
+#[cfg(target_os = "linux")]
+impl Worker {
+    /// It parks, at clock reading `now`.
+    pub(super) fn parks(&self, now: u64) {
+        self.parked_once.store(true, Ordering::Release);
+        self.parked_raw.store(now, Ordering::Release);
+        self.running_since.store(0, Ordering::Release);
+    }
+
+    /// It unparks, at clock reading `now`.
+    pub(super) fn unparks(&self, now: u64) {
+        self.unparks.fetch_add(1, Ordering::Relaxed);
+        // Never 0, which means parked.
+        self.running_since.store(now.max(1), Ordering::Release);
     }
 }
 

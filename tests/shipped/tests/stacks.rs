@@ -316,3 +316,46 @@ fn an_unwrapped_task_stalling_twice_is_reported_twice() {
     }
     assert_eq!(ours, 2, "{labels:?}");
 }
+
+/// The same under `#[tokio::test]`, either flavor, watched with `watch_current_runtime`: both
+/// stalls are reported, and the idle workers before them were never signalled (their parks are
+/// told from their stacks).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_current_runtime_reports_both_stalls_and_leaves_parked_workers_alone() {
+    both_stalls_of_the_current_runtime().await;
+}
+
+#[tokio::test]
+async fn watch_current_runtime_on_a_current_thread_runtime() {
+    both_stalls_of_the_current_runtime().await;
+}
+
+async fn both_stalls_of_the_current_runtime() {
+    let events: Arc<Mutex<Vec<HogEvent>>> = Arc::default();
+    let detector = detector(Arc::clone(&events));
+    detector.watch_current_runtime().unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle = detector.watchdog_stats().unwrap();
+    tokio::spawn(background_task_that_stalls_twice())
+        .await
+        .unwrap();
+    let labels: Vec<String> = events
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|event| event.label.to_string())
+        .collect();
+    if stripped() {
+        assert!(
+            labels.iter().all(|label| !label.contains("::")),
+            "{labels:?}"
+        );
+        return;
+    }
+    assert_eq!(idle.captures_requested, 0, "{idle:?}");
+    let ours = labels
+        .iter()
+        .filter(|label| label.contains("background_task_that_stalls_twice"))
+        .count();
+    assert_eq!(ours, 2, "{labels:?}");
+}
