@@ -60,6 +60,9 @@ mod render;
 mod report;
 mod runtime;
 mod schema;
+#[cfg(feature = "watchdog")]
+#[cfg_attr(docsrs, doc(cfg(feature = "watchdog")))]
+pub mod testing;
 mod watch;
 #[cfg(feature = "watchdog")]
 mod watch_runtime;

@@ -109,6 +109,15 @@ impl Detector {
         let watchdog = self
             .watchdog_state()
             .ok_or(CurrentRuntimeError::NoWatchdog)?;
-        crate::watchdog::watch_current_runtime(self.recorder(), &watchdog.runtimes)
+        crate::watchdog::watch_current_runtime(self.recorder(), &watchdog.runtimes, false)
+    }
+
+    /// `watch_current_runtime`, and stalls of the future given to `block_on` count in either
+    /// flavor (the test guard's: a test body that blocks fails its test).
+    pub(crate) fn watch_current_runtime_and_body(&self) -> Result<(), CurrentRuntimeError> {
+        let watchdog = self
+            .watchdog_state()
+            .ok_or(CurrentRuntimeError::NoWatchdog)?;
+        crate::watchdog::watch_current_runtime(self.recorder(), &watchdog.runtimes, true)
     }
 }

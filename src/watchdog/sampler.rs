@@ -12,7 +12,7 @@ use super::activity::{self, Activity};
 use super::table::warn_stall;
 use super::table::Watchdog;
 #[cfg(target_os = "linux")]
-use super::task_names::{in_task, task_label, Names};
+use super::task_names::{in_body, in_task, task_label, waits_in_tokio, Names};
 use super::workers::Runtimes;
 #[cfg(target_os = "linux")]
 use super::workers::{target_of, Runtime, Worker};
@@ -74,6 +74,8 @@ struct Seen {
     busy: Vec<Duration>,
     /// The other workers at the sample.
     others: Vec<Other>,
+    /// The thread's CPU time at the sample, in nanoseconds (`None`: not readable).
+    cpu_ns: Option<u64>,
 }
 
 /// A stall reported for a worker, whose later samples are recorded with it.
@@ -223,7 +225,7 @@ impl Sampler {
             }
             for worker in &workers {
                 if !runtime.not_the_runtimes(worker) {
-                    self.check_worker(recorder, watchdog, key, runtime.found, worker, &workers);
+                    self.check_worker(recorder, watchdog, runtime, worker, &workers);
                 }
             }
         }
@@ -267,11 +269,11 @@ impl Sampler {
         &mut self,
         recorder: &Recorder,
         watchdog: &Arc<Watchdog>,
-        runtime: u64,
-        found: bool,
+        watched: &Runtime,
         worker: &Arc<Worker>,
         workers: &[Arc<Worker>],
     ) {
+        let (runtime, found) = (watched.key(), watched.found);
         if worker.gone.load(Ordering::Acquire) {
             return;
         }
@@ -355,9 +357,11 @@ impl Sampler {
             Activity::User => {
                 watchdog.requested.fetch_add(1, Ordering::Relaxed);
                 // No longer than the interval between checks: a worker the machine hardly runs
-                // must not hold up the watchdog's look at the others.
+                // must not hold up the watchdog's look at the others. At least 5 ms: with a
+                // threshold of a few milliseconds (the test guard's), a thread that waits that
+                // long for a CPU on a busy machine must still be sampled.
                 let timeout = Duration::from_nanos(threshold_ns / 4)
-                    .clamp(Duration::from_millis(1), Duration::from_millis(250));
+                    .clamp(Duration::from_millis(5), Duration::from_millis(250));
                 match signal::capture(target, watchdog.signal, timeout) {
                     Ok(raw) => {
                         watchdog.completed.fetch_add(1, Ordering::Relaxed);
@@ -399,8 +403,11 @@ impl Sampler {
                     // A thread that never parked may be the blocking pool's, whose
                     // `spawn_blocking` closures run through the same harness: a task only with
                     // a scheduler below it.
-                    let task =
-                        in_task(&named.frames) && (parked_once || named.scheduler == Some(true));
+                    let task = ((in_task(&named.frames)
+                        && (parked_once || named.scheduler == Some(true)))
+                        || (watched.bodies && in_body(&named.frames, &watchdog.prefixes)))
+                        && !(matches!(activity, Activity::Syscall(..))
+                            && waits_in_tokio(&named.frames, &watchdog.prefixes));
                     (task, named.frames)
                 }
                 // Nothing can name it yet (no symbol table): sampled again later.
@@ -479,6 +486,7 @@ impl Sampler {
             _ => {
                 let busy = busy_times(self.handles.get(&runtime));
                 let others = self.others(worker, workers);
+                let cpu_ns = self.reader.clocks(worker.tid).map(|clocks| clocks.cpu_ns);
                 if let Some(state) = self.states.get_mut(&id) {
                     state.seen = Some(Seen {
                         at_raw: now,
@@ -487,6 +495,7 @@ impl Sampler {
                         began_raw: if first_sample { since } else { now },
                         busy,
                         others,
+                        cpu_ns,
                     });
                 }
                 return;
@@ -500,10 +509,15 @@ impl Sampler {
         }
         let busy = busy_times(self.handles.get(&runtime));
         let others = self.others(worker, workers);
+        let cpu_ns = self.reader.clocks(worker.tid).map(|clocks| clocks.cpu_ns);
         let Some(state) = self.states.get_mut(&id) else {
             return;
         };
-        if !stood_still(recorder, &seen, now, &busy, &others) {
+        // tokio's busy times are its workers', not `block_on`'s thread's.
+        let block_on = worker.block_on.load(Ordering::Acquire);
+        if !(block_on || stood_still(recorder, &seen, now, &busy, &others))
+            || starved(recorder, &seen, now, cpu_ns)
+        {
             // Busy times moved: polls went on. This sample starts over.
             state.seen = Some(Seen {
                 at_raw: now,
@@ -512,6 +526,7 @@ impl Sampler {
                 began_raw: now,
                 busy,
                 others,
+                cpu_ns,
             });
             return;
         }
@@ -556,6 +571,7 @@ impl Sampler {
                 !Arc::ptr_eq(other, worker)
                     && !other.gone.load(Ordering::Acquire)
                     && other.parked_once.load(Ordering::Acquire)
+                    && !other.block_on.load(Ordering::Acquire)
             })
             .map(|other| {
                 let key = Arc::as_ptr(other) as usize;
@@ -720,6 +736,20 @@ fn is_park(nr: libc::c_long, frames: &[symbols::Frame], runtime: &[String]) -> b
         && certain
             .into_iter()
             .all(|frame| frame.system || symbols::is_runtime(&frame.name, runtime))
+}
+
+/// Whether a thread whose two samples caught it in its own code (not in a system call) ran on a
+/// CPU for less than an eighth of the time between them: it was runnable but waiting for a CPU
+/// (a machine far busier than its cores), which holds its poll but is no stall of its code. A
+/// stall on a busy machine gets its share of a CPU, which is more (a third with six threads
+/// running on two cores).
+#[cfg(target_os = "linux")]
+fn starved(recorder: &Recorder, seen: &Seen, now: u64, cpu_ns: Option<u64>) -> bool {
+    let (Key::Stack(..), Some(before), Some(after)) = (&seen.key, seen.cpu_ns, cpu_ns) else {
+        return false;
+    };
+    let wall_ns = recorder.clock.delta_as_nanos(seen.at_raw, now);
+    after.saturating_sub(before).saturating_mul(8) < wall_ns
 }
 
 /// Each worker's busy time, from tokio's stable metrics (empty if not readable here).

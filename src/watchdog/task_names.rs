@@ -15,10 +15,52 @@ const UNKNOWN_TASK: &str = "task <unknown>";
 pub(super) fn in_task(frames: &[symbols::Frame]) -> bool {
     let names: Vec<String> = frames.iter().map(|frame| frame.name.clone()).collect();
     let within = symbols::within_poll(&names);
+    within.len() < names.len() && !symbols::is_block_on(&names[within.len()]) && !offloaded(within)
+}
+
+/// Whether `frames` (innermost first, down to tokio's `block_on`) were taken inside a poll of
+/// the future given to `block_on`, in the app's own code (not parked: tokio parks below the
+/// poll), and not in `block_in_place`.
+pub(super) fn in_body(frames: &[symbols::Frame], prefixes: &[String]) -> bool {
+    let names: Vec<String> = frames.iter().map(|frame| frame.name.clone()).collect();
+    let within = symbols::within_poll(&names);
     within.len() < names.len()
-        && !within.iter().any(|name| {
-            name.contains("block_in_place") || name.contains("::blocking::task::BlockingTask")
+        && symbols::is_block_on(&names[within.len()])
+        && !offloaded(within)
+        // `block_on` parks its thread below the poll, not within it.
+        && !within.iter().any(|name| symbols::is_park(name))
+        && frames[..within.len()].iter().any(|frame| {
+            !frame.system
+                && frame.name != symbols::UNKNOWN
+                && !symbols::is_runtime(&frame.name, prefixes)
         })
+}
+
+/// Whether a poll blocked in a system call (`frames` innermost first) waits inside tokio's own
+/// code: the frames from the call out to the poll's first frame outside the runtime include
+/// tokio's runtime internals (a `tokio::spawn` waiting for the runtime's queue lock, a timer's
+/// lock). tokio holds those for microseconds: a long wait means their holder waits for a CPU on
+/// an oversubscribed machine, not that the poll's code blocks. (tokio's own blocking calls,
+/// `blocking_lock` and `Handle::block_on`, panic inside a runtime.)
+pub(super) fn waits_in_tokio(frames: &[symbols::Frame], prefixes: &[String]) -> bool {
+    frames
+        .iter()
+        .take_while(|frame| {
+            frame.system
+                || frame.name == symbols::UNKNOWN
+                || symbols::is_runtime(&frame.name, prefixes)
+        })
+        .any(|frame| {
+            frame.name.starts_with("tokio::runtime::") || frame.name.starts_with("tokio::loom::")
+        })
+}
+
+/// Whether a poll's frames are inside tokio's sanctioned ways to block: `block_in_place`, or a
+/// `spawn_blocking` closure.
+fn offloaded(within: &[String]) -> bool {
+    within.iter().any(|name| {
+        name.contains("block_in_place") || name.contains("::blocking::task::BlockingTask")
+    })
 }
 
 /// Names stacks on the watchdog thread, with a `Symbolizer` of its own (which names from the
@@ -135,7 +177,8 @@ pub(super) struct Named {
 }
 
 /// The label of a task stall: `task ` and the first frame above tokio's task harness (outermost
-/// first) that is not the runtime's, without its `{{closure}}` suffixes; [`UNKNOWN_TASK`] if
+/// first) that is not the runtime's, without its `{{closure}}` suffixes (`block_on ` and the same
+/// frame above tokio's `block_on` for a stall of the future given to it); [`UNKNOWN_TASK`] if
 /// there is none.
 pub(super) fn task_label(frames: &[symbols::Frame], prefixes: &[String]) -> String {
     let names: Vec<String> = frames.iter().map(|frame| frame.name.clone()).collect();
@@ -143,6 +186,11 @@ pub(super) fn task_label(frames: &[symbols::Frame], prefixes: &[String]) -> Stri
     if within.len() == names.len() {
         return UNKNOWN_TASK.to_string();
     }
+    // The future given to `block_on` is no task.
+    let kind = match symbols::is_block_on(&names[within.len()]) {
+        true => "block_on",
+        false => "task",
+    };
     frames[..within.len()]
         .iter()
         .rev()
@@ -158,7 +206,7 @@ pub(super) fn task_label(frames: &[symbols::Frame], prefixes: &[String]) -> Stri
                 while let Some(outer) = name.strip_suffix("::{{closure}}") {
                     name = outer;
                 }
-                format!("task {name}")
+                format!("{kind} {name}")
             },
         )
 }

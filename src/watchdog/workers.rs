@@ -83,9 +83,13 @@ const FIND_WORKERS_FOR: std::time::Duration = std::time::Duration::from_secs(5);
 /// (`Detector::watch_current_runtime`): no callback can be installed any more, so its threads
 /// are registered by tasks spawned on it, and the sampler tells their parks from `/proc`
 /// (`Worker::found`).
+///
+/// With `bodies` (the test guard), stalls of the future given to `block_on` are reported in
+/// either flavor (a current-thread runtime's always are: they block every task).
 pub(crate) fn watch_current(
     recorder: &Arc<Recorder>,
     runtimes: &Runtimes,
+    bodies: bool,
 ) -> Result<(), CurrentRuntimeError> {
     let handle =
         tokio::runtime::Handle::try_current().map_err(|_| CurrentRuntimeError::NoRuntime)?;
@@ -97,6 +101,7 @@ pub(crate) fn watch_current(
         if Runtime::already_found_here(recorder) {
             return Ok(());
         }
+        let current_thread = handle.runtime_flavor() == RuntimeFlavor::CurrentThread;
         let runtime = Arc::new(Runtime {
             id: NEXT_RUNTIME.fetch_add(1, Ordering::Relaxed),
             recorder: recorder.clone(),
@@ -105,31 +110,39 @@ pub(crate) fn watch_current(
             handle_sent: AtomicBool::new(true),
             threads_started: AtomicBool::new(false),
             found: true,
+            bodies: bodies || current_thread,
         });
         runtimes.add(&runtime);
         super::symbols::symbol_table();
         let workers = handle.metrics().num_workers();
         let in_task = tokio::task::try_id().is_some();
-        match handle.runtime_flavor() {
+        match current_thread {
             // Its only thread is this one.
-            RuntimeFlavor::CurrentThread => {
+            true => {
                 runtime.runs_from_now();
             }
-            _ => {
+            false => {
                 if in_task {
                     // A task runs on a worker: this one.
                     runtime.runs_from_now();
+                } else if bodies {
+                    // `block_on`'s thread, watched for the test guard.
+                    if let Some(worker) = runtime.runs_from_now() {
+                        worker.block_on.store(true, Ordering::Release);
+                    }
                 } else {
                     // `block_on`'s thread is none of the workers: marked, so that a second call
                     // from it is known.
                     runtime.mark_here();
                 }
+                // Plus `block_on`'s thread, if it registered.
+                let threads = workers + usize::from(bodies && !in_task);
                 for _ in 0..workers {
-                    handle.spawn(find_workers(runtime.clone(), workers));
+                    handle.spawn(find_workers(runtime.clone(), threads));
                 }
                 if !in_task {
                     let deadline = std::time::Instant::now() + FIND_WORKERS_WAIT;
-                    while runtime.found_workers() < workers && std::time::Instant::now() < deadline
+                    while runtime.found_workers() < threads && std::time::Instant::now() < deadline
                     {
                         std::thread::sleep(std::time::Duration::from_micros(200));
                     }
@@ -144,7 +157,7 @@ pub(crate) fn watch_current(
         });
     }
     #[cfg(not(target_os = "linux"))]
-    let _ = (recorder, runtimes, handle);
+    let _ = (recorder, runtimes, handle, bodies);
     Ok(())
 }
 
@@ -187,6 +200,7 @@ pub(crate) fn install(
             handle_sent: AtomicBool::new(false),
             threads_started: AtomicBool::new(false),
             found: false,
+            bodies: false,
         });
         runtimes.add(&runtime);
         // The program's symbol table, read here on the caller's thread (milliseconds, at
@@ -250,6 +264,10 @@ pub(super) struct Runtime {
     /// Found by `watch_current_runtime`, without tokio's callbacks: the sampler tells when its
     /// workers park from `/proc` (see `Sampler::observe`).
     pub(super) found: bool,
+    /// A stall of the future given to `block_on` counts too (a task stall's label says
+    /// `block_on`): on a current-thread runtime it blocks every task; the test guard asks for
+    /// it in either flavor, its `block_on` thread then watched beside the workers.
+    pub(super) bodies: bool,
 }
 
 /// One thread of a watched runtime.
@@ -274,6 +292,9 @@ pub(super) struct Worker {
     pub(super) gone: AtomicBool,
     /// It is the thread that called `watch_runtime` (see `Runtime::caller`).
     pub(super) caller: AtomicBool,
+    /// It is a multi-thread runtime's `block_on` thread, none of its workers, watched for the
+    /// test guard (`Runtime::bodies`): tokio's worker metrics say nothing of it.
+    pub(super) block_on: AtomicBool,
 }
 
 #[cfg(target_os = "linux")]
@@ -405,6 +426,7 @@ impl Runtime {
             parked_once: AtomicBool::new(false),
             gone: AtomicBool::new(false),
             caller: AtomicBool::new(false),
+            block_on: AtomicBool::new(false),
         }))
     }
 

@@ -249,6 +249,20 @@ fn is_poll_boundary(name: &str) -> bool {
                 .is_some_and(|rest| rest.starts_with(['<', ' ', ':']) || rest.is_empty())
         })
         || is_task_harness(name)
+        || is_block_on(name)
+}
+
+/// Whether `name` is one of tokio's functions that park a thread (a worker's condition variable,
+/// the I/O driver, `block_on`'s park).
+pub(crate) fn is_park(name: &str) -> bool {
+    name.starts_with("tokio::runtime::") && name.contains("park")
+}
+
+/// Whether `name` is tokio's `block_on`, which polls the future given to it (the body of
+/// `#[tokio::main]` or `#[tokio::test]`): on a current-thread runtime a stall there blocks every
+/// task, and the test guard (`crate::testing`) reports it in either flavor.
+pub(crate) fn is_block_on(name: &str) -> bool {
+    name.starts_with("tokio::runtime::") && without_generics(name).contains("::block_on")
 }
 
 /// The functions of tokio's task harness between the worker and a task's future, as they appear
