@@ -40,7 +40,10 @@
 //! threshold and a half (the watchdog confirms a stall by seeing the same poll a whole threshold
 //! apart).
 //!
-//! Linux only, like the watchdog's stacks: elsewhere the guard checks nothing.
+//! Linux only, like the watchdog's stacks: elsewhere the guard checks nothing. It tells a task's
+//! poll from tokio's scheduler by the functions' names, so a build without a symbol table
+//! (`strip = true`, never the default for tests) finds nothing. In a release build a task's
+//! `async fn` may be inlined into tokio's harness: the label then names the function it called.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -221,6 +224,9 @@ impl Finding {
     }
 }
 
+/// How many frames of a finding's stack the message shows.
+const STACK_LINES: usize = 12;
+
 /// The panic message: one block per finding, worst first, like a compiler's error.
 fn message(findings: &[Finding], threshold: Duration) -> String {
     let mut text = format!(
@@ -258,6 +264,15 @@ fn message(findings: &[Finding], threshold: Duration) -> String {
         }
         if let Some(hint) = finding.cause.and_then(StallCause::hint) {
             let _ = writeln!(text, "      = help: {hint}");
+        }
+        if !finding.stack.is_empty() {
+            text.push_str("      stack (innermost first):\n");
+            for frame in finding.stack.iter().take(STACK_LINES) {
+                let _ = writeln!(text, "        {frame}");
+            }
+            if finding.stack.len() > STACK_LINES {
+                let _ = writeln!(text, "        … {} more", finding.stack.len() - STACK_LINES);
+            }
         }
     }
     text.push_str(

@@ -15,7 +15,12 @@ const UNKNOWN_TASK: &str = "task <unknown>";
 pub(super) fn in_task(frames: &[symbols::Frame]) -> bool {
     let names: Vec<String> = frames.iter().map(|frame| frame.name.clone()).collect();
     let within = symbols::within_poll(&names);
-    within.len() < names.len() && !symbols::is_block_on(&names[within.len()]) && !offloaded(within)
+    within.len() < names.len()
+        && !symbols::is_block_on(&names[within.len()])
+        && !offloaded(within)
+        // A worker parked inside the blocking pool's harness: one that took over a worker's
+        // queue at `block_in_place` (where `BlockingTask`'s frame may be inlined away).
+        && !within.iter().any(|name| symbols::is_park(name))
 }
 
 /// Whether `frames` (innermost first, down to tokio's `block_on`) were taken inside a poll of

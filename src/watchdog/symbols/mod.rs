@@ -56,6 +56,11 @@ pub(crate) const DEFAULT_RUNTIME_PREFIXES: &[&str] = &[
     // stays the culprit.
     "serde",
     "serde_core",
+    // Locks, as std's own are: a thread waiting on one is blamed on the function that took it
+    // (tokio parks its workers on parking_lot's condition variable when its feature is on).
+    "parking_lot",
+    "parking_lot_core",
+    "lock_api",
     // The C library and the unwinder: allocator, memory and thread internals.
     "_",
     "libc",

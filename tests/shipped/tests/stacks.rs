@@ -359,3 +359,29 @@ async fn both_stalls_of_the_current_runtime() {
         .count();
     assert_eq!(ours, 2, "{labels:?}");
 }
+
+/// The test guard in the builds users ship: a spawned task's 20 ms sleep and a 50 ms spin of the
+/// test body each fail the test, the sleeping and spinning functions named; a stripped build has
+/// no names to tell a task's poll by, and finds nothing (documented), never something wrong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_test_guard_names_a_sleeping_task_and_a_spinning_body() {
+    let guard = hogwatch::testing::forbid_blocking();
+    tokio::spawn(async { sleeping_caller(Duration::from_millis(20)) })
+        .await
+        .unwrap();
+    let sleeping = guard.finish();
+    let guard = hogwatch::testing::forbid_blocking();
+    black_box(spinning_caller(Duration::from_millis(50)));
+    let spinning = guard.finish();
+    if stripped() {
+        assert_eq!((sleeping, spinning), (Ok(()), Ok(())));
+        return;
+    }
+    let sleeping = sleeping.unwrap_err();
+    assert!(sleeping.contains("cause: sleep"), "{sleeping}");
+    assert!(sleeping.contains("in: stacks::sleeping_blocker"), "{sleeping}");
+    let spinning = spinning.unwrap_err();
+    assert!(spinning.contains("--> block_on stacks::"), "{spinning}");
+    assert!(spinning.contains("cause: cpu"), "{spinning}");
+    assert!(spinning.contains("in: stacks::spinning_blocker"), "{spinning}");
+}
