@@ -274,3 +274,62 @@ async fn serve(
     println!("{}", detector.report().to_text());
     Ok(ExitCode::SUCCESS)
 }
+
+/// The experiment as tests, with hogwatch's test guard: the blocking variant fails its test, and
+/// the message says where; the fixes pass. This is how the mistake is caught in CI, before any
+/// load test (`cargo test --example json_service`, or `cargo test`).
+#[cfg(all(test, target_os = "linux", feature = "watchdog"))]
+mod tests {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use hogwatch::testing::forbid_blocking;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    /// The app with the big document cached. Made before the guard: building the cache
+    /// serialises the document, 250 ms on the CPU in a debug build, which the guard would
+    /// rightly report.
+    fn app() -> axum::Router {
+        let detector = Detector::builder().build().unwrap();
+        json_app::app(&detector, Cache::new([Size::Big]))
+    }
+
+    /// Requests `route` for the big document, as a test drives a handler.
+    async fn get(app: axum::Router, route: &str) -> StatusCode {
+        let request = Request::get(route.replace("{key}", "big"))
+            .body(Body::empty())
+            .unwrap();
+        app.oneshot(request).await.unwrap().status()
+    }
+
+    #[tokio::test]
+    async fn the_blocking_variant_fails_its_test() {
+        let app = app();
+        let guard = forbid_blocking();
+        assert_eq!(get(app, "/blocking/{key}").await, StatusCode::OK);
+        let message = guard.finish().unwrap_err();
+        assert!(message.contains("cause: cpu"), "{message}");
+        assert!(message.contains("in: serde_json::"), "{message}");
+        assert!(
+            message.contains("called from: json_service::support::json_app::"),
+            "{message}"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_passthrough_variant_passes() {
+        let app = app();
+        let guard = forbid_blocking();
+        assert_eq!(get(app, "/passthrough/{key}").await, StatusCode::OK);
+        guard.finish().unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_offload_variant_passes() {
+        let app = app();
+        let guard = forbid_blocking();
+        assert_eq!(get(app, "/offload/{key}").await, StatusCode::OK);
+        guard.finish().unwrap();
+    }
+}

@@ -265,13 +265,19 @@ fn message(findings: &[Finding], threshold: Duration) -> String {
         if let Some(hint) = finding.cause.and_then(StallCause::hint) {
             let _ = writeln!(text, "      = help: {hint}");
         }
-        if !finding.stack.is_empty() {
+        // The frames that have a name (the C library's often have none).
+        let stack: Vec<&String> = finding
+            .stack
+            .iter()
+            .filter(|frame| !frame.starts_with('['))
+            .collect();
+        if !stack.is_empty() {
             text.push_str("      stack (innermost first):\n");
-            for frame in finding.stack.iter().take(STACK_LINES) {
+            for frame in stack.iter().take(STACK_LINES) {
                 let _ = writeln!(text, "        {frame}");
             }
-            if finding.stack.len() > STACK_LINES {
-                let _ = writeln!(text, "        … {} more", finding.stack.len() - STACK_LINES);
+            if stack.len() > STACK_LINES {
+                let _ = writeln!(text, "        … {} more", stack.len() - STACK_LINES);
             }
         }
     }

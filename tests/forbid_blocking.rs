@@ -238,3 +238,37 @@ fn outside_a_runtime_it_says_so() {
     let _serial = serial();
     let _guard = forbid_blocking();
 }
+
+/// A handler served by a real `axum::serve` on loopback, asked over TCP: its 50 ms sleep fails
+/// the test (the connection task is a task of the test's runtime).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_behind_axum_serve_fails_its_test() {
+    let _serial = serial();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = axum::Router::new().route(
+        "/slow",
+        axum::routing::get(|| async {
+            sleep_in_refresh(Duration::from_millis(50));
+            "done"
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let guard = forbid_blocking();
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream
+        .write_all(b"GET /slow HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let message = guard.finish().unwrap_err();
+    server.abort();
+    assert!(message.contains("cause: sleep"), "{message}");
+    assert!(
+        message.contains("in: forbid_blocking::sleep_in_refresh"),
+        "{message}"
+    );
+}
