@@ -61,8 +61,42 @@ fn spawn_named(
     location
 }
 
+/// Runs `work` on the blocking pool, spawned where this is called: the location console reports
+/// for the blocking task (`spawn_blocking` takes its caller's location through this function).
+#[track_caller]
+fn offload(work: impl FnOnce() + Send + 'static) -> &'static Location<'static> {
+    let location = Location::caller();
+    drop(tokio::task::spawn_blocking(work));
+    location
+}
+
 impl App {
+    /// The app with a task that blocks 60 ms per poll and quiet tasks.
     fn start() -> Self {
+        Self::start_with(|| {
+            let blocking = spawn_named("blocker", async {
+                for _ in 0..BLOCKING_POLLS {
+                    std::thread::sleep(BLOCK);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            });
+            let mut quiet = None;
+            for _ in 0..QUIET_TASKS {
+                quiet = Some(spawn_named("quiet", async {
+                    for _ in 0..QUIET_POLLS {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }));
+            }
+            (blocking, quiet.unwrap())
+        })
+    }
+
+    /// The app, with the tasks `spawn` spawns on its runtime (it returns the locations of the
+    /// blocking one and of another one).
+    fn start_with(
+        spawn: impl FnOnce() -> (&'static Location<'static>, &'static Location<'static>),
+    ) -> Self {
         let address = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let (layer, server) = console_subscriber::ConsoleLayer::builder()
             .server_addr(address)
@@ -99,23 +133,8 @@ impl App {
             })
         });
         let (blocking, quiet) = tracing::dispatcher::with_default(&dispatch, || {
-            runtime.block_on(async {
-                let blocking = spawn_named("blocker", async {
-                    for _ in 0..BLOCKING_POLLS {
-                        std::thread::sleep(BLOCK);
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                });
-                let mut quiet = None;
-                for _ in 0..QUIET_TASKS {
-                    quiet = Some(spawn_named("quiet", async {
-                        for _ in 0..QUIET_POLLS {
-                            tokio::time::sleep(Duration::from_millis(5)).await;
-                        }
-                    }));
-                }
-                (blocking, quiet.unwrap())
-            })
+            let _runtime = runtime.enter();
+            spawn()
         });
         // The server binds on its own task: wait until it accepts.
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -226,6 +245,41 @@ fn library_ranks_the_blocking_spawn_location_first() {
     assert_ranking(&app, &report);
     assert!(ticks >= 4, "a tick every 500 ms for 3 s, saw {ticks}");
     assert!(warned, "no warning for the blocking task");
+}
+
+/// A task stuck in its first poll (a 20 s `std::thread::sleep`) is a stall 2 s later, ranked
+/// first though console has counted none of its polls; `spawn_blocking` closures (one of 300 ms,
+/// done, then one of 5 s, in progress) are never ranked.
+#[test]
+fn a_poll_in_progress_is_a_stall_and_the_blocking_pool_is_never_ranked() {
+    let app = App::start_with(|| {
+        let stuck = spawn_named("stuck", async {
+            std::thread::sleep(Duration::from_secs(20));
+        });
+        // One location: 300 ms, done before the second, of 5 s, starts.
+        let mut offloaded = None;
+        for run in [Duration::from_millis(300), Duration::from_secs(5)] {
+            offloaded = Some(offload(move || std::thread::sleep(run)));
+            std::thread::sleep(Duration::from_millis(400));
+        }
+        (stuck, offloaded.unwrap())
+    });
+    let mut options = options(app.address.to_string());
+    options.duration = Some(Duration::from_secs(2));
+    let report = block_on(console::run(&options, std::future::pending(), |_| {}));
+    let report = report.unwrap();
+    let text = report.to_text();
+    let first = report
+        .entries
+        .first()
+        .unwrap_or_else(|| panic!("empty:\n{text}"));
+    assert_eq!(first.label, App::label(app.blocking), "\n{text}");
+    assert_eq!(first.stalls, 1, "\n{text}");
+    assert!(first.longest_stall_us >= 1_500_000, "\n{text}");
+    assert!(
+        report.entry(&App::label(app.quiet)).is_none(),
+        "a blocking-pool task is ranked:\n{text}"
+    );
 }
 
 /// Runs the binary; its output once it exits, within `limit`.

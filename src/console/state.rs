@@ -109,6 +109,13 @@ struct Task {
     histogram: Option<TaskHistogram>,
     /// A details request for it is in flight.
     fetching: bool,
+    /// A `spawn_blocking` closure (console's `Kind::Blocking`): it runs on the blocking pool,
+    /// where blocking is what it is for; never ranked.
+    blocking: bool,
+    /// When its current poll started, if one is in progress (console's last poll start is later
+    /// than its last poll end): a poll that has held its worker for long is a stall now, before
+    /// it ends and reaches console's histogram.
+    poll_started_ns: Option<u64>,
 }
 
 impl Task {
@@ -254,6 +261,8 @@ impl State {
         for task in update.new_tasks {
             let Some(id) = task.id else { continue };
             let label = label_of(task.location.as_ref());
+            let blocking = task.kind == console_api::tasks::task::Kind::Blocking as i32
+                || self.field(&task.fields, "kind").as_deref() == Some("blocking");
             if !self.names.contains_key(&label) {
                 if let Some(name) = self.task_name(&task.fields) {
                     self.names.insert(label.clone(), name);
@@ -267,6 +276,8 @@ impl State {
                 dropped_ns: None,
                 histogram: None,
                 fetching: false,
+                blocking,
+                poll_started_ns: None,
             });
         }
         for (id, stats) in update.stats_update {
@@ -274,8 +285,14 @@ impl State {
         }
     }
 
-    /// The task's `task.name` field, resolving names sent as an index into its metadata.
+    /// The task's `task.name` field.
     fn task_name(&self, fields: &[console_api::Field]) -> Option<String> {
+        self.field(fields, "task.name")
+    }
+
+    /// The value of the task's field `wanted`, resolving names sent as an index into its
+    /// metadata.
+    fn field(&self, fields: &[console_api::Field], wanted: &str) -> Option<String> {
         fields.iter().find_map(|field| {
             let name = match field.name.as_ref()? {
                 Name::StrName(name) => name.as_str(),
@@ -285,7 +302,7 @@ impl State {
                     .get(usize::try_from(*index).ok()?)?
                     .as_str(),
             };
-            (name == "task.name").then(|| match field.value.as_ref() {
+            (name == wanted).then(|| match field.value.as_ref() {
                 Some(Value::StrVal(text) | Value::DebugVal(text)) => text.clone(),
                 Some(other) => format!("{other:?}"),
                 None => String::new(),
@@ -309,6 +326,14 @@ impl State {
             task.first_poll_ns = poll_stats
                 .first_poll
                 .and_then(|t| nanos(t.seconds, t.nanos));
+            let started = poll_stats
+                .last_poll_started
+                .and_then(|t| nanos(t.seconds, t.nanos));
+            let ended = poll_stats
+                .last_poll_ended
+                .and_then(|t| nanos(t.seconds, t.nanos));
+            task.poll_started_ns =
+                started.filter(|started| ended.is_none_or(|ended| ended < *started));
         }
         task.dropped_ns = stats.dropped_at.and_then(|t| nanos(t.seconds, t.nanos));
         self.fold_if_final(id);
@@ -324,10 +349,12 @@ impl State {
             return;
         }
         if let Some(task) = self.tasks.remove(&id) {
-            self.ended
-                .entry(task.label.clone())
-                .or_default()
-                .add(&task, &None);
+            if !task.blocking {
+                self.ended
+                    .entry(task.label.clone())
+                    .or_default()
+                    .add(&task, &None);
+            }
         }
     }
 
@@ -343,6 +370,7 @@ impl State {
             .iter()
             .filter(|(_, task)| {
                 !task.fetching
+                    && !task.blocking
                     && task.stale()
                     && (refresh || task.histogram.is_none() || task.dropped_ns.is_some())
             })
@@ -383,7 +411,7 @@ impl State {
         }
         if failed && task.dropped_ns.is_some() {
             // Nothing more will come for it: fold it with what is known.
-            if let Some(task) = self.tasks.remove(&id) {
+            if let Some(task) = self.tasks.remove(&id).filter(|task| !task.blocking) {
                 let estimate = (task.histogram.is_none())
                     .then(|| TaskHistogram::estimate(task.polls, task.busy_ns, self.threshold_ns));
                 self.ended
@@ -416,7 +444,17 @@ impl State {
     /// The report of everything seen: one `task FILE:LINE` entry per spawn location.
     pub(super) fn report(&self) -> Report {
         let mut totals = self.ended.clone();
-        for task in self.tasks.values() {
+        // Polls in progress for longer than the threshold, by location: (stalls, longest).
+        let mut stalled: HashMap<Arc<str>, (u64, u64)> = HashMap::new();
+        for task in self.tasks.values().filter(|task| !task.blocking) {
+            if let Some(started) = task.poll_started_ns {
+                let running_ns = self.latest_ns.saturating_sub(started);
+                if running_ns >= self.threshold_ns {
+                    let (stalls, longest) = stalled.entry(task.label.clone()).or_default();
+                    *stalls += 1;
+                    *longest = (*longest).max(running_ns);
+                }
+            }
             // Polls a fetched histogram has not caught up with are left out rather than guessed:
             // the next fetch brings them.
             let estimate = task
@@ -455,7 +493,18 @@ impl State {
                 folded: 0,
                 window_us,
             },
-            |_| {},
+            |entries| {
+                // A poll still in progress is a stall, its time so far held in a slow poll (the
+                // ranking's first key): a task stuck in its first poll ranks, and is listed at
+                // all, before console has counted a single poll of it.
+                for entry in entries.iter_mut() {
+                    if let Some(&(stalls, longest_ns)) = stalled.get(entry.label.as_str()) {
+                        entry.stalls = stalls;
+                        entry.longest_stall_us = longest_ns / 1_000;
+                        entry.slow_busy_us = entry.slow_busy_us.saturating_add(longest_ns / 1_000);
+                    }
+                }
+            },
         )
     }
 }

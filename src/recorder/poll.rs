@@ -116,7 +116,7 @@ impl Recorder {
         let poll_ticks = end_raw.saturating_sub(started.start_raw);
         let writer = label.writer();
         writer.poll(self.ticks.us(poll_ticks), poll_ticks);
-        if poll_ticks > self.threshold_ticks {
+        if poll_ticks > self.threshold_ticks && !offloaded(started.start_raw) {
             self.on_slow_poll(label, &writer, self.ticks.ns(poll_ticks), end_raw);
         }
         poll_ticks
@@ -177,4 +177,18 @@ impl Unwind<'_> {
         self.own.busy_ticks = self.own.busy_ticks.saturating_add(poll_ticks);
         self.own.end(self.recorder, self.label, Outcome::Panicked);
     }
+}
+
+/// Whether the watchdog found the poll that started at `start_raw` on this thread inside
+/// `block_in_place`, tokio's sanctioned way to block: it is then no slow poll (asked only of a
+/// poll over the threshold). Without the watchdog nobody looks, and it is one.
+#[cfg(feature = "watchdog")]
+#[cold]
+fn offloaded(start_raw: u64) -> bool {
+    super::slot::offloaded(start_raw)
+}
+
+#[cfg(not(feature = "watchdog"))]
+fn offloaded(_start_raw: u64) -> bool {
+    false
 }

@@ -48,6 +48,10 @@ pub(crate) struct Slot {
     detector: AtomicU64,
     label: AtomicUsize,
     start_raw: AtomicU64,
+    /// The start of a poll of this thread the watchdog found inside `block_in_place` (0: none):
+    /// the thread had handed its worker's queue on, so the poll is no slow poll when it ends
+    /// (see [`offloaded`]).
+    offloaded_raw: AtomicU64,
     /// The thread's name (or its id if it has none).
     pub(crate) thread_name: Arc<str>,
     /// What the watchdog attached to the thread (how to interrupt it for its stack).
@@ -72,6 +76,11 @@ impl Slot {
         self.start_raw.store(new.start_raw, Ordering::Relaxed);
         self.seq.store(seq.wrapping_add(2), Ordering::Release);
         old
+    }
+
+    /// The watchdog found the poll that started at `start_raw` inside `block_in_place`.
+    pub(crate) fn offload(&self, start_raw: u64) {
+        self.offloaded_raw.store(start_raw, Ordering::Relaxed);
     }
 
     /// A consistent reading of what the thread publishes, or `None` if it kept changing.
@@ -126,6 +135,7 @@ impl Local {
             detector: AtomicU64::new(0),
             label: AtomicUsize::new(0),
             start_raw: AtomicU64::new(0),
+            offloaded_raw: AtomicU64::new(0),
             thread_name,
             attachment,
         });
@@ -235,6 +245,15 @@ pub(crate) fn poll_started(detector: u64, label: usize, start_raw: u64) -> Optio
 #[inline]
 pub(crate) fn poll_ended(previous: Published) {
     let _ = LOCAL.try_with(|local| local.slot.publish(previous));
+}
+
+/// Whether the watchdog found the current thread's poll that started at `start_raw` inside
+/// `block_in_place` (off the hot path: only a slow poll asks).
+pub(crate) fn offloaded(start_raw: u64) -> bool {
+    start_raw != 0
+        && LOCAL
+            .try_with(|local| local.slot.offloaded_raw.load(Ordering::Relaxed) == start_raw)
+            .unwrap_or(false)
 }
 
 /// Copies the registered slots into `into` (reusing its allocation).

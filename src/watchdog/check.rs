@@ -90,6 +90,8 @@ struct Stall {
     next_report_ns: u64,
     reports: u64,
     seen_in: u64,
+    /// Its thread was found inside `block_in_place`: no stall, not sampled again.
+    offloaded: bool,
     /// The thread's CPU clock and the watchdog's clock (in ns) at this stall's recent
     /// samples, oldest first: the last one for its CPU time, the oldest (about
     /// [`PREEMPTION_WINDOW`] ago) to tell preemption from a busy machine's usual sharing.
@@ -111,6 +113,7 @@ impl Stall {
             next_report_ns: threshold_ns,
             reports: 0,
             seen_in: generation,
+            offloaded: false,
             #[cfg(target_os = "linux")]
             readings: std::collections::VecDeque::new(),
         }
@@ -248,6 +251,9 @@ impl Checker {
             *stall = Stall::new(published, threshold_ns, generation);
         }
         stall.seen_in = generation;
+        if stall.offloaded {
+            return;
+        }
         let due = running_ns >= stall.next_report_ns;
         while stall.next_report_ns <= running_ns {
             stall.next_report_ns = stall.next_report_ns.saturating_mul(2);
@@ -282,15 +288,28 @@ impl Checker {
             return;
         };
         let watchdog = self.watchdog.clone();
-        // Counted when seen: whatever becomes of its stack, the poll did stall.
-        if first && report {
-            watchdog.stall_count.fetch_add(1, Ordering::Relaxed);
-        }
         let Taken {
             sample,
             cause,
             cpu_and_wall_ns,
         } = self.sample(slot, key, report);
+        // Inside `block_in_place`, tokio's sanctioned way to block: the thread handed its
+        // worker's queue on and blocks no task. No stall; the recorder is told, so that the poll
+        // is no slow poll either when it ends.
+        #[cfg(target_os = "linux")]
+        if let Sample::Stack(raw) = &sample {
+            if in_block_in_place(raw) && slot.read() == Some(published) {
+                slot.offload(published.start_raw);
+                if let Some(stall) = self.stalled.get_mut(&key) {
+                    stall.offloaded = true;
+                }
+                return;
+            }
+        }
+        // Counted when seen: whatever becomes of its stack, the poll did stall.
+        if first && report {
+            watchdog.stall_count.fetch_add(1, Ordering::Relaxed);
+        }
         watchdog.samples.fetch_add(1, Ordering::Relaxed);
         // The poll may have ended before the stack was taken: it is then someone else's.
         // (Still the same poll now means the handler ran inside it, or inside a poll nested in
@@ -523,4 +542,16 @@ impl Checker {
             );
         }
     }
+}
+
+/// Whether a stack goes through tokio's `block_in_place` (found by address in the program's
+/// symbol table: in a release build where it was inlined into the caller's closure, it is not
+/// seen, and the poll is a stall).
+#[cfg(target_os = "linux")]
+fn in_block_in_place(raw: &signal::RawStack) -> bool {
+    super::symbols::symbol_table().is_some_and(|table| {
+        raw.ips
+            .iter()
+            .any(|ip| table.in_block_in_place(ip.saturating_sub(1)))
+    })
 }

@@ -44,6 +44,10 @@ pub(crate) struct SymbolTable {
     /// `(start, end, scheduler)` sorted by start: what runs below a task harness tells an async
     /// task's poll from a `spawn_blocking` closure's (kept when the names are let go).
     tokio: Vec<(usize, usize, bool)>,
+    /// tokio's `block_in_place` functions (each instance of the generic ones), as `(start,
+    /// end)` sorted by start: a thread inside one has handed its worker's queue to another
+    /// thread, and blocks no task.
+    block_in_place: Vec<(usize, usize)>,
     /// The mangled names of `functions` only (not all of `.strtab`, which also names data, files
     /// and sections), each followed by a NUL. Demangled on demand: most are never asked for.
     names: Vec<u8>,
@@ -196,16 +200,19 @@ impl SymbolTable {
         let mut table = Self {
             functions,
             tokio: Vec::new(),
+            block_in_place: Vec::new(),
             names,
         };
-        table.tokio = table.tokio_functions();
+        (table.tokio, table.block_in_place) = table.tokio_functions();
         Some(table)
     }
 
     /// The functions of tokio's schedulers and blocking pool (see `tokio`), told apart by their
     /// mangled names (demangling every name that mentions tokio took 40 ms in a debug build).
-    fn tokio_functions(&self) -> Vec<(usize, usize, bool)> {
+    /// Also tokio's `block_in_place` functions (see `block_in_place`), by the same names.
+    fn tokio_functions(&self) -> (Vec<(usize, usize, bool)>, Vec<(usize, usize)>) {
         let mut found = Vec::new();
+        let mut block_in_place = Vec::new();
         for function in &self.functions {
             let Some(rest) = self.names.get(function.name as usize..) else {
                 continue;
@@ -213,21 +220,46 @@ impl SymbolTable {
             let Ok(mangled) = CStr::from_bytes_until_nul(rest) else {
                 continue;
             };
+            let range = (
+                function.start,
+                function.start.saturating_add(function.size as usize),
+            );
+            if is_block_in_place(mangled.to_bytes()) {
+                block_in_place.push(range);
+            }
             let Some(scheduler) = tokio_part(mangled.to_bytes()) else {
                 continue;
             };
-            found.push((
-                function.start,
-                function.start.saturating_add(function.size as usize),
-                scheduler,
-            ));
+            found.push((range.0, range.1, scheduler));
         }
         found.shrink_to_fit();
-        found
+        block_in_place.shrink_to_fit();
+        (found, block_in_place)
+    }
+
+    /// Whether `ip` is in one of tokio's `block_in_place` functions.
+    pub(crate) fn in_block_in_place(&self, ip: usize) -> bool {
+        let after = self
+            .block_in_place
+            .partition_point(|(start, _)| *start <= ip);
+        after
+            .checked_sub(1)
+            .and_then(|at| self.block_in_place.get(at))
+            .is_some_and(|(_, end)| ip < *end)
     }
 }
 
 /// The `size` bytes at `offset` of `file`, if it has them.
+/// Whether a mangled name is tokio's `block_in_place` (`tokio::task::blocking::block_in_place`,
+/// the multi-thread scheduler's, any instance): both manglings spell identifiers with their
+/// length in front (`5tokio`, `14block_in_place`).
+fn is_block_in_place(mangled: &[u8]) -> bool {
+    let has = |part: &[u8]| mangled.windows(part.len()).any(|window| window == part);
+    (mangled.starts_with(b"_ZN") || mangled.starts_with(b"_R"))
+        && has(b"5tokio")
+        && has(b"14block_in_place")
+}
+
 /// Whether a mangled name is a function of tokio's schedulers (`Some(true)`) or of its blocking
 /// pool (`Some(false)`): a path under `tokio::runtime::scheduler` or `tokio::runtime::blocking`,
 /// or a method of a type there (`<tokio::runtime::blocking::pool::Inner>::run`). Legacy
