@@ -508,3 +508,106 @@ impl State {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use console_api::field::{Name, Value};
+    use console_api::tasks::{Stats, Task, TaskUpdate};
+    use console_api::{Field, Id, Location, PollStats};
+    use prost_types::{Duration as ProtoDuration, Timestamp};
+
+    use super::State;
+
+    fn at(ms: i64) -> Timestamp {
+        Timestamp {
+            seconds: ms / 1_000,
+            nanos: ((ms % 1_000) * 1_000_000) as i32,
+        }
+    }
+
+    /// A task spawned at `line` with console's `kind` field, and its stats: `polls` polls that
+    /// ended, each `poll_ms` long, the last of them (or one still going) started at
+    /// `last_started_ms`; the app's clock at `now_ms`. (Each argument is one field of console's
+    /// messages, named at the call.)
+    #[allow(clippy::too_many_arguments)]
+    fn update(
+        id: u64,
+        line: u32,
+        kind: &str,
+        polls: u64,
+        poll_ms: i64,
+        last_started_ms: i64,
+        in_progress: bool,
+        now_ms: i64,
+    ) -> console_api::instrument::Update {
+        let task = Task {
+            id: Some(Id { id }),
+            location: Some(Location {
+                file: Some("src/app.rs".to_string()),
+                line: Some(line),
+                ..Default::default()
+            }),
+            fields: vec![Field {
+                name: Some(Name::StrName("kind".to_string())),
+                value: Some(Value::DebugVal(kind.to_string())),
+                metadata_id: None,
+            }],
+            ..Default::default()
+        };
+        let last_ended = match in_progress {
+            true => (polls > 0).then(|| at(last_started_ms - 1)),
+            false => Some(at(last_started_ms + poll_ms)),
+        };
+        let busy_ms = poll_ms * polls as i64;
+        let stats = Stats {
+            poll_stats: Some(PollStats {
+                polls,
+                first_poll: Some(at(0)),
+                last_poll_started: Some(at(last_started_ms)),
+                last_poll_ended: last_ended,
+                busy_time: Some(ProtoDuration {
+                    seconds: busy_ms / 1_000,
+                    nanos: ((busy_ms % 1_000) * 1_000_000) as i32,
+                }),
+                ..Default::default()
+            }),
+            created_at: Some(at(0)),
+            ..Default::default()
+        };
+        console_api::instrument::Update {
+            now: Some(at(now_ms)),
+            task_update: Some(TaskUpdate {
+                new_tasks: vec![task],
+                stats_update: [(id, stats)].into_iter().collect(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_poll_in_progress_is_a_stall_and_blocking_pool_tasks_are_never_ranked() {
+        let mut state = State::new(20_000_000);
+        // A task stuck in its first poll for 2 s: no poll has ended.
+        state.update(update(1, 10, "task", 0, 0, 1_000, true, 3_000));
+        // spawn_blocking closures: two 5 s polls that ended, and one going on for 2 s.
+        state.update(update(2, 20, "blocking", 2, 5_000, 10_000, false, 16_000));
+        state.update(update(3, 21, "blocking", 0, 0, 14_000, true, 16_000));
+        // A task whose 100 ms poll ended: a slow poll, no stall.
+        state.update(update(4, 30, "task", 1, 100, 15_000, false, 16_000));
+        let report = state.report();
+        let text = report.to_text();
+        let labels: Vec<&str> = report.entries.iter().map(|e| e.label.as_str()).collect();
+        assert_eq!(
+            labels,
+            ["task src/app.rs:10", "task src/app.rs:30"],
+            "{text}"
+        );
+        let stuck = &report.entries[0];
+        assert_eq!(stuck.stalls, 1, "{text}");
+        // Stuck since 1 s, the app's clock now at 16 s.
+        assert_eq!(stuck.longest_stall_us, 15_000_000, "{text}");
+        assert_eq!(report.entries[1].stalls, 0, "{text}");
+        assert_eq!(report.entries[1].slow_polls, 1, "{text}");
+    }
+}

@@ -35,6 +35,9 @@ impl Function {
     }
 }
 
+/// A function's addresses: `(start, end)`.
+type Range = (usize, usize);
+
 /// Function names from the program's own ELF symbol table: no debug information is read, so it
 /// loads in milliseconds where `backtrace`'s first lookup takes hundreds in a debug build.
 pub(crate) struct SymbolTable {
@@ -47,7 +50,7 @@ pub(crate) struct SymbolTable {
     /// tokio's `block_in_place` functions (each instance of the generic ones), as `(start,
     /// end)` sorted by start: a thread inside one has handed its worker's queue to another
     /// thread, and blocks no task.
-    block_in_place: Vec<(usize, usize)>,
+    block_in_place: Vec<Range>,
     /// The mangled names of `functions` only (not all of `.strtab`, which also names data, files
     /// and sections), each followed by a NUL. Demangled on demand: most are never asked for.
     names: Vec<u8>,
@@ -210,7 +213,7 @@ impl SymbolTable {
     /// The functions of tokio's schedulers and blocking pool (see `tokio`), told apart by their
     /// mangled names (demangling every name that mentions tokio took 40 ms in a debug build).
     /// Also tokio's `block_in_place` functions (see `block_in_place`), by the same names.
-    fn tokio_functions(&self) -> (Vec<(usize, usize, bool)>, Vec<(usize, usize)>) {
+    fn tokio_functions(&self) -> (Vec<(usize, usize, bool)>, Vec<Range>) {
         let mut found = Vec::new();
         let mut block_in_place = Vec::new();
         for function in &self.functions {
