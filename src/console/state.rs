@@ -569,7 +569,6 @@ mod tests {
                     seconds: busy_ms / 1_000,
                     nanos: ((busy_ms % 1_000) * 1_000_000) as i32,
                 }),
-                ..Default::default()
             }),
             created_at: Some(at(0)),
             ..Default::default()
