@@ -70,10 +70,10 @@
 //!   text as a page or a script) and `Cache-Control: no-store` (no copy of the figures stays in a
 //!   cache);
 //! - the HTML page's `Content-Security-Policy` is `default-src 'none'` plus its own inline style
-//!   and script, allowed by their SHA-256 hashes, and `connect-src 'self'` for its refresh; the
-//!   flame graph (inferno's SVG, with its own inline style and zoom script) may run inline style
-//!   and script but load nothing; every other response is `default-src 'none'`. None of them
-//!   may be framed by another site (`frame-ancestors 'none'`).
+//!   and script, allowed by their SHA-256 hashes, and `connect-src 'self'` for its refresh;
+//!   every other response, the flame graph too (a static SVG: no script, no style sheet), is
+//!   `default-src 'none'`. None of them may be framed by another site (`frame-ancestors
+//!   'none'`).
 
 use axum::extract::RawQuery;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -272,14 +272,9 @@ async fn off_executor(work: impl FnOnce() -> Response + Send + 'static) -> Respo
     }
 }
 
-/// The policy of every response that is not the HTML page or the flame graph: nothing may load
+/// The policy of every response but the HTML page, the flame graph included: nothing may load
 /// or run.
 const LOCKED: &str = "default-src 'none'; frame-ancestors 'none'";
-/// The flame graph is inferno's SVG, which carries its own inline style and zoom script (with
-/// no data in them); it may run those but load nothing.
-#[cfg(feature = "watchdog")]
-const FLAMEGRAPH: &str =
-    "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; frame-ancestors 'none'";
 
 /// Adds the headers every answer of the endpoint carries; a handler that set its own
 /// `Content-Security-Policy` (the page, the flame graph) keeps it.
@@ -312,11 +307,7 @@ fn serve_flamegraph(detector: &Detector, query: Option<&str>) -> Response {
     if let Err(bad) = no_parameters(query) {
         return bad.into_response();
     }
-    respond(
-        "image/svg+xml",
-        FLAMEGRAPH,
-        detector.report().flamegraph_svg(),
-    )
+    respond("image/svg+xml", LOCKED, detector.report().flamegraph_svg())
 }
 
 /// A browser asks for `text/html` first; `curl` and scripts get JSON unless they ask.
