@@ -546,10 +546,11 @@ impl Checker {
 
 /// Whether a stack goes through tokio's `block_in_place` (found by address in the program's
 /// symbol table: in a release build where it was inlined into the caller's closure, it is not
-/// seen, and the poll is a stall).
+/// seen, and the poll is a stall). The table is not waited for: a `fork()` child whose parent
+/// was reading it would wait for ever (its watchdog then sees no `block_in_place`).
 #[cfg(target_os = "linux")]
 fn in_block_in_place(raw: &signal::RawStack) -> bool {
-    super::symbols::symbol_table().is_some_and(|table| {
+    super::symbols::symbol_table_if_read().is_some_and(|table| {
         raw.ips
             .iter()
             .any(|ip| table.in_block_in_place(ip.saturating_sub(1)))

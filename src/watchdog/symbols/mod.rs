@@ -381,10 +381,22 @@ pub(crate) struct Symbolizer {
 /// (`None`: there is none, or it does not describe the running code).
 #[cfg(target_os = "linux")]
 pub(crate) fn symbol_table() -> Option<&'static super::symtab::SymbolTable> {
-    static TABLE: std::sync::OnceLock<Option<super::symtab::SymbolTable>> =
-        std::sync::OnceLock::new();
-    TABLE.get_or_init(super::symtab::SymbolTable::load).as_ref()
+    SYMBOL_TABLE
+        .get_or_init(super::symtab::SymbolTable::load)
+        .as_ref()
 }
+
+/// The symbol table if it has been read, without waiting: for the watchdog thread, which must
+/// never wait for it (in a `fork()` child whose parent was reading it, nobody ever finishes).
+/// The warm-up thread reads it first thing.
+#[cfg(target_os = "linux")]
+pub(crate) fn symbol_table_if_read() -> Option<&'static super::symtab::SymbolTable> {
+    SYMBOL_TABLE.get()?.as_ref()
+}
+
+#[cfg(target_os = "linux")]
+static SYMBOL_TABLE: std::sync::OnceLock<Option<super::symtab::SymbolTable>> =
+    std::sync::OnceLock::new();
 
 /// Whether `backtrace` has loaded the program's and the C library's debug information (its
 /// cache is the process's): from then on it names an address in microseconds.
