@@ -33,6 +33,10 @@ impl WatchdogThread {
     /// Starts the thread that watches `recorder`'s polls (and, on Linux, the thread that names
     /// the stacks it captures).
     pub(crate) fn spawn(recorder: Arc<Recorder>, watchdog: Arc<Watchdog>) -> std::io::Result<Self> {
+        // The program's symbol table, read here on the caller's thread (milliseconds, at
+        // `build()`): the watchdog thread never waits for it (see `in_block_in_place`).
+        #[cfg(target_os = "linux")]
+        super::symbols::symbol_table();
         #[cfg(target_os = "linux")]
         let namer = Namer::spawn(watchdog.clone());
         let stop = Arc::new(AtomicBool::new(false));
