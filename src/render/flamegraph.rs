@@ -77,20 +77,11 @@ impl Node {
     }
 }
 
-/// `text` escaped for XML text and attributes.
+/// `text` escaped for XML text and attributes, control characters shown as Rust escapes (as
+/// the page shows labels).
 fn escape(text: &str) -> String {
     let mut escaped = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => escaped.push_str("&amp;"),
-            '<' => escaped.push_str("&lt;"),
-            '>' => escaped.push_str("&gt;"),
-            '"' => escaped.push_str("&quot;"),
-            '\'' => escaped.push_str("&#39;"),
-            c if c.is_control() => {}
-            c => escaped.push(c),
-        }
-    }
+    super::html::escape_label(text, &mut escaped);
     escaped
 }
 

@@ -25,6 +25,8 @@ mod writer;
 
 use crate::report::{Entry, Report};
 use crate::OTHER_LABEL;
+/// Escaping for markup, which the flame graph's SVG needs too.
+pub(crate) use writer::escape_label;
 use writer::Html;
 
 /// The page's style sheet, inline in its `<style>` element.
