@@ -8,8 +8,9 @@
 //!   samples the stalled ones within a budget and reports them;
 //! - `namer`: the naming thread, which names a wrapped poll's stack and records its sample;
 //! - `workers`: registration of the runtimes `Detector::watch_runtime` watches (tokio's thread
-//!   callbacks) and of the one `Detector::watch_current_runtime` finds (tasks spawned on it), and `sampler`: the watchdog thread's sampling of their busy workers, with
-//!   `task_names` for a task stall's stack and label;
+//!   callbacks) and of the ones `Detector::watch_current_runtime` finds (tasks spawned on them);
+//!   `sampler`: the watchdog thread's sampling of their busy workers, with `task_names` for a
+//!   task stall's stack and label, and `parks` for when a found runtime's worker parks;
 //! - `stalls`: the stall record every source fills (`Sample`, `LabelStalls::record`): causes,
 //!   stacks, culprits, the sampled profile, in bounded memory;
 //! - `activity`: whether a stalled thread runs its own code or waits in a system call, and its
@@ -44,6 +45,8 @@ mod activity;
 mod check;
 #[cfg(target_os = "linux")]
 mod namer;
+#[cfg(target_os = "linux")]
+mod parks;
 mod sampler;
 #[cfg(target_os = "linux")]
 mod scan;

@@ -9,6 +9,8 @@ use std::time::Duration;
 #[cfg(target_os = "linux")]
 use super::activity::{self, Activity};
 #[cfg(target_os = "linux")]
+use super::parks::Parks;
+#[cfg(target_os = "linux")]
 use super::table::warn_stall;
 use super::table::Watchdog;
 #[cfg(target_os = "linux")]
@@ -146,21 +148,10 @@ pub(crate) struct Sampler {
     names: Names,
     /// Each thread's CPU time, read at most once per check (by `Worker` address).
     cpu: HashMap<usize, (u64, Option<u64>)>,
-    /// The system calls each worker of a runtime `watch_current_runtime` found parks in, learnt
-    /// from its stacks (by `Worker` address; with the check it was last seen at).
-    parks: HashMap<usize, (u64, Vec<Park>)>,
+    /// The calls the workers of runtimes `watch_current_runtime` found park in.
+    parks: Parks,
     generation: u64,
 }
-
-/// A system call a worker parks in: its number and first argument (the futex word of its
-/// condition variable, or the I/O driver's epoll descriptor), both its own for its life.
-#[cfg(target_os = "linux")]
-type Park = (libc::c_long, usize);
-
-/// How many park calls are kept per worker (a worker parks on its condition variable, or in
-/// the driver with or without a timeout: the same descriptor).
-#[cfg(target_os = "linux")]
-const MAX_PARKS: usize = 4;
 
 #[cfg(not(target_os = "linux"))]
 pub(crate) struct Sampler;
@@ -186,7 +177,7 @@ impl Sampler {
             scanner: scan::Scanner::default(),
             names: Names::new(),
             cpu: HashMap::new(),
-            parks: HashMap::new(),
+            parks: Parks::default(),
             generation: 0,
         }
     }
@@ -220,7 +211,8 @@ impl Sampler {
             }
             if runtime.found {
                 for worker in &workers {
-                    self.observe(recorder, worker);
+                    self.parks
+                        .observe(&mut self.reader, recorder, worker, self.generation);
                 }
             }
             for worker in &workers {
@@ -238,31 +230,7 @@ impl Sampler {
         self.states
             .retain(|_, state| state.generation == generation);
         self.cpu.retain(|_, (at, _)| *at == generation);
-        self.parks.retain(|_, (at, _)| *at == generation);
-    }
-
-    /// For a worker of a runtime found by `watch_current_runtime`, which no callback tells of,
-    /// whether it is parked now: in one of the calls it was seen parking in before. Its
-    /// `running_since` then reads as the callbacks would have set it, to this check.
-    fn observe(&mut self, recorder: &Recorder, worker: &Worker) {
-        if worker.gone.load(Ordering::Acquire) {
-            return;
-        }
-        let id = std::ptr::from_ref(worker) as usize;
-        let parks = self.parks.entry(id).or_default();
-        parks.0 = self.generation;
-        let parked = match self.reader.read(worker.tid) {
-            Activity::Syscall(nr, registers) => parks.1.contains(&(nr, registers.arg0)),
-            Activity::User => false,
-            Activity::Unknown | Activity::Unreadable => return,
-        };
-        let now = recorder.clock.raw();
-        let running = worker.running_since.load(Ordering::Acquire) != 0;
-        match (parked, running) {
-            (true, true) => worker.parks(now),
-            (false, false) => worker.unparks(now),
-            _ => {}
-        }
+        self.parks.retain(generation);
     }
 
     fn check_worker(
@@ -356,10 +324,10 @@ impl Sampler {
         let (key, stack, cause) = match activity {
             Activity::User => {
                 watchdog.requested.fetch_add(1, Ordering::Relaxed);
-                // No longer than the interval between checks: a worker the machine hardly runs
-                // must not hold up the watchdog's look at the others. At least 5 ms: with a
-                // threshold of a few milliseconds (the test guard's), a thread that waits that
-                // long for a CPU on a busy machine must still be sampled.
+                // The interval between checks: a worker the machine hardly runs must not hold up
+                // the watchdog's look at the others. But at least 5 ms: at a threshold of a few
+                // milliseconds (the test guard's), a thread that waits that long for a CPU on a
+                // busy machine must still be sampled.
                 let timeout = Duration::from_nanos(threshold_ns / 4)
                     .clamp(Duration::from_millis(5), Duration::from_millis(250));
                 match signal::capture(target, watchdog.signal, timeout) {
@@ -422,13 +390,12 @@ impl Sampler {
         };
         if !in_task {
             // A worker of a runtime found by `watch_current_runtime`, parked in tokio: the
-            // call it parks in is learnt, and it is parked from now on (see `observe`).
+            // call it parks in is learnt, and it is parked from now on (see `parks`).
             if let (true, Activity::Syscall(nr, registers)) = (found, activity) {
-                if is_park(nr, &frames, &watchdog.prefixes) {
-                    let parks = &mut self.parks.entry(id).or_default().1;
-                    if parks.len() < MAX_PARKS && !parks.contains(&(nr, registers.arg0)) {
-                        parks.push((nr, registers.arg0));
-                    }
+                if self
+                    .parks
+                    .learn(worker, nr, registers, &frames, &watchdog.prefixes)
+                {
                     worker.parks(now);
                     return;
                 }
@@ -707,35 +674,6 @@ fn stood_still(
         .filter(|(before, after)| before == after)
         .count();
     still > idle
-}
-
-/// Whether a thread outside any task poll, in system call `nr` with stack `frames`, is parked by
-/// tokio: its stack shows tokio's park; or, where the stack read from `/proc` is certain only
-/// for its first frames (a build without frame pointers), those are all the C library's and
-/// std's, waiting on a futex or in `epoll_wait` (a worker parked on its condition variable with
-/// a timeout); `runtime` are the watchdog's runtime prefixes. The latter could also be a `block_in_place` closure waiting on a contended lock
-/// whose callers could not be read: a task that waits on the same lock on the same thread later
-/// would then be taken for a park.
-#[cfg(target_os = "linux")]
-fn is_park(nr: libc::c_long, frames: &[symbols::Frame], runtime: &[String]) -> bool {
-    let tokio_park = |name: &str| name.starts_with("tokio::runtime::") && name.contains("park");
-    if frames.iter().any(|frame| tokio_park(&frame.name)) {
-        return true;
-    }
-    let waits = [
-        libc::SYS_futex,
-        libc::SYS_epoll_wait,
-        libc::SYS_epoll_pwait,
-        libc::SYS_epoll_pwait2,
-    ];
-    let certain = frames
-        .iter()
-        .take_while(|frame| !frame.name.ends_with(symbols::UNCERTAIN));
-    waits.contains(&nr)
-        && certain.clone().count() < frames.len()
-        && certain
-            .into_iter()
-            .all(|frame| frame.system || symbols::is_runtime(&frame.name, runtime))
 }
 
 /// Whether a thread whose two samples caught it in its own code (not in a system call) ran on a

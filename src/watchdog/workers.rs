@@ -62,12 +62,6 @@ pub enum CurrentRuntimeError {
     NoRuntime,
 }
 
-impl From<NoWatchdog> for CurrentRuntimeError {
-    fn from(_: NoWatchdog) -> Self {
-        CurrentRuntimeError::NoWatchdog
-    }
-}
-
 /// How long `watch_current_runtime`, called from a multi-thread runtime's `block_on` thread,
 /// waits for every worker to have run one of its registration tasks: a task spawned right after
 /// it returns must find its worker watched. Workers that are idle take microseconds; one busy in
@@ -82,7 +76,7 @@ const FIND_WORKERS_FOR: std::time::Duration = std::time::Duration::from_secs(5);
 /// Watches the runtime the calling thread is in, found from the runtime itself
 /// (`Detector::watch_current_runtime`): no callback can be installed any more, so its threads
 /// are registered by tasks spawned on it, and the sampler tells their parks from `/proc`
-/// (`Worker::found`).
+/// (`Runtime::found`, `Sampler::observe`).
 ///
 /// With `bodies` (the test guard), stalls of the future given to `block_on` are reported in
 /// either flavor (a current-thread runtime's always are: they block every task).

@@ -26,6 +26,7 @@ mod writer;
 use crate::report::{Entry, Report};
 use crate::OTHER_LABEL;
 /// Escaping for markup, which the flame graph's SVG needs too.
+#[cfg(feature = "watchdog")]
 pub(crate) use writer::escape_label;
 use writer::Html;
 
