@@ -363,16 +363,17 @@ impl Sampler {
         let parked_once = worker.parked_once.load(Ordering::Acquire);
         let mut key = key;
         let (in_task, frames) = match &stack {
-            Some(raw) => match self.names.frames_to_harness(raw, !parked_once) {
+            Some(raw) => match self.names.frames_to_harness(raw, !(parked_once || found)) {
                 Some(named) => {
                     if let (Key::Stack(_, addresses), Some(harness)) = (&mut key, named.harness) {
                         *addresses = raw.ips[harness..].to_vec();
                     }
                     // A thread that never parked may be the blocking pool's, whose
                     // `spawn_blocking` closures run through the same harness: a task only with
-                    // a scheduler below it.
+                    // a scheduler below it. (A runtime `watch_current_runtime` found registered
+                    // only its workers and `block_on`'s thread.)
                     let task = ((in_task(&named.frames)
-                        && (parked_once || named.scheduler == Some(true)))
+                        && (parked_once || found || named.scheduler == Some(true)))
                         || (watched.bodies && in_body(&named.frames, &watchdog.prefixes)))
                         && !(matches!(activity, Activity::Syscall(..))
                             && waits_in_tokio(&named.frames, &watchdog.prefixes));
@@ -405,7 +406,7 @@ impl Sampler {
             // (tokio starts them with the same callback), which runs no task: it is looked at
             // far less often, but still looked at: a worker kept busy from its start (a task
             // yielding in a loop) never parks either, and must not go unwatched for good.
-            let quiet = match parked_once {
+            let quiet = match parked_once || found {
                 true => QUIET_THRESHOLDS,
                 false => QUIET_UNPARKED_THRESHOLDS,
             };
