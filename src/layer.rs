@@ -6,7 +6,8 @@
 //! times each poll of the response body (`poll_frame`: a streamed or lazily produced body does
 //! its work there) under the same route, after the future is done.
 //!
-//! A request is labelled `METHOD /route/{template}` (or [`UNMATCHED_LABEL`]). The method comes
+//! A request is labelled `METHOD /route/{template}`, `METHOD <fallback>` when the router's
+//! fallback answered it ([`FALLBACK_LABEL`]), or [`UNMATCHED_LABEL`] for a 404. The method comes
 //! from a closed set, the nine methods of RFC 9110 and RFC 5789 (`GET`, `HEAD`, `POST`, `PUT`,
 //! `DELETE`, `CONNECT`, `OPTIONS`, `TRACE`, `PATCH`); any other method, whatever its spelling or
 //! length, is labelled [`OTHER_METHOD`]. A client choosing the method therefore picks one of at
@@ -20,7 +21,7 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
 use axum::extract::MatchedPath;
-use http::{HeaderValue, Method, Request, Response};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
@@ -29,12 +30,31 @@ use crate::detector::{Builder, Detector};
 use crate::recorder::{Label, LabelKind, Outcome, Own, Recorder};
 use crate::watch::FutureTiming;
 
-/// The label of requests that matched no route (the router's fallback).
+/// The label of requests that matched no route and were answered 404 (or never answered).
 pub const UNMATCHED_LABEL: &str = "<unmatched>";
+
+/// The route part of the label of requests that matched no route and that the router's fallback
+/// answered with anything but a 404 (`Router::fallback`, `fallback_service(ServeDir::new(..))`):
+/// `GET <fallback>`, one label per method (at most ten). Their polls until the response are
+/// counted under [`UNMATCHED_LABEL`] (the answer is not known before), the request, its
+/// response and its body's polls under `METHOD <fallback>`.
+pub const FALLBACK_LABEL: &str = "<fallback>";
+
+/// The label of a request the router's fallback answered: `METHOD <fallback>`.
+fn fallback_label(recorder: &Recorder, method: &'static str) -> Arc<Label> {
+    let mut buffer = LabelBuffer::default();
+    match write!(buffer, "{method} {FALLBACK_LABEL}") {
+        Ok(()) => recorder.registry.get(buffer.as_str(), LabelKind::Route),
+        Err(_) => recorder
+            .registry
+            .get(&format!("{method} {FALLBACK_LABEL}"), LabelKind::Route),
+    }
+}
 
 impl Detector {
     /// A tower layer that watches every request of an axum router, labelled by method and route
-    /// template (`GET /instruments/{id}`); requests that match no route are `<unmatched>`.
+    /// template (`GET /instruments/{id}`); requests that match no route are `GET <fallback>` when
+    /// the router's fallback answers them (a static file), `<unmatched>` when it answers 404.
     ///
     /// ```
     /// use axum::{routing::get, Router};
@@ -178,8 +198,16 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let label = self.route_stats(&request);
-        label.writer().request();
+        let (label, matched) = self.route_stats(&request);
+        // A request that matched no route is counted once it is answered: a 404 is
+        // `<unmatched>`, anything else came from the router's fallback (see `FALLBACK_LABEL`).
+        let unmatched = match matched {
+            true => {
+                label.writer().request();
+                None
+            }
+            false => Some(method_label(request.method())),
+        };
         HogFuture {
             inner: self.inner.call(request),
             watch: Some(Watch {
@@ -188,25 +216,28 @@ where
             }),
             own: Own::default(),
             server_timing: self.detector.server_timing(),
+            unmatched,
         }
     }
 }
 
 impl<S> HogService<S> {
-    /// The statistics of the request's route, from the remembered route when it is the same.
-    fn route_stats<B>(&self, request: &Request<B>) -> Arc<Label> {
+    /// The statistics of the request's route, from the remembered route when it is the same,
+    /// and whether it matched one (`false`: [`UNMATCHED_LABEL`]'s).
+    fn route_stats<B>(&self, request: &Request<B>) -> (Arc<Label>, bool) {
         let Some(path) = request.extensions().get::<MatchedPath>() else {
-            return self
+            let unmatched = self
                 .detector
                 .recorder()
                 .registry
                 .get(UNMATCHED_LABEL, LabelKind::Route);
+            return (unmatched, false);
         };
         let path_address = path.as_str().as_ptr() as usize;
         let method = method_label(request.method());
         if let Some(route) = self.route.get() {
             if route.path == path_address && route.method == method {
-                return route.stats.clone();
+                return (route.stats.clone(), true);
             }
         }
         let stats = lookup(&self.detector, method, path);
@@ -215,7 +246,7 @@ impl<S> HogService<S> {
             path: path_address,
             stats: stats.clone(),
         });
-        stats
+        (stats, true)
     }
 }
 
@@ -280,12 +311,20 @@ pin_project! {
         watch: Option<Watch>,
         own: Own,
         server_timing: bool,
+        // A request that matched no route, not counted yet: the method part of its label if
+        // the router's fallback answers it.
+        unmatched: Option<&'static str>,
     }
 
     impl<F> PinnedDrop for HogFuture<F> {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             if let Some(watch) = this.watch {
+                // Never answered (cancelled, or it panicked): an unmatched request stays
+                // `<unmatched>`.
+                if this.unmatched.take().is_some() {
+                    watch.label.writer().request();
+                }
                 this.own.end(&watch.recorder, &watch.label, Outcome::Cancelled);
             }
         }
@@ -302,13 +341,20 @@ where
         let this = self.project();
         // Polled after it returned `Ready`: a contract violation by the caller; poll the inner
         // future unwatched and let it answer (most panic).
-        let Some(watch) = this.watch.as_ref() else {
+        let Some(watch) = this.watch.as_mut() else {
             let result = std::task::ready!(this.inner.poll(cx));
             return Poll::Ready(result.map(|response| response.map(HogBody::unwatched)));
         };
         let inner = this.inner;
         let own = &mut *this.own;
         let result = std::task::ready!(watch.recorder.poll(&watch.label, own, || inner.poll(cx)));
+        if let Some(method) = this.unmatched.take() {
+            // Answered by the router's fallback (a static file, an app's own page) unless 404.
+            if matches!(&result, Ok(response) if response.status() != StatusCode::NOT_FOUND) {
+                watch.label = fallback_label(&watch.recorder, method);
+            }
+            watch.label.writer().request();
+        }
         own.end(&watch.recorder, &watch.label, Outcome::Completed);
         // Ready: hand the recorder and the label on to the body, which is polled next.
         let watch = this.watch.take();

@@ -169,6 +169,43 @@ async fn unmatched_requests_are_one_label_counted_as_4xx() {
     assert_eq!(unmatched["responses"]["2xx"], 0);
 }
 
+/// Requests the router's fallback answers (a static file server's 200s) get `GET <fallback>`;
+/// only the ones it answers 404 stay `<unmatched>`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fallback_answers_have_their_own_label_and_404s_stay_unmatched() {
+    let detector = detector(10);
+    let app = Router::new()
+        .route("/items/{id}", get(|| async { "item" }))
+        .fallback(|uri: axum::http::Uri| async move {
+            match uri.path().strip_prefix("/static/") {
+                Some(file) => (axum::http::StatusCode::OK, format!("contents of {file}")),
+                None => (
+                    axum::http::StatusCode::NOT_FOUND,
+                    "no such file".to_string(),
+                ),
+            }
+        })
+        .layer(detector.layer())
+        .merge(detector.router());
+    let address = serve(app).await;
+    for file in ["app.js", "style.css", "logo.svg"] {
+        let answer = get_url(address, &format!("/static/{file}")).await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+    }
+    for path in ["/nope", "/also/nope"] {
+        assert_eq!(get_url(address, path).await.status, 404);
+    }
+    let report = report(address).await;
+    let fallback = entry(&report, "GET <fallback>");
+    assert_eq!(fallback["requests"], 3, "{fallback}");
+    assert_eq!(fallback["completed"], 3, "{fallback}");
+    assert_eq!(fallback["responses"]["2xx"], 3, "{fallback}");
+    let unmatched = entry(&report, "<unmatched>");
+    assert_eq!(unmatched["requests"], 2, "{unmatched}");
+    assert_eq!(unmatched["responses"]["4xx"], 2, "{unmatched}");
+    assert_eq!(unmatched["responses"]["2xx"], 0, "{unmatched}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nested_routers_route_layers_and_fallbacks_are_labelled() {
     let detector = detector(10);
