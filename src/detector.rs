@@ -10,7 +10,7 @@ use futures_core::Stream;
 use crate::event::{HogEvent, OnHog};
 use crate::recorder::{LabelKind, Recorder};
 use crate::report::Report;
-use crate::runtime::RuntimeState;
+use crate::runtime::{EventLoopLag, RuntimeState};
 use crate::watch::Watched;
 
 /// A configuration the [`Builder`] refuses, with what is wrong.
@@ -444,6 +444,7 @@ struct Handle {
 impl Handle {
     fn report(&self, reset: bool) -> Report {
         let snapshot = self.recorder.snapshot(reset);
+        let delays = (snapshot.delay_us, snapshot.unattributed_delay_us);
         #[allow(unused_mut)]
         let mut report = Report::new(self.recorder.threshold_us, snapshot, |_entries| {
             #[cfg(feature = "watchdog")]
@@ -451,7 +452,11 @@ impl Handle {
                 watchdog.fill(_entries, reset);
             }
         });
-        report.event_loop_lag = self.runtime.event_loop_lag(reset);
+        report.event_loop_lag = self.runtime.event_loop_lag(reset).map(|lag| EventLoopLag {
+            delay_us: delays.0,
+            unattributed_delay_us: delays.1,
+            ..lag
+        });
         report.runtime = self.runtime.figures();
         #[cfg(feature = "watchdog")]
         {
@@ -593,14 +598,23 @@ impl Detector {
     /// # Ok(()) }
     /// ```
     pub fn start_probes(&self, runtime: &tokio::runtime::Handle) -> bool {
-        crate::runtime::start(&self.handle.runtime, Arc::downgrade(&self.handle), runtime)
+        crate::runtime::start(
+            &self.handle.runtime,
+            &self.handle.recorder,
+            Arc::downgrade(&self.handle),
+            runtime,
+        )
     }
 
     /// The per-future check: one relaxed load once the probes run (or when none is configured).
     #[inline]
     pub(crate) fn start_probes_if_in_runtime(&self) {
         if self.handle.runtime.waiting_to_start() {
-            crate::runtime::start_if_in_runtime(&self.handle.runtime, Arc::downgrade(&self.handle));
+            crate::runtime::start_if_in_runtime(
+                &self.handle.runtime,
+                &self.handle.recorder,
+                Arc::downgrade(&self.handle),
+            );
         }
     }
 

@@ -272,6 +272,12 @@ pub struct Entry {
     pub busy_us: u64,
     /// Time spent inside slow polls, summed: the time this label held a worker hostage.
     pub slow_busy_us: u64,
+    /// What that cost everyone else: the scheduling delay a task waiting on the runtime
+    /// suffered because this label's slow polls (or stalls) held the workers. Measured by the
+    /// [lag probe](crate::Builder::lag_probe) (0 without it): each time the probe ran more than a
+    /// threshold late, its lateness is shared among the labels holding workers meanwhile. Per
+    /// waiting task, not summed over tasks; see [the guide](crate::docs::inflicted).
+    pub inflicted_delay_us: u64,
     /// Time from first poll to end, summed over the futures that ended in this window.
     pub wall_us: u64,
     /// The longest poll (to 3 significant figures).
@@ -366,6 +372,7 @@ impl Entry {
             slow_polls: snapshot.slow_polls,
             busy_us: snapshot.busy_ns / 1_000,
             slow_busy_us: snapshot.slow_busy_ns / 1_000,
+            inflicted_delay_us: snapshot.inflicted_ns / 1_000,
             wall_us: snapshot.wall_ns / 1_000,
             max_poll_us: histogram.max(),
             p50_poll_us: histogram.value_at_quantile(0.5),
@@ -399,6 +406,7 @@ impl Entry {
     /// True when nothing at all was recorded for this label in the window.
     pub(crate) fn is_empty(&self) -> bool {
         self.polls == 0
+            && self.inflicted_delay_us == 0
             && self.requests == 0
             && self.completed == 0
             && self.cancelled == 0
@@ -419,6 +427,7 @@ impl Report {
             labels,
             folded: folded_labels,
             window_us,
+            ..
         } = snapshot;
         let mut entries: Vec<Entry> = labels.into_iter().map(Entry::from_snapshot).collect();
         fill(&mut entries);

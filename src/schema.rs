@@ -14,6 +14,7 @@
 //! |-----------------|--------------------|------------------------------|-----------------------------------------|----------------------------------|
 //! | `slow_poll`     | counter, seconds   | `hogwatch_slow_poll_seconds_total` | `hogwatch_slow_poll_microseconds_total` | `hogwatch.slow_poll` (`s`)  |
 //! | `polls`         | counter, count     | `hogwatch_polls_total`       | `hogwatch_polls_total`                  | `hogwatch.polls` (`{poll}`)      |
+//! | `inflicted_delay` | counter, seconds | `hogwatch_inflicted_delay_seconds_total` | `hogwatch_inflicted_delay_microseconds_total` | `hogwatch.inflicted_delay` (`s`) |
 //! | `longest_stall` | gauge, seconds     | `hogwatch_longest_stall_seconds` | `hogwatch_longest_stall_seconds`    | `hogwatch.longest_stall` (`s`)   |
 //! | `poll_duration` | histogram, seconds | `hogwatch_poll_duration_seconds` | `hogwatch_poll_duration_seconds`    | `hogwatch.poll_duration` (`s`)   |
 //!
@@ -170,6 +171,19 @@ pub(crate) const EVENT_LOOP_LAG: Metric = metric!(
     seconds,
     "How late the lag probe woke up: the delay every task on the runtime suffered."
 );
+pub(crate) const DELAY: Metric = metric!(
+    "delay",
+    counter,
+    seconds,
+    "The lag probe's lateness on wake-ups more than a threshold late: the scheduling delay a \
+     task woken by the runtime suffered."
+);
+pub(crate) const UNATTRIBUTED_DELAY: Metric = metric!(
+    "unattributed_delay",
+    counter,
+    seconds,
+    "The part of that delay during which no label held a worker with a slow poll or a stall."
+);
 pub(crate) const RUNTIME_WORKERS: Metric = metric!(
     "runtime_workers",
     gauge,
@@ -260,6 +274,13 @@ pub(crate) const SLOW_POLL: Metric = metric!(
     seconds,
     "Time spent in polls longer than the threshold."
 );
+pub(crate) const INFLICTED_DELAY: Metric = metric!(
+    "inflicted_delay",
+    counter,
+    seconds,
+    "Scheduling delay the label's slow polls and stalls caused the rest of the runtime, as the \
+     lag probe suffered it."
+);
 pub(crate) const FUTURES: Metric = metric!(
     "futures",
     counter,
@@ -315,10 +336,12 @@ pub(crate) const RESPONSES: Metric = metric!(
 
 /// Every metric, for tests that check the sinks against the schema.
 #[cfg(test)]
-pub(crate) static ALL: [&Metric; 26] = [
+pub(crate) static ALL: [&Metric; 29] = [
     &THRESHOLD,
     &FOLDED_LABELS,
     &EVENT_LOOP_LAG,
+    &DELAY,
+    &UNATTRIBUTED_DELAY,
     &RUNTIME_WORKERS,
     &RUNTIME_LIVE_TASKS,
     &RUNTIME_BUSY,
@@ -334,6 +357,7 @@ pub(crate) static ALL: [&Metric; 26] = [
     &SLOW_POLLS,
     &BUSY,
     &SLOW_POLL,
+    &INFLICTED_DELAY,
     &FUTURES,
     &STALLS,
     &LONGEST_STALL,
@@ -405,11 +429,14 @@ pub(crate) struct Series {
 
 /// The label's series every sink exports (the poll-duration histogram and the samples by cause
 /// apart), grouped by metric, in the order the sinks write them.
-pub(crate) static LABEL_SERIES: [Series; 17] = [
+pub(crate) static LABEL_SERIES: [Series; 18] = [
     series(&POLLS, None, Shown::Always, |entry| entry.polls),
     series(&SLOW_POLLS, None, Shown::Always, |entry| entry.slow_polls),
     series(&BUSY, None, Shown::Always, |entry| entry.busy_us),
     series(&SLOW_POLL, None, Shown::Always, |entry| entry.slow_busy_us),
+    series(&INFLICTED_DELAY, None, Shown::Always, |entry| {
+        entry.inflicted_delay_us
+    }),
     series(
         &FUTURES,
         Some(("outcome", "completed")),

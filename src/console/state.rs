@@ -481,6 +481,8 @@ impl State {
                 panicked: 0,
                 requests: 0,
                 responses: [0; 5],
+                // console measures each task's own scheduling delay, not who caused it.
+                inflicted_ns: 0,
             })
             .collect();
         let window_us = self.earliest_ns.map_or(0, |earliest| {
@@ -492,6 +494,8 @@ impl State {
                 labels,
                 folded: 0,
                 window_us,
+                delay_us: 0,
+                unattributed_delay_us: 0,
             },
             |entries| {
                 // A poll still in progress is a stall, its time so far held in a slow poll (the

@@ -6,7 +6,7 @@
 //! whenever it is recorded, without a reset ever writing a counter a thread owns (the idea of
 //! tokio-metrics' intervals, which subtract cumulative readings).
 //!
-//! Memory: a storage is ~820 bytes (64 inline buckets, 20 chunk pointers, 13 counters) plus 256
+//! Memory: a storage is ~820 bytes (64 inline buckets, 20 chunk pointers, 14 counters) plus 256
 //! bytes per further power of two its polls reached, allocated once, the first time that thread
 //! records that label. So labels x threads that polled them (at most
 //! `thread::SLOTS` = 65) x (820 B + 256 B per octave past 64 µs), plus the baseline of each
@@ -56,7 +56,9 @@ const PANICKED: usize = 6;
 const REQUESTS: usize = 7;
 /// Responses by status class: 1xx .. 5xx.
 const RESPONSES: usize = 8;
-const COUNTERS: usize = RESPONSES + 5;
+/// Scheduling delay attributed to this label's polls, in nanoseconds (see `super::delay`).
+const INFLICTED: usize = RESPONSES + 5;
+const COUNTERS: usize = INFLICTED + 1;
 
 /// One thread slot's counters for one label.
 struct Storage {
@@ -98,6 +100,7 @@ pub(crate) struct LabelSnapshot {
     pub(crate) requests: u64,
     /// 1xx .. 5xx.
     pub(crate) responses: [u64; 5],
+    pub(crate) inflicted_ns: u64,
 }
 
 /// Adds to a counter: a plain load and store where this thread owns the slot, an atomic add in
@@ -144,6 +147,11 @@ impl Writer<'_> {
             Outcome::Panicked => PANICKED,
         };
         add(&self.storage.counters[counter], 1, self.exclusive);
+    }
+
+    /// Scheduling delay the label's polls caused (attributed later, off the hot path).
+    pub(crate) fn inflicted(&self, delay_ns: u64) {
+        add(&self.storage.counters[INFLICTED], delay_ns, self.exclusive);
     }
 
     /// One request (the HTTP layer).
@@ -262,6 +270,7 @@ impl Label {
                 window[RESPONSES + 3],
                 window[RESPONSES + 4],
             ],
+            inflicted_ns: window[INFLICTED],
         }
     }
 

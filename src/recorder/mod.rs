@@ -11,8 +11,10 @@
 //! - `label`: one label's per-thread storage and its windows;
 //! - `registry`: label -> statistics, bounded by `max_labels`, labels capped in length;
 //! - `poll`: the poll path shared by futures, streams, response bodies and task hooks;
+//! - `delay`: who held the workers while the lag probe waited (the delay each label inflicts);
 //! - `slot` (feature `watchdog`): each thread's poll in flight, published for the watchdog.
 
+mod delay;
 mod histogram;
 mod label;
 mod poll;
@@ -26,6 +28,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+#[cfg_attr(not(feature = "watchdog"), allow(unused_imports))]
+pub(crate) use delay::{Held, WORKER_THREAD};
 #[cfg_attr(not(feature = "cli"), allow(unused_imports))]
 pub(crate) use histogram::{clamp_us, index_of, BUCKETS, HIGHEST_US, LOWEST_US};
 pub use histogram::{Bucket, PollHistogram};
@@ -102,6 +106,10 @@ pub(crate) struct Recorder {
     pub(crate) watchdog_id: u64,
     /// Clock reading at the start of the current report window.
     window_start: AtomicU64,
+    /// Who held the workers while the lag probe waited.
+    delays: delay::Delays,
+    /// How long after it ended a late interval is attributed, in ticks.
+    grace_ticks: u64,
 }
 
 /// Every label's figures over one window.
@@ -109,6 +117,9 @@ pub(crate) struct Snapshot {
     pub(crate) labels: Vec<LabelSnapshot>,
     pub(crate) folded: u64,
     pub(crate) window_us: u64,
+    /// The lag probe's delay over the window, and the part nobody was holding a worker for.
+    pub(crate) delay_us: u64,
+    pub(crate) unattributed_delay_us: u64,
 }
 
 /// A duration in whole units that never overflows.
@@ -132,7 +143,36 @@ impl Recorder {
             registry: Registry::new(config.max_labels),
             on_hog: config.on_hog,
             watchdog_id: config.watchdog_id,
+            delays: delay::Delays::new(),
+            grace_ticks: ticks.of_ns(delay::grace_ns(threshold_ns)),
         }
+    }
+
+    /// `label`'s poll or stall held a thread over `held` (a slow poll's end, the watchdog's
+    /// samples of a stall): what the lag probe's delays are attributed to.
+    #[cfg_attr(not(feature = "watchdog"), allow(dead_code))]
+    pub(crate) fn held(&self, held: Held) {
+        self.delays.held(held);
+    }
+
+    /// The lag probe should have run at `from_raw` and ran at `to_raw`: more than a threshold
+    /// late, that is a delay to attribute (a smaller one is the timer's granularity).
+    pub(crate) fn probe_woke(&self, from_raw: u64, to_raw: u64) {
+        if to_raw.saturating_sub(from_raw) > self.threshold_ticks {
+            self.delays.late((from_raw, to_raw));
+        }
+    }
+
+    /// Attributes the lag probe's delays that are old enough (see `delay`), to the labels that
+    /// held the workers meanwhile. Off the hot path: the probe's wake-ups and reports.
+    pub(crate) fn attribute_delays(&self) {
+        let now = self.clock.raw();
+        self.delays
+            .attribute(now, self.grace_ticks, self.ticks, |address, delay_ns| {
+                if let Some(label) = self.registry.find(address) {
+                    label.writer().inflicted(delay_ns);
+                }
+            });
     }
 
     /// The slow path of a poll that took longer than the threshold: count it, tell the callback,
@@ -147,6 +187,12 @@ impl Recorder {
         now_raw: u64,
     ) {
         writer.slow_poll(poll_ns);
+        self.delays.held(Held {
+            label: std::ptr::from_ref(label) as usize,
+            thread: thread::current().0 as u64,
+            start_raw: now_raw.saturating_sub(self.ticks.of_ns(poll_ns)),
+            end_raw: now_raw,
+        });
         if let Some(callback) = &self.on_hog {
             crate::event::call_on_hog(
                 callback,
@@ -181,6 +227,7 @@ impl Recorder {
     /// Every label's figures since the window started; with `reset`, a new one starts. Nothing
     /// recorded meanwhile is lost or counted twice.
     pub(crate) fn snapshot(&self, reset: bool) -> Snapshot {
+        self.attribute_delays();
         let now = self.clock.raw();
         let start = if reset {
             self.window_start.swap(now, Ordering::Relaxed)
@@ -188,10 +235,13 @@ impl Recorder {
             self.window_start.load(Ordering::Relaxed)
         };
         let (labels, folded) = self.registry.snapshot(reset, self.ticks);
+        let delay = self.delays.window(reset);
         Snapshot {
             labels,
             folded,
             window_us: self.clock.delta_as_nanos(start, now) / 1_000,
+            delay_us: delay.delay_ns / 1_000,
+            unattributed_delay_us: delay.unattributed_ns / 1_000,
         }
     }
 }

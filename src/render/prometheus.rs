@@ -134,7 +134,7 @@ fn value(metric: &Metric, raw: u64) -> String {
     }
 }
 
-/// The lag probe as a summary and the tokio-metrics figures as gauges, when the report has them.
+/// The lag probe as a summary (and the delay it suffered, as counters) and the tokio-metrics figures as gauges, when the report has them.
 fn render_runtime(report: &Report, out: &mut String) {
     if let Some(lag) = &report.event_loop_lag {
         let name = schema::EVENT_LOOP_LAG.name;
@@ -153,6 +153,13 @@ fn render_runtime(report: &Report, out: &mut String) {
             seconds(lag.mean_us.saturating_mul(lag.samples))
         );
         let _ = writeln!(out, "{name}_count {}", lag.samples);
+        for (metric, us) in [
+            (&schema::DELAY, lag.delay_us),
+            (&schema::UNATTRIBUTED_DELAY, lag.unattributed_delay_us),
+        ] {
+            header(out, metric);
+            let _ = writeln!(out, "{} {}", metric.name, seconds(us));
+        }
     }
     if let Some(runtime) = &report.runtime {
         let gauges = [

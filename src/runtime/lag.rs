@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 
 use super::{micros, EventLoopLag, RuntimeState};
+use crate::recorder::Recorder;
 
 /// One sample per wake-up, a few hundred a second: a full HdrHistogram (1 µs .. 60 s, 3
 /// significant figures) per detector is affordable here, unlike per label.
@@ -66,6 +67,7 @@ impl LagProbe {
                 p50_us: histogram.value_at_quantile(0.5),
                 p99_us: histogram.value_at_quantile(0.99),
                 max_us: histogram.max(),
+                ..EventLoopLag::default()
             }
         };
         if reset {
@@ -77,20 +79,27 @@ impl LagProbe {
 
 /// The probe task. Sleeps `resolution` from the moment it last woke (a late wake-up delays the
 /// next one rather than bunching them, like `MissedTickBehavior::Delay`), and ends at the first
-/// wake-up after the last `Detector` is gone.
-pub(super) async fn run<H>(state: Arc<RuntimeState>, alive: Weak<H>) {
+/// wake-up after the last `Detector` is gone. Each wake-up hands the recorder its lateness (to
+/// attribute to whoever held the workers) and lets it attribute the delays old enough.
+pub(super) async fn run<H>(state: Arc<RuntimeState>, recorder: Arc<Recorder>, alive: Weak<H>) {
     let Some(probe) = state.lag.as_ref() else {
         return;
     };
     probe.started();
     let resolution = probe.resolution;
+    let resolution_ticks = recorder
+        .ticks
+        .of_ns(resolution.as_nanos().try_into().unwrap_or(u64::MAX));
     loop {
         // Wall-clock time, not tokio's: a paused test clock must not read as lag.
         let expected = Instant::now() + resolution;
+        let expected_raw = recorder.clock.raw() + resolution_ticks;
         tokio::time::sleep(resolution).await;
         if alive.strong_count() == 0 {
             return;
         }
         probe.record(Instant::now().saturating_duration_since(expected));
+        recorder.probe_woke(expected_raw, recorder.clock.raw());
+        recorder.attribute_delays();
     }
 }

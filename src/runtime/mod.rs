@@ -2,7 +2,8 @@
 //! which time every poll of every task, are `crate::hooks`.)
 //!
 //! - `lag`: the event-loop lag probe, a task that asks to wake every few milliseconds and records
-//!   how late it ran ([`Builder::lag_probe`]).
+//!   how late it ran ([`Builder::lag_probe`]), and tells the recorder each delay to attribute to
+//!   the labels that caused it.
 //! - `metrics` (feature `runtime-metrics`): tokio-metrics' `RuntimeMonitor`, sampled on an interval
 //!   ([`Builder::runtime_metrics`]).
 //!
@@ -25,6 +26,8 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use serde::Serialize;
+
+use crate::recorder::Recorder;
 
 /// How late the lag probe woke up, in one report window: the delay every task on the runtime
 /// suffers, whoever causes it (the idea of Node's `monitorEventLoopDelay`).
@@ -72,6 +75,16 @@ pub struct EventLoopLag {
     pub p99_us: u64,
     /// The largest lag.
     pub max_us: u64,
+    /// The lateness of the wake-ups more than a threshold late, summed: the scheduling delay a
+    /// task woken by the runtime's driver suffered in the window. It is attributed to the labels
+    /// holding workers meanwhile (their [`inflicted_delay_us`](crate::Entry::inflicted_delay_us))
+    /// or to nobody (below). A delay is attributed a few thresholds after it ends, so it counts
+    /// in the window it is attributed in.
+    pub delay_us: u64,
+    /// The part of `delay_us` during which no label held a worker with a slow poll or a stall:
+    /// many short polls back to back, code hogwatch does not watch, or a machine that did not
+    /// run the workers.
+    pub unattributed_delay_us: u64,
 }
 
 /// The runtime's own figures over the last sampling interval, from tokio-metrics'
@@ -181,6 +194,7 @@ impl RuntimeState {
 /// Returns whether they were spawned by this call.
 pub(crate) fn start<H>(
     state: &Arc<RuntimeState>,
+    recorder: &Arc<Recorder>,
     alive: Weak<H>,
     runtime: &tokio::runtime::Handle,
 ) -> bool
@@ -191,7 +205,7 @@ where
         return false;
     }
     if state.lag.is_some() {
-        runtime.spawn(lag::run(state.clone(), alive.clone()));
+        runtime.spawn(lag::run(state.clone(), recorder.clone(), alive.clone()));
     }
     #[cfg(feature = "runtime-metrics")]
     if state.metrics.is_some() {
@@ -202,12 +216,16 @@ where
 }
 
 /// Like [`start`], on the runtime the caller is in, if any.
-pub(crate) fn start_if_in_runtime<H>(state: &Arc<RuntimeState>, alive: Weak<H>) -> bool
+pub(crate) fn start_if_in_runtime<H>(
+    state: &Arc<RuntimeState>,
+    recorder: &Arc<Recorder>,
+    alive: Weak<H>,
+) -> bool
 where
     H: Send + Sync + 'static,
 {
     match tokio::runtime::Handle::try_current() {
-        Ok(runtime) => start(state, alive, &runtime),
+        Ok(runtime) => start(state, recorder, alive, &runtime),
         Err(_) => false,
     }
 }

@@ -21,7 +21,7 @@ use super::workers::{target_of, Runtime, Worker};
 #[cfg(target_os = "linux")]
 use super::{scan, signal, stalls, symbols};
 use crate::event::{HogEvent, HogKind};
-use crate::recorder::{LabelKind, Recorder};
+use crate::recorder::{Held, LabelKind, Recorder, WORKER_THREAD};
 
 /// What one sample of a worker showed, to compare with the next.
 #[cfg(target_os = "linux")]
@@ -87,6 +87,8 @@ struct Reported {
     /// When its poll began (as for `Seen::began_raw`).
     began_raw: u64,
     label: Arc<str>,
+    /// The label's identity, for the delay it inflicts (`Recorder::held`).
+    label_address: usize,
     /// The thread's CPU time and the clock at the previous sample, in nanoseconds.
     clock: Option<(u64, u64)>,
 }
@@ -268,6 +270,7 @@ impl Sampler {
                 let running_ns = recorder
                     .clock
                     .delta_as_nanos(reported.began_raw, parked_raw);
+                held(recorder, worker, &reported, parked_raw);
                 watchdog
                     .lock()
                     .entry(reported.label)
@@ -431,6 +434,7 @@ impl Sampler {
                     (cpu_ns.saturating_sub(before).min(wall_ns), wall_ns)
                 });
             reported.clock = cpu_ns.map(|cpu_ns| (cpu_ns, now_ns));
+            held(recorder, worker, reported, now);
             let sample = stalls::Sample {
                 first: false,
                 running_ns: recorder.clock.delta_as_nanos(reported.began_raw, now),
@@ -510,14 +514,18 @@ impl Sampler {
             .reader
             .clocks(worker.tid)
             .map(|clocks| (clocks.cpu_ns, now_ns));
-        let label = self.report(recorder, watchdog, worker, frames, cause, running_ns);
+        let (label, label_address) =
+            self.report(recorder, watchdog, worker, frames, cause, running_ns);
+        let reported = Reported {
+            key,
+            began_raw: seen.began_raw,
+            label,
+            label_address,
+            clock,
+        };
+        held(recorder, worker, &reported, now);
         if let Some(state) = self.states.get_mut(&id) {
-            state.reported = Some(Reported {
-                key,
-                began_raw: seen.began_raw,
-                label,
-                clock,
-            });
+            state.reported = Some(reported);
         }
     }
 
@@ -562,7 +570,7 @@ impl Sampler {
             .collect()
     }
 
-    /// Counts and reports one stall, named from its stack; returns its label.
+    /// Counts and reports one stall, named from its stack; returns its label (name and identity).
     fn report(
         &mut self,
         recorder: &Recorder,
@@ -571,13 +579,15 @@ impl Sampler {
         frames: Vec<symbols::Frame>,
         cause: Option<stalls::Cause>,
         running_ns: u64,
-    ) -> Arc<str> {
+    ) -> (Arc<str>, usize) {
         let named = symbols::named_stack(&frames, &watchdog.prefixes);
         let culprit = named.culprit.clone();
         let mut stack: Vec<String> = frames.iter().map(|frame| frame.name.clone()).collect();
         stack.truncate(signal::MAX_FRAMES);
         let label = task_label(&frames, &watchdog.prefixes);
-        let label = recorder.registry.get(&label, LabelKind::Task).name.clone();
+        let label = recorder.registry.get(&label, LabelKind::Task);
+        let label_address = Arc::as_ptr(&label) as usize;
+        let label = label.name.clone();
         let now_ns = recorder.clock.delta_as_nanos(0, recorder.clock.raw());
         watchdog.stall_count.fetch_add(1, Ordering::Relaxed);
         watchdog.samples.fetch_add(1, Ordering::Relaxed);
@@ -620,8 +630,20 @@ impl Sampler {
             };
             warn_stall(watchdog, &event, suppressed, &text);
         }
-        label
+        (label, label_address)
     }
+}
+
+/// The reported stall held `worker` at least until `until_raw`: what the lag probe's delays are
+/// attributed to (pushed again at each sample, the latest end counting).
+#[cfg(target_os = "linux")]
+fn held(recorder: &Recorder, worker: &Worker, reported: &Reported, until_raw: u64) {
+    recorder.held(Held {
+        label: reported.label_address,
+        thread: WORKER_THREAD | u64::from(worker.tid.unsigned_abs()),
+        start_raw: reported.began_raw,
+        end_raw: until_raw,
+    });
 }
 
 /// Whether a worker whose two samples match stood still in between: tokio's stable worker
