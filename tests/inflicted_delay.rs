@@ -3,8 +3,11 @@
 //!
 //! The canaries are tasks that sleep 1 ms again and again and record how late each wake-up ran
 //! (from the timer's deadline to their poll): the delay a task woken by the runtime's driver
-//! suffers. A wake-up counts as delayed when it ran more than [`DELAYED`] late; tokio's timer
-//! ticks in whole milliseconds and a busy machine adds a little, so a smaller lateness is noise.
+//! suffers. A wake-up counts as delayed when it ran more than [`THRESHOLD`] late, the rule the
+//! lag probe follows: tokio's timer ticks in whole milliseconds and a busy machine adds a little,
+//! and a wait under the threshold is no hog's doing. (On two workers, canaries left in the held
+//! worker's queue wait a few milliseconds until the other worker steals them: real, but no
+//! delay by that rule, and the probe may or may not be among them.)
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -14,7 +17,9 @@ use hogwatch::{Detector, Report};
 const BLOCK: Duration = Duration::from_millis(200);
 const BLOCKS: usize = 5;
 const CANARIES: usize = 8;
-const DELAYED: Duration = Duration::from_millis(5);
+const THRESHOLD: Duration = Duration::from_millis(10);
+/// The lag probe's.
+const RESOLUTION: Duration = Duration::from_millis(10);
 /// Time after the last block before the report: the attribution's grace (two thresholds plus
 /// 50 ms), and more.
 const AFTER: Duration = Duration::from_millis(300);
@@ -23,25 +28,39 @@ const AFTER: Duration = Duration::from_millis(300);
 /// canaries with nothing hogwatch can see.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-fn runtime(workers: usize) -> tokio::runtime::Runtime {
-    if workers == 1 {
+/// How the blocking task is seen.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Seen {
+    /// Wrapped with `watch("blocker", …)`.
+    Watched,
+    /// Unwrapped, under the runtime watchdog (`watch_current_runtime`).
+    Stalls,
+    /// Unwrapped, every poll timed by tokio's task hooks (`instrument_runtime`).
+    #[cfg(tokio_unstable)]
+    Hooks,
+}
+
+fn runtime(workers: usize, detector: &Detector, seen: Seen) -> tokio::runtime::Runtime {
+    let mut builder = if workers == 1 {
         tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
     } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(workers)
-            .enable_all()
-            .build()
-            .unwrap()
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(workers);
+        builder
+    };
+    builder.enable_all();
+    #[cfg(tokio_unstable)]
+    if seen == Seen::Hooks {
+        detector.instrument_runtime(&mut builder);
     }
+    let _ = (detector, seen);
+    builder.build().unwrap()
 }
 
 fn detector(watchdog: bool) -> Detector {
     let builder = Detector::builder()
-        .threshold(Duration::from_millis(10))
-        .lag_probe(Duration::from_millis(10));
+        .threshold(THRESHOLD)
+        .lag_probe(RESOLUTION);
     let builder = if watchdog {
         builder.watchdog(Duration::from_millis(20))
     } else {
@@ -56,36 +75,72 @@ fn block() {
     std::hint::black_box(1u32);
 }
 
-/// Blocks its worker for [`BLOCK`], [`BLOCKS`] times, with an await in between.
-async fn refresh() {
+/// From when to when something happened.
+type Interval = (Instant, Instant);
+
+/// Blocks its worker for [`BLOCK`], [`BLOCKS`] times, with an await in between; logs each block.
+async fn refresh(blocks: Arc<Mutex<Vec<Interval>>>) {
     for _ in 0..BLOCKS {
+        let start = Instant::now();
         block();
+        blocks.lock().unwrap().push((start, Instant::now()));
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
 
-/// Canaries until `stop`: each one's delayed wake-ups, summed, in microseconds.
+/// Canaries until `stop`: each one's delayed wake-ups, from the timer's deadline to the poll.
 fn canaries(
     detector: &Detector,
     stop: &Arc<std::sync::atomic::AtomicBool>,
-) -> Vec<tokio::task::JoinHandle<u64>> {
+) -> Vec<tokio::task::JoinHandle<Vec<Interval>>> {
     (0..CANARIES)
         .map(|_| {
             let stop = stop.clone();
             tokio::spawn(detector.watch("canary", async move {
-                let mut delayed = Duration::ZERO;
+                let mut delayed = Vec::new();
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     let deadline = Instant::now() + Duration::from_millis(1);
                     tokio::time::sleep_until(deadline.into()).await;
-                    let late = Instant::now().saturating_duration_since(deadline);
-                    if late > DELAYED {
-                        delayed += late;
+                    let ran = Instant::now();
+                    if ran.saturating_duration_since(deadline) > THRESHOLD {
+                        delayed.push((deadline, ran));
                     }
                 }
-                delayed.as_micros() as u64
+                delayed
             }))
         })
         .collect()
+}
+
+/// What one canary measured, in microseconds: its delays that overlap a block (the blocker's
+/// doing), and the others (the machine's: a loaded machine that does not run the workers).
+#[derive(Debug)]
+struct Measured {
+    blocked_us: u64,
+    /// How many delays overlapped a block.
+    blocked: u64,
+    elsewhere_us: u64,
+}
+
+fn measured(delayed: &[Interval], blocks: &[Interval]) -> Measured {
+    let mut measured = Measured {
+        blocked_us: 0,
+        blocked: 0,
+        elsewhere_us: 0,
+    };
+    for &(deadline, ran) in delayed {
+        let us = (ran - deadline).as_micros() as u64;
+        if blocks
+            .iter()
+            .any(|&(start, end)| start < ran && end > deadline)
+        {
+            measured.blocked_us += us;
+            measured.blocked += 1;
+        } else {
+            measured.elsewhere_us += us;
+        }
+    }
+    measured
 }
 
 /// A label with short polls all along: a bystander, which must not be charged.
@@ -99,30 +154,37 @@ async fn bystander(stop: Arc<std::sync::atomic::AtomicBool>) {
     }
 }
 
-/// Runs the scenario on `workers` workers: canaries and a bystander, and `refresh` (watched as
-/// `blocker`, or unwrapped under the runtime watchdog); returns the report and the delay the
-/// canaries measured, each canary's in microseconds.
-fn scenario(workers: usize, watched: bool) -> (Report, Vec<u64>) {
+/// Runs the scenario on `workers` workers: canaries and a bystander, and `refresh`, seen as
+/// `seen` says; returns the report, what each canary measured and the blocker's label.
+fn scenario(workers: usize, seen: Seen) -> (Report, Vec<Measured>, String) {
     let _serial = SERIAL
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    let detector = detector(!watched);
-    let rt = runtime(workers);
-    let measured = rt.block_on(async {
-        if !watched {
+    let detector = detector(seen == Seen::Stalls);
+    let rt = runtime(workers, &detector, seen);
+    let mut blocker = String::from("blocker");
+    let blocks = Arc::new(Mutex::new(Vec::new()));
+    let delayed = rt.block_on(async {
+        if seen == Seen::Stalls {
             detector.watch_current_runtime().unwrap();
+            blocker = String::from("task inflicted_delay::refresh");
         }
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let canaries = canaries(&detector, &stop);
         let bystander = tokio::spawn(detector.watch("bystander", bystander(stop.clone())));
         // The canaries' first wake-ups and the probe's start, before the first block.
         tokio::time::sleep(Duration::from_millis(100)).await;
-        if watched {
-            tokio::spawn(detector.watch("blocker", refresh()))
+        if seen == Seen::Watched {
+            tokio::spawn(detector.watch("blocker", refresh(blocks.clone())))
                 .await
                 .unwrap();
         } else {
-            tokio::spawn(refresh()).await.unwrap();
+            let line = line!() + 1;
+            let task = tokio::spawn(refresh(blocks.clone()));
+            if seen != Seen::Stalls {
+                blocker = format!("task {}:{line}", file!());
+            }
+            task.await.unwrap();
         }
         tokio::time::sleep(AFTER).await;
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -133,19 +195,34 @@ fn scenario(workers: usize, watched: bool) -> (Report, Vec<u64>) {
         }
         measured
     });
-    (detector.report(), measured)
+    // With the task hooks, the runtime's shutdown waits for every after-poll hook.
+    drop(rt);
+    let blocks = blocks.lock().unwrap().clone();
+    assert_eq!(blocks.len(), BLOCKS);
+    let measured = delayed
+        .iter()
+        .map(|delayed| measured(delayed, &blocks))
+        .collect();
+    (detector.report(), measured, blocker)
 }
 
-/// The issue's targets: the blocker is charged within 25 % of the canaries' mean delay, nobody
-/// else more than 5 % of it, and under 10 % of the probe's delay is left unattributed.
+/// The issue's targets: the blocker is charged within 25 % of the canaries' mean delay during
+/// its blocks, nobody else more than 5 % of it, and under 10 % of the probe's delay is left
+/// unattributed, besides what the canaries suffered outside the blocks (a loaded machine that
+/// did not run the workers: nobody's doing, so nobody's charge).
 ///
 /// On one worker every block delays every canary. On two, a block delays the others only when
 /// the other worker sleeps without driving the timer (tokio lets one parked worker drive it; the
 /// held one may have been that one): some of the five blocks delay every canary, some none, as
-/// tokio decides. Then the charge must match whatever they measured, to within 25 % or 10 ms
-/// (one probe wake-up) when they measured next to nothing.
-fn check(report: &Report, measured: &[u64], blocker: &str, workers: usize) {
-    let canaries = measured.iter().sum::<u64>() / measured.len() as u64;
+/// tokio decides. Then the charge must match whatever they measured, to within 25 %, or one
+/// probe resolution per delay when they measured little: a probe that wakes every 10 ms sees a
+/// delay up to 10 ms shorter than a canary that wakes every millisecond (and, on a loaded
+/// machine, a short delay of the machine's that falls in a block may escape it altogether).
+fn check(report: &Report, measured: &[Measured], blocker: &str, workers: usize) {
+    let mean =
+        |of: fn(&Measured) -> u64| measured.iter().map(of).sum::<u64>() / measured.len() as u64;
+    let canaries = mean(|canary| canary.blocked_us);
+    let elsewhere = mean(|canary| canary.elsewhere_us);
     let lag = report.event_loop_lag.clone().expect("the probe is on");
     let table: Vec<(String, u64)> = report
         .entries
@@ -153,8 +230,8 @@ fn check(report: &Report, measured: &[u64], blocker: &str, workers: usize) {
         .map(|entry| (entry.label.clone(), entry.inflicted_delay_us))
         .collect();
     let context = format!(
-        "canaries measured {measured:?} µs (mean {canaries}), inflicted {table:?}, probe delay \
-         {} µs of which unattributed {} µs",
+        "canaries measured {measured:?} (means {canaries} µs in the blocks, {elsewhere} µs \
+         elsewhere), inflicted {table:?}, probe delay {} µs of which unattributed {} µs",
         lag.delay_us, lag.unattributed_delay_us
     );
     eprintln!("{blocker} on {workers} worker(s): {context}");
@@ -165,8 +242,14 @@ fn check(report: &Report, measured: &[u64], blocker: &str, workers: usize) {
     let charged = report
         .entry(blocker)
         .map_or(0, |entry| entry.inflicted_delay_us);
+    let delays = measured
+        .iter()
+        .map(|canary| canary.blocked)
+        .max()
+        .unwrap_or(0);
+    let resolution = RESOLUTION.as_micros() as u64;
     assert!(
-        charged.abs_diff(canaries) <= (canaries / 4).max(10_000),
+        charged.abs_diff(canaries) <= (canaries / 4).max(delays.max(1) * resolution),
         "{blocker} is charged {charged} µs, not within 25 %: {context}"
     );
     for entry in report.entries.iter().filter(|entry| entry.label != blocker) {
@@ -178,35 +261,48 @@ fn check(report: &Report, measured: &[u64], blocker: &str, workers: usize) {
         );
     }
     assert!(
-        lag.unattributed_delay_us <= (lag.delay_us / 10).max(1_000),
+        lag.unattributed_delay_us <= (lag.delay_us / 10).max(1_000) + elsewhere,
         "over 10 % unattributed: {context}"
     );
 }
 
+fn charged_what_the_canaries_waited(workers: usize, seen: Seen) {
+    let (report, measured, blocker) = scenario(workers, seen);
+    check(&report, &measured, &blocker, workers);
+}
+
 #[test]
 fn a_watched_label_blocking_one_worker_is_charged_what_the_canaries_waited() {
-    let (report, measured) = scenario(1, true);
-    check(&report, &measured, "blocker", 1);
+    charged_what_the_canaries_waited(1, Seen::Watched);
 }
 
 #[test]
 fn a_watched_label_blocking_one_of_two_workers_is_charged_what_the_canaries_waited() {
-    let (report, measured) = scenario(2, true);
-    check(&report, &measured, "blocker", 2);
+    charged_what_the_canaries_waited(2, Seen::Watched);
 }
 
 #[cfg(target_os = "linux")]
 #[test]
 fn an_unwrapped_task_under_the_runtime_watchdog_is_charged_on_one_worker() {
-    let (report, measured) = scenario(1, false);
-    check(&report, &measured, "task inflicted_delay::refresh", 1);
+    charged_what_the_canaries_waited(1, Seen::Stalls);
 }
 
 #[cfg(target_os = "linux")]
 #[test]
 fn an_unwrapped_task_under_the_runtime_watchdog_is_charged_on_two_workers() {
-    let (report, measured) = scenario(2, false);
-    check(&report, &measured, "task inflicted_delay::refresh", 2);
+    charged_what_the_canaries_waited(2, Seen::Stalls);
+}
+
+#[cfg(tokio_unstable)]
+#[test]
+fn an_instrumented_task_is_charged_on_one_worker() {
+    charged_what_the_canaries_waited(1, Seen::Hooks);
+}
+
+#[cfg(tokio_unstable)]
+#[test]
+fn an_instrumented_task_is_charged_on_two_workers() {
+    charged_what_the_canaries_waited(2, Seen::Hooks);
 }
 
 /// The control: nothing blocks, the probe is on time, nobody is charged.
@@ -216,7 +312,7 @@ fn with_nothing_blocking_nobody_is_charged() {
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
     let detector = detector(false);
-    let rt = runtime(2);
+    let rt = runtime(2, &detector, Seen::Watched);
     let measured = rt.block_on(async {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let canaries = canaries(&detector, &stop);
