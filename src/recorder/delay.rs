@@ -104,11 +104,14 @@ impl Delays {
         if seq % 2 == 1
             || entry
                 .seq
-                .compare_exchange(seq, seq + 1, Ordering::Acquire, Ordering::Relaxed)
+                .compare_exchange(seq, seq + 1, Ordering::Relaxed, Ordering::Relaxed)
                 .is_err()
         {
             return;
         }
+        // The odd sequence before the words (as `slot::Slot::publish` does): a reader that sees
+        // any of the new words sees the entry being written.
+        std::sync::atomic::fence(Ordering::Release);
         entry.label.store(held.label, Ordering::Relaxed);
         entry.thread.store(held.thread, Ordering::Relaxed);
         entry.start_raw.store(held.start_raw, Ordering::Relaxed);
