@@ -345,6 +345,40 @@ mod tests {
     }
 
     #[test]
+    fn entries_read_while_writers_wrap_the_ring_are_whole() {
+        let delays = std::sync::Arc::new(Delays::new());
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writers: Vec<_> = (0..3u64)
+            .map(|writer| {
+                let (delays, stop) = (delays.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let mut n = writer << 40;
+                    while !stop.load(Ordering::Relaxed) {
+                        n += 1;
+                        delays.held(held(n as usize, n, n, n + 1));
+                    }
+                })
+            })
+            .collect();
+        let mut read = 0;
+        for _ in 0..2_000 {
+            for entry in delays.read_ring() {
+                let n = entry.start_raw;
+                assert_eq!(
+                    (entry.label as u64, entry.thread, entry.end_raw),
+                    (n, n, n + 1)
+                );
+                read += 1;
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        writers
+            .into_iter()
+            .for_each(|writer| writer.join().unwrap());
+        assert!(read > 0);
+    }
+
+    #[test]
     fn the_ring_keeps_the_latest_and_attribution_waits_for_the_grace() {
         let delays = Delays::new();
         let ticks = super::super::Ticks::of(&quanta::Clock::new());
