@@ -34,6 +34,7 @@ enum Seen {
     /// Wrapped with `watch("blocker", …)`.
     Watched,
     /// Unwrapped, under the runtime watchdog (`watch_current_runtime`).
+    #[cfg(feature = "watchdog")]
     Stalls,
     /// Unwrapped, every poll timed by tokio's task hooks (`instrument_runtime`).
     #[cfg(tokio_unstable)]
@@ -61,11 +62,14 @@ fn detector(watchdog: bool) -> Detector {
     let builder = Detector::builder()
         .threshold(THRESHOLD)
         .lag_probe(RESOLUTION);
+    #[cfg(feature = "watchdog")]
     let builder = if watchdog {
         builder.watchdog(Duration::from_millis(20))
     } else {
         builder
     };
+    #[cfg(not(feature = "watchdog"))]
+    assert!(!watchdog, "the runtime watchdog needs the feature watchdog");
     builder.build().unwrap()
 }
 
@@ -160,12 +164,17 @@ fn scenario(workers: usize, seen: Seen) -> (Report, Vec<Measured>, String) {
     let _serial = SERIAL
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    let detector = detector(seen == Seen::Stalls);
+    #[cfg(feature = "watchdog")]
+    let stalls = seen == Seen::Stalls;
+    #[cfg(not(feature = "watchdog"))]
+    let stalls = false;
+    let detector = detector(stalls);
     let rt = runtime(workers, &detector, seen);
     let mut blocker = String::from("blocker");
     let blocks = Arc::new(Mutex::new(Vec::new()));
     let delayed = rt.block_on(async {
-        if seen == Seen::Stalls {
+        #[cfg(feature = "watchdog")]
+        if stalls {
             detector.watch_current_runtime().unwrap();
             blocker = String::from("task inflicted_delay::refresh");
         }
@@ -181,7 +190,7 @@ fn scenario(workers: usize, seen: Seen) -> (Report, Vec<Measured>, String) {
         } else {
             let line = line!() + 1;
             let task = tokio::spawn(refresh(blocks.clone()));
-            if seen != Seen::Stalls {
+            if !stalls {
                 blocker = format!("task {}:{line}", file!());
             }
             task.await.unwrap();
@@ -281,13 +290,13 @@ fn a_watched_label_blocking_one_of_two_workers_is_charged_what_the_canaries_wait
     charged_what_the_canaries_waited(2, Seen::Watched);
 }
 
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", feature = "watchdog"))]
 #[test]
 fn an_unwrapped_task_under_the_runtime_watchdog_is_charged_on_one_worker() {
     charged_what_the_canaries_waited(1, Seen::Stalls);
 }
 
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", feature = "watchdog"))]
 #[test]
 fn an_unwrapped_task_under_the_runtime_watchdog_is_charged_on_two_workers() {
     charged_what_the_canaries_waited(2, Seen::Stalls);
