@@ -32,9 +32,10 @@ use crate::schema::{self, Kind, Metric, LABEL_SERIES};
 /// Publishes a [`Detector`]'s per-label figures through the [`metrics`](::metrics) facade
 /// (feature `metrics`), under the names `/debug/hogs/metrics` uses: counters of polls, slow
 /// polls, stalls, futures by `outcome`, requests and responses by status `class`; the time in
-/// polls, in slow polls and the stalls' watched and CPU time as counters of microseconds (the
-/// facade's counters are integers: `hogwatch_busy_microseconds_total`,
-/// `hogwatch_slow_poll_microseconds_total`, `hogwatch_stall_sampled_microseconds_total`,
+/// polls, in slow polls, the delay the label inflicted on the runtime (with the lag probe) and
+/// the stalls' watched and CPU time as counters of microseconds (the facade's counters are
+/// integers: `hogwatch_busy_microseconds_total`, `hogwatch_slow_poll_microseconds_total`,
+/// `hogwatch_inflicted_delay_microseconds_total`, `hogwatch_stall_sampled_microseconds_total`,
 /// `hogwatch_stall_cpu_microseconds_total`); the gauges `hogwatch_longest_stall_seconds` and,
 /// unlabelled, `hogwatch_threshold_seconds`; and the poll-duration distribution as the histogram
 /// `hogwatch_poll_duration_seconds`. Every series but the threshold is labelled `label`.
