@@ -42,11 +42,14 @@ fn detector(watchdog: bool) -> Detector {
     let builder = Detector::builder()
         .threshold(Duration::from_millis(10))
         .lag_probe(Duration::from_millis(10));
+    #[cfg(feature = "watchdog")]
     let builder = if watchdog {
         builder.watchdog(Duration::from_millis(20))
     } else {
         builder
     };
+    #[cfg(not(feature = "watchdog"))]
+    assert!(!watchdog, "the runtime watchdog needs the feature watchdog");
     builder.build().unwrap()
 }
 
@@ -109,6 +112,7 @@ fn scenario(workers: usize, watched: bool) -> (Report, Vec<u64>) {
     let detector = detector(!watched);
     let rt = runtime(workers);
     let measured = rt.block_on(async {
+        #[cfg(feature = "watchdog")]
         if !watched {
             detector.watch_current_runtime().unwrap();
         }
@@ -195,14 +199,14 @@ fn a_watched_label_blocking_one_of_two_workers_is_charged_what_the_canaries_wait
     check(&report, &measured, "blocker", 2);
 }
 
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", feature = "watchdog"))]
 #[test]
 fn an_unwrapped_task_under_the_runtime_watchdog_is_charged_on_one_worker() {
     let (report, measured) = scenario(1, false);
     check(&report, &measured, "task inflicted_delay::refresh", 1);
 }
 
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", feature = "watchdog"))]
 #[test]
 fn an_unwrapped_task_under_the_runtime_watchdog_is_charged_on_two_workers() {
     let (report, measured) = scenario(2, false);

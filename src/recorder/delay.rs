@@ -36,6 +36,7 @@ const GRACE_NS: u64 = 50_000_000;
 /// What marks a runtime worker's thread id in [`Held::thread`], apart from the recorder's thread
 /// slots: the runtime watchdog's stalls never nest inside a watched poll (that one is reported
 /// under its own label instead).
+#[cfg_attr(not(feature = "watchdog"), allow(dead_code))]
 pub(crate) const WORKER_THREAD: u64 = 1 << 32;
 
 /// One slow poll or stall: `label` (an address: `Label`s live as long as the registry) held
