@@ -347,7 +347,11 @@ fn the_lag_section_reaches_every_renderer() {
             assert!(json["event_loop_lag"][field].is_u64(), "{field}: {json}");
         }
         assert!(report.to_text().contains("event-loop lag: min "));
+        assert!(report.to_text().contains("event-loop delay: "));
         assert!(report.to_html().contains("Event-loop lag p99 <strong"));
+        assert!(report
+            .to_html()
+            .contains(" of it unattributed (no label held"));
     });
 }
 
@@ -457,6 +461,10 @@ fn runtime_sections_pass_promtool() {
         "# TYPE hogwatch_event_loop_lag_seconds summary",
         "hogwatch_event_loop_lag_seconds{quantile=\"0.99\"} ",
         "hogwatch_event_loop_lag_seconds_count ",
+        "# TYPE hogwatch_delay_seconds_total counter",
+        "hogwatch_delay_seconds_total ",
+        "hogwatch_unattributed_delay_seconds_total ",
+        "hogwatch_inflicted_delay_seconds_total{label=\"work\"} ",
         "hogwatch_runtime_busy_ratio ",
         "hogwatch_runtime_workers 2",
         "hogwatch_label_info{label=\"work\",kind=\"watch\"} 1",

@@ -32,9 +32,10 @@ use crate::schema::{self, Kind, Metric, LABEL_SERIES};
 /// Publishes a [`Detector`]'s per-label figures through the [`metrics`](::metrics) facade
 /// (feature `metrics`), under the names `/debug/hogs/metrics` uses: counters of polls, slow
 /// polls, stalls, futures by `outcome`, requests and responses by status `class`; the time in
-/// polls, in slow polls and the stalls' watched and CPU time as counters of microseconds (the
-/// facade's counters are integers: `hogwatch_busy_microseconds_total`,
-/// `hogwatch_slow_poll_microseconds_total`, `hogwatch_stall_sampled_microseconds_total`,
+/// polls, in slow polls, the delay the label inflicted on the runtime (with the lag probe) and
+/// the stalls' watched and CPU time as counters of microseconds (the facade's counters are
+/// integers: `hogwatch_busy_microseconds_total`, `hogwatch_slow_poll_microseconds_total`,
+/// `hogwatch_inflicted_delay_microseconds_total`, `hogwatch_stall_sampled_microseconds_total`,
 /// `hogwatch_stall_cpu_microseconds_total`); the gauges `hogwatch_longest_stall_seconds` and,
 /// unlabelled, `hogwatch_threshold_seconds`; and the poll-duration distribution as the histogram
 /// `hogwatch_poll_duration_seconds`. Every series but the threshold is labelled `label`.
@@ -464,8 +465,9 @@ mod tests {
 
     /// An entry of `label` with these totals: `fast` polls of 2 ms and `slow` ones, half of
     /// 40 ms and half of 60 ms (threshold 10 ms; 30 of them take 1.5 s, for which promtool's
-    /// rates come out as the decimals the test expects), one request each; built from a real
-    /// entry, so every other field is a real one.
+    /// rates come out as the decimals the test expects), one request each, and the slow polls'
+    /// time as the delay they inflicted (one worker: the runtime was late as long); built from
+    /// a real entry, so every other field is a real one.
     fn entry(template: &Entry, label: &str, fast: u64, slow: u64) -> Entry {
         let mut entry = template.clone();
         entry.label = label.to_owned();
@@ -474,6 +476,7 @@ mod tests {
         let (short, long) = (slow / 2, slow - slow / 2);
         entry.slow_busy_us = short * 40_000 + long * 60_000;
         entry.busy_us = fast * 2_000 + entry.slow_busy_us;
+        entry.inflicted_delay_us = entry.slow_busy_us;
         entry.completed = fast + slow;
         entry.requests = fast + slow;
         entry.responses.success = fast + slow;
@@ -521,6 +524,7 @@ mod tests {
             "hogwatch_longest_stall_seconds{label=\"stalled\"} 1.25\n",
             "hogwatch_slow_poll_microseconds_total{label=\"stalled\"} 100000\n",
             "hogwatch_busy_microseconds_total{label=\"stalled\"} 106000\n",
+            "hogwatch_inflicted_delay_microseconds_total{label=\"stalled\"} 100000\n",
             "hogwatch_stall_sampled_microseconds_total{label=\"stalled\"} 1000000\n",
             "hogwatch_stall_cpu_microseconds_total{label=\"stalled\"} 500000\n",
             "hogwatch_futures_total{label=\"stalled\",outcome=\"cancelled\"} 0\n",
@@ -614,15 +618,19 @@ mod tests {
             "/prometheus/hogwatch.rules.test.yml"
         ))
         .unwrap();
-        // The alert's description for the blocking route, as the shipped test expects it.
-        let description = shipped
-            .lines()
-            .find(|line| {
-                line.trim_start()
-                    .starts_with("description: \"Over the last 5 minutes")
-            })
-            .unwrap()
-            .trim();
+        // The alerts' descriptions for the blocking route, as the shipped test expects them.
+        let description = |start: &str| {
+            shipped
+                .lines()
+                .find(|line| line.trim_start().starts_with(start))
+                .unwrap()
+                .trim()
+                .to_owned()
+        };
+        let blocking_description = description("description: \"Over the last 5 minutes");
+        let inflicted_description = description(
+            "description: \"For 5 minutes, the slow polls and stalls of GET /blocking/",
+        );
         let mut yaml = format!(
             "rule_files:\n  - {}/prometheus/hogwatch.rules.yml\nevaluation_interval: 1m\ntests:\n  - interval: 1m\n    input_series:\n",
             env!("CARGO_MANIFEST_DIR")
@@ -671,6 +679,10 @@ mod tests {
             "job_label:hogwatch_stalls:rate5m",
             &[(blocking, "0"), (users, "0"), (idle, "0")],
         ));
+        yaml.push_str(&expect(
+            "job_label:hogwatch_inflicted_delay_seconds:rate5m",
+            &[(blocking, "0.025"), (users, "0"), (idle, "0")],
+        ));
         yaml.push_str(&format!(
             "    alert_rule_test:
       - eval_time: 4m
@@ -685,7 +697,20 @@ mod tests {
               label: \"{blocking}\"
             exp_annotations:
               summary: \"{blocking} blocks the executor of api: p99 poll 98ms\"
-              {description}
+              {blocking_description}
+      - eval_time: 4m
+        alertname: HogwatchInflictedDelay
+        exp_alerts: []
+      - eval_time: 10m
+        alertname: HogwatchInflictedDelay
+        exp_alerts:
+          - exp_labels:
+              severity: warning
+              job: api
+              label: \"{blocking}\"
+            exp_annotations:
+              summary: \"{blocking} makes a runtime of api late 2.5% of the time\"
+              {inflicted_description}
       - eval_time: 10m
         alertname: HogwatchEventLoopLagHigh
         exp_alerts: []
@@ -773,6 +798,10 @@ mod tests {
             bridged[0].1[20].contains(&format!("hogwatch_slow_poll_microseconds{slow}30000000\n"))
         );
         assert!(rendered[0].1[20].contains(&format!("hogwatch_slow_poll_seconds{slow}30\n")));
+        assert!(bridged[0].1[20].contains(&format!(
+            "hogwatch_inflicted_delay_microseconds{slow}30000000\n"
+        )));
+        assert!(rendered[0].1[20].contains(&format!("hogwatch_inflicted_delay_seconds{slow}30\n")));
         for (instance, texts) in [&bridged[0], &rendered[0]] {
             assert_eq!(*instance, "a:1");
             assert!(

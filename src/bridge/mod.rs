@@ -1,6 +1,12 @@
 //! Bridges into the metrics systems an application already runs: each publishes the figures of
 //! a [`Report`](crate::Report) (per label, so with the report's cardinality bound,
 //! `max_labels`), off every hot path, from a snapshot taken when the bridge asks for it.
+//!
+//! Per label only, with the threshold: the instance's own sections of `/debug/hogs/metrics`
+//! (the lag probe's summary and the delay it suffered, attributed or not, the runtime's figures
+//! and the watchdog's captures) are not bridged. tokio-metrics' own integrations carry the
+//! runtime's figures; hogwatch's instance series would come through the schema as one list,
+//! as the labels' do, rather than one counter at a time.
 
 #[cfg(feature = "metrics")]
 pub(crate) mod metrics;

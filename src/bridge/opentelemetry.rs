@@ -69,8 +69,9 @@ struct LabelTotals {
 /// Publishes a [`Detector`]'s per-label figures as OpenTelemetry instruments (feature
 /// `opentelemetry`), named and described by the crate's metric schema as `/debug/hogs/metrics`
 /// is: observable counters of polls, slow polls, stalls, futures by `outcome`, requests and
-/// responses by status `class`, and of the time in polls, in slow polls and the stalls' watched
-/// and CPU time (seconds); the observable gauges `hogwatch.longest_stall` and, without
+/// responses by status `class`, and of the time in polls, in slow polls, the delay the label
+/// inflicted on the runtime (`hogwatch.inflicted_delay`, with the lag probe) and the stalls'
+/// watched and CPU time (seconds); the observable gauges `hogwatch.longest_stall` and, without
 /// attributes, `hogwatch.threshold` (seconds); all with the attribute `label` but the threshold;
 /// and the histogram `hogwatch.poll_duration` (seconds) with explicit bucket bounds from 10 µs
 /// to 10 s that include the detector's threshold. Through an OpenTelemetry-to-Prometheus
@@ -451,8 +452,8 @@ mod tests {
 
     use super::*;
     use crate::schema::{
-        BUSY, FUTURES, LONGEST_STALL, POLLS, POLL_DURATION, REQUESTS, SLOW_POLL, SLOW_POLLS,
-        STALLS, STALL_SAMPLED, THRESHOLD,
+        BUSY, FUTURES, INFLICTED_DELAY, LONGEST_STALL, POLLS, POLL_DURATION, REQUESTS, SLOW_POLL,
+        SLOW_POLLS, STALLS, STALL_SAMPLED, THRESHOLD,
     };
     use crate::OTHER_LABEL;
 
@@ -490,6 +491,15 @@ mod tests {
             .flat_map(|scope| scope.metrics())
             .find(|metric| metric.name() == name)
             .map(|metric| metric.data())
+    }
+
+    /// The unit an instrument was exported with.
+    fn unit_of<'a>(metrics: &'a ResourceMetrics, name: &str) -> Option<&'a str> {
+        metrics
+            .scope_metrics()
+            .flat_map(|scope| scope.metrics())
+            .find(|metric| metric.name() == name)
+            .map(|metric| metric.unit())
     }
 
     /// A counter's data points, by attributes (u64 counters as they are, f64 ones in µs).
@@ -659,6 +669,7 @@ mod tests {
         entry.stall_wall_us = 1_000_000;
         entry.stall_cpu_us = 500_000;
         entry.longest_stall_us = 1_250_000;
+        entry.inflicted_delay_us = 250_000;
         reporter.publish_report(&report);
         let metrics = collect(&provider, &exporter);
         for series in &LABEL_SERIES {
@@ -684,6 +695,12 @@ mod tests {
             sum_of(&metrics, STALL_SAMPLED.otel_name, &[("label", "stalled")]),
             Some(1_000_000)
         );
+        assert_eq!(INFLICTED_DELAY.otel_name, "hogwatch.inflicted_delay");
+        assert_eq!(
+            sum_of(&metrics, INFLICTED_DELAY.otel_name, &[("label", "stalled")]),
+            Some(250_000)
+        );
+        assert_eq!(unit_of(&metrics, INFLICTED_DELAY.otel_name), Some("s"));
         // A gauge follows the report down (a new window), where a counter would not.
         report.entries[0].longest_stall_us = 0;
         reporter.publish_report(&report);

@@ -134,7 +134,8 @@ fn value(metric: &Metric, raw: u64) -> String {
     }
 }
 
-/// The lag probe as a summary (and the delay it suffered, as counters) and the tokio-metrics figures as gauges, when the report has them.
+/// The lag probe as a summary (and the delay it suffered, as counters) and the tokio-metrics
+/// figures as gauges, when the report has them.
 fn render_runtime(report: &Report, out: &mut String) {
     if let Some(lag) = &report.event_loop_lag {
         let name = schema::EVENT_LOOP_LAG.name;
@@ -412,6 +413,48 @@ mod tests {
             out.contains("hogwatch_busy_seconds_total{label=\"route\"} "),
             "{out}"
         );
+    }
+
+    /// Issue 27: the delay the lag probe suffered is two unlabelled counters, written only with
+    /// the probe on; each label's share of it is a labelled one.
+    #[test]
+    fn the_lag_probe_delay_and_each_label_share_of_it_are_counters() {
+        let detector = crate::Detector::builder().build().unwrap();
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(detector.watch("route", async {}));
+        let mut report = detector.report();
+        report.entries[0].inflicted_delay_us = 1_235_000;
+        let out = report.to_prometheus();
+        assert!(
+            out.contains("hogwatch_inflicted_delay_seconds_total{label=\"route\"} 1.235\n"),
+            "{out}"
+        );
+        assert!(
+            !out.contains("hogwatch_delay_"),
+            "no probe, no delay: {out}"
+        );
+        assert!(!out.contains("hogwatch_unattributed_delay_"), "{out}");
+
+        report.event_loop_lag = Some(crate::EventLoopLag {
+            resolution_us: 10_000,
+            samples: 100,
+            delay_us: 1_300_000,
+            unattributed_delay_us: 65_000,
+            ..Default::default()
+        });
+        let out = report.to_prometheus();
+        for line in [
+            "# TYPE hogwatch_delay_seconds_total counter\n",
+            "hogwatch_delay_seconds_total 1.3\n",
+            "# TYPE hogwatch_unattributed_delay_seconds_total counter\n",
+            "hogwatch_unattributed_delay_seconds_total 0.065\n",
+            "# TYPE hogwatch_inflicted_delay_seconds_total counter\n",
+            "hogwatch_inflicted_delay_seconds_total{label=\"route\"} 1.235\n",
+        ] {
+            assert!(out.contains(line), "{line}{out}");
+        }
     }
 
     /// Issue 15: the Prometheus text needs no axum. This test runs in the

@@ -4,12 +4,13 @@ use std::fmt::Write;
 
 use crate::report::{LabelKind, Report};
 
-const COLUMNS: [&str; 15] = [
+const COLUMNS: [&str; 16] = [
     "label",
     "kind",
     "polls",
     "slow_polls",
     "busy_us",
+    "inflicted_us",
     "wall_us",
     "max_poll_us",
     "p50_poll_us",
@@ -41,7 +42,7 @@ impl Report {
 
 /// Writes `report` as a table into `out`: a header line, then one row per entry.
 pub(crate) fn render(report: &Report, out: &mut String) {
-    let rows: Vec<[String; 15]> = report
+    let rows: Vec<[String; 16]> = report
         .entries
         .iter()
         .map(|entry| {
@@ -52,6 +53,7 @@ pub(crate) fn render(report: &Report, out: &mut String) {
                 entry.polls.to_string(),
                 entry.slow_polls.to_string(),
                 entry.busy_us.to_string(),
+                entry.inflicted_delay_us.to_string(),
                 entry.wall_us.to_string(),
                 entry.max_poll_us.to_string(),
                 entry.p50_poll_us.to_string(),
@@ -92,6 +94,12 @@ pub(crate) fn render(report: &Report, out: &mut String) {
             out,
             "event-loop lag: min {} us, mean {} us, p50 {} us, p99 {} us, max {} us ({} samples every {} us)",
             lag.min_us, lag.mean_us, lag.p50_us, lag.p99_us, lag.max_us, lag.samples, lag.resolution_us
+        );
+        // The labels' inflicted_us and this unattributed part add up to the delay.
+        let _ = writeln!(
+            out,
+            "event-loop delay: {} us late in all, {} us of it unattributed (no label held a worker)",
+            lag.delay_us, lag.unattributed_delay_us
         );
     }
     if let Some(runtime) = &report.runtime {
@@ -201,7 +209,7 @@ pub(crate) fn kind(kind: LabelKind) -> &'static str {
     }
 }
 
-fn write_row(out: &mut String, cells: &[String; 15], widths: &[usize; 15]) {
+fn write_row(out: &mut String, cells: &[String; 16], widths: &[usize; 16]) {
     for (column, (cell, width)) in cells.iter().zip(widths).enumerate() {
         let separator = if column == 0 { "" } else { "  " };
         if column == 0 {
@@ -273,6 +281,36 @@ mod tests {
         );
         assert!(
             text.contains("    90.0   100.0       9      10  app::encode\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn inflicted_delay_is_a_column_after_busy_time_and_the_lag_line_has_the_delay() {
+        let detector = Detector::builder().build().unwrap();
+        // A label without spaces, so the table splits on whitespace.
+        futures_lite_block_on(detector.watch("slow", async {}));
+        let mut report = detector.report();
+        report.entries[0].inflicted_delay_us = 123_456;
+        report.event_loop_lag = Some(crate::EventLoopLag {
+            resolution_us: 10_000,
+            samples: 100,
+            delay_us: 130_000,
+            unattributed_delay_us: 6_544,
+            ..Default::default()
+        });
+        let text = report.to_text();
+        let mut lines = text.lines().skip(1);
+        let columns: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+        let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+        let at = columns.iter().position(|&name| name == "inflicted_us");
+        assert_eq!(at, Some(5), "{text}");
+        assert_eq!(columns[4], "busy_us", "{text}");
+        assert_eq!(row[5], "123456", "{text}");
+        assert!(
+            text.contains(
+                "event-loop delay: 130000 us late in all, 6544 us of it unattributed (no label held a worker)\n"
+            ),
             "{text}"
         );
     }

@@ -11,7 +11,7 @@
 use super::{SCRIPT, STYLE};
 
 /// The SHA-256 of [`STYLE`] (`page.css`), base64: what `style-src` allows.
-const STYLE_SHA256: &str = "MfwtAKmEJkPt9Zo/+FDaY2Vu7AvQieibExWR5+Z8+Os=";
+const STYLE_SHA256: &str = "BC5O9gc46XYhevFiEBHc0S0cbl7l9wup5saUb3rFeF8=";
 
 /// The SHA-256 of [`SCRIPT`] (`page.js`), base64: what `script-src` allows.
 const SCRIPT_SHA256: &str = "wwUyYETdA68ETvaTG6nd20NfrBnvOUDHdnOVK3CfWLU=";

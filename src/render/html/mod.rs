@@ -126,10 +126,13 @@ fn render_summary(report: &Report, hogs: usize, html: &mut Html<'_>) {
             .text(duration(lag.p99_us))
             .raw("</strong>")
             .text(format_args!(
-                " (max {}, {} {}).",
+                " (max {}, {} {}); late by {} in all, {} of it unattributed (no label held a \
+                 worker).",
                 duration(lag.max_us),
                 lag.samples,
                 plural(lag.samples, "sample", "samples"),
+                duration(lag.delay_us),
+                duration(lag.unattributed_delay_us),
             ));
     }
     html.raw("</p>\n<p class=\"meta muted\">")
@@ -224,12 +227,13 @@ fn render_stall_summary(report: &Report, html: &mut Html<'_>) {
 }
 
 /// Column headings; the cells of a row repeat them as `data-k` for the narrow layout.
-const COLUMNS: [&str; 7] = [
+const COLUMNS: [&str; 8] = [
     "requests / polls",
     "slow polls",
     "longest poll",
     "p99 poll",
     "busy / wall",
+    "inflicted",
     "non-2xx",
     "poll durations",
 ];
@@ -321,15 +325,23 @@ fn render_entry(report: &Report, rank: usize, entry: &Entry, html: &mut Html<'_>
         None => "–".to_string(),
     };
     cell(html, COLUMNS[4], "", None, busy);
+    // Without the lag probe nothing measures it: a dash, not a 0 that reads as "harmless".
+    if report.event_loop_lag.is_some() {
+        let us = entry.inflicted_delay_us;
+        let class = if us > 0 { " hot" } else { "" };
+        cell(html, COLUMNS[5], class, Some(us), duration(us));
+    } else {
+        cell(html, COLUMNS[5], "", None, "–");
+    }
     let (non_success, class) = if entry.requests > 0 {
         let count = entry.responses.non_success();
         (count.to_string(), if count > 0 { " hot" } else { "" })
     } else {
         ("–".to_string(), "")
     };
-    cell(html, COLUMNS[5], class, None, non_success);
+    cell(html, COLUMNS[6], class, None, non_success);
     html.raw("<span class=\"chart\"")
-        .attr("data-k", COLUMNS[6])
+        .attr("data-k", COLUMNS[7])
         .raw(">");
     chart::render_histogram(&entry.label, &entry.histogram, report.threshold_us, html);
     html.raw("</span></summary>\n");
@@ -367,6 +379,7 @@ fn render_details(report: &Report, entry: &Entry, html: &mut Html<'_>) {
         ("longest poll", entry.max_poll_us),
         ("busy", entry.busy_us),
         ("busy in slow polls", entry.slow_busy_us),
+        ("inflicted delay", entry.inflicted_delay_us),
         ("wall (ended futures)", entry.wall_us),
     ];
     for (name, us) in durations {
@@ -1055,6 +1068,59 @@ mod tests {
             "{page}"
         );
         assert!(page.contains("Worst: <code>slowest</code>"));
+    }
+
+    #[test]
+    fn inflicted_delay_is_a_column_next_to_busy_time_and_the_summary_has_the_unattributed_part() {
+        let mut report = report(&[
+            ("slow", Duration::from_millis(120)),
+            ("calm", Duration::ZERO),
+        ]);
+        // Without the lag probe nothing measured it.
+        let page = report.to_html();
+        assert!(
+            page.contains("<span class=\"num\" data-k=\"inflicted\">–</span>"),
+            "{page}"
+        );
+        report.entries[0].inflicted_delay_us = 123_456;
+        report.event_loop_lag = Some(crate::EventLoopLag {
+            resolution_us: 10_000,
+            samples: 100,
+            delay_us: 130_000,
+            unattributed_delay_us: 6_544,
+            ..Default::default()
+        });
+        let page = report.to_html();
+        let heads: Vec<&str> = page
+            .split("<span class=\"num\">")
+            .skip(1)
+            .map(|rest| &rest[..rest.find('<').unwrap()])
+            .collect();
+        let busy = heads
+            .iter()
+            .position(|&head| head == "busy / wall")
+            .unwrap();
+        assert_eq!(heads[busy + 1], "inflicted", "{heads:?}");
+        assert!(
+            page.contains(
+                "<span class=\"num hot\" data-k=\"inflicted\" title=\"123456 µs\">123 ms</span>"
+            ),
+            "{page}"
+        );
+        assert!(
+            page.contains("<span class=\"num\" data-k=\"inflicted\" title=\"0 µs\">0 µs</span>"),
+            "{page}"
+        );
+        assert!(
+            page.contains("<dt>inflicted delay</dt><dd title=\"123456 µs\">123 ms</dd>"),
+            "{page}"
+        );
+        assert!(
+            page.contains(
+                "; late by 130 ms in all, 6.54 ms of it unattributed (no label held a worker)."
+            ),
+            "{page}"
+        );
     }
 
     #[test]
