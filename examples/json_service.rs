@@ -11,8 +11,10 @@
 //! and for each variant (`/blocking`, `/simd`, `/offload`, `/passthrough`) in turn sends
 //! `--requests` requests over `--concurrency` connections with the in-process load driver while a
 //! canary requests `/health` every 5 ms. It prints one row per variant (throughput, latency,
-//! non-2xx, the canary's p99 and hogwatch's verdict on that variant's route), then hogwatch's
-//! report. Each variant has its own route, so each route's entry holds only its variant's polls.
+//! non-2xx, the canary's p99, the delay the variant's route inflicted on the rest of the runtime
+//! and hogwatch's verdict on that route), the lag probe's delay in all and the canary route's
+//! share of it, then hogwatch's report. Each variant has its own route, so each route's entry
+//! holds only its variant's polls and its variant's inflicted delay.
 
 mod support;
 
@@ -20,7 +22,7 @@ use std::error::Error;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use hogwatch::Detector;
+use hogwatch::{Builder, Detector};
 use support::documents::Size;
 use support::json_app::{self, Cache};
 use support::load::Load;
@@ -38,6 +40,10 @@ const THRESHOLD: Duration = Duration::from_millis(10);
 const WATCHDOG: Duration = Duration::from_millis(10);
 /// How often the canary requests `/health`.
 const CANARY_PERIOD: Duration = Duration::from_millis(5);
+/// The pause after each variant's load before its row is read from the report: a late
+/// wake-up of the lag probe is charged two thresholds plus 50 ms after it ends (70 ms here), so
+/// a row read sooner would miss the delay of the variant's last requests.
+const SETTLE: Duration = Duration::from_millis(150);
 /// Worker threads of the server's runtime: a small service, and the machine the figures in the
 /// README come from.
 const WORKERS: usize = 2;
@@ -175,9 +181,18 @@ fn main() -> ExitCode {
     })
 }
 
-/// The detector of both commands: the hog threshold, and the watchdog unless `--no-watchdog`.
-fn detector(watchdog: bool) -> Result<Detector, hogwatch::ConfigError> {
+/// The detector of both commands: the hog threshold, the watchdog unless `--no-watchdog`, and
+/// the lag probe when asked (the experiment: its delay is what the `inflicted` column shares out).
+///
+/// `serve` runs without the probe: scripts/prometheus-check.sh loads a `serve` instance on
+/// `/blocking` and expects no alert but the blocking route's, and the probe's lag alert names an
+/// instance, not a route.
+fn detector(watchdog: bool, lag_probe: bool) -> Result<Detector, hogwatch::ConfigError> {
     let builder = Detector::builder().threshold(THRESHOLD);
+    let builder = match lag_probe {
+        true => builder.lag_probe(Builder::DEFAULT_LAG_RESOLUTION),
+        false => builder,
+    };
     match watchdog {
         true => builder.watchdog(WATCHDOG).build(),
         false => builder.build(),
@@ -190,7 +205,7 @@ async fn experiment(
     size: Size,
     watchdog: bool,
 ) -> Result<ExitCode, Box<dyn Error>> {
-    let detector = detector(watchdog)?;
+    let detector = detector(watchdog, true)?;
     let cache = Cache::new([size]);
     let document_len = cache.get(size.key()).map_or(0, |document| document.len());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -199,15 +214,17 @@ async fn experiment(
     tokio::spawn(async move { axum::serve(listener, app).await });
 
     println!(
-        "json_service on {addr}: {WORKERS} workers, threshold {}, watchdog {}, document {} ({document_len} bytes), \
+        "json_service on {addr}: {WORKERS} workers, threshold {}, watchdog {}, lag probe {}, document {} ({document_len} bytes), \
          {requests} requests per variant over {concurrency} connections, canary GET /health every {}\n",
         duration(THRESHOLD),
         if watchdog { duration(WATCHDOG) } else { "off".to_owned() },
+        duration(Builder::DEFAULT_LAG_RESOLUTION),
         size.key(),
         duration(CANARY_PERIOD),
     );
     let mut header = vec!["variant"];
     header.extend(table::LOAD_HEADER);
+    header.push(table::INFLICTED_HEADER);
     header.extend(table::VERDICT_HEADER);
     header.extend(table::DIAGNOSIS_HEADER);
     let mut results = Table::new(header);
@@ -221,17 +238,21 @@ async fn experiment(
             .run_beside_canary("/health", CANARY_PERIOD)
             .await;
         failed += load.failures() + health.failures();
+        tokio::time::sleep(SETTLE).await;
 
         let report = detector.report();
         let mut row = vec![variant.to_owned()];
         row.extend(table::load_cells(&load, &health));
         let entry = report.entry(&format!("GET {route}"));
+        row.push(table::inflicted(entry));
         row.extend(table::verdict(entry));
         row.extend(table::diagnosis(entry));
         results.row(row);
     }
+    let report = detector.report();
     println!("{results}");
-    println!("{}", detector.report().to_text());
+    println!("{}\n", table::delay_summary(&report, "GET /health"));
+    println!("{}", report.to_text());
     if failed > 0 {
         eprintln!("json_service: {failed} requests failed or were not answered with a 2xx");
         return Ok(ExitCode::FAILURE);
@@ -248,7 +269,7 @@ async fn serve(
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .init();
-    let detector = detector(watchdog)?;
+    let detector = detector(watchdog, false)?;
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     let base = format!("http://{}", listener.local_addr()?);
     println!(

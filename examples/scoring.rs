@@ -12,7 +12,12 @@
 //! separate service would (why: see `support/scoring_app.rs`). For each variant in turn the load
 //! driver sends `--requests` `POST /{variant}/score` over `--concurrency` connections while a
 //! canary requests the scoring service's `/health`. One hogwatch detector watches both services,
-//! so one report shows the scoring routes and the model routes.
+//! so one report shows the scoring routes and the model routes. Its lag probe runs on the scoring
+//! service's runtime: the `inflicted` column is the delay each scoring route made the rest of
+//! that runtime suffer, what the canary measures from outside. The probe's delay is shared among
+//! every slow poll the detector saw meanwhile, the model service's too (one detector does not
+//! tell runtimes apart): the `sync` model route, which delays nobody, takes part of the `sync`
+//! scoring route's share.
 
 mod support;
 
@@ -20,7 +25,7 @@ use std::error::Error;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use hogwatch::Detector;
+use hogwatch::{Builder, Detector};
 use support::load::Load;
 use support::scoring_app::{self, ModelService, ScoreRequest};
 use support::table::{self, duration, Table};
@@ -34,6 +39,10 @@ const THRESHOLD: Duration = Duration::from_millis(10);
 const WATCHDOG: Duration = Duration::from_millis(10);
 /// How often the canary requests `/health`.
 const CANARY_PERIOD: Duration = Duration::from_millis(5);
+/// The pause after each variant's load before its row is read from the report: a late
+/// wake-up of the lag probe is charged two thresholds plus 50 ms after it ends (70 ms here), so
+/// a row read sooner would miss the delay of the variant's last requests.
+const SETTLE: Duration = Duration::from_millis(150);
 /// Worker threads of the scoring service's runtime.
 const WORKERS: usize = 2;
 
@@ -113,7 +122,10 @@ async fn experiment(options: Options) -> Result<ExitCode, Box<dyn Error>> {
         concurrency,
         watchdog,
     } = options;
-    let builder = Detector::builder().threshold(THRESHOLD);
+    // Built on the scoring service's runtime, so the lag probe measures that one.
+    let builder = Detector::builder()
+        .threshold(THRESHOLD)
+        .lag_probe(Builder::DEFAULT_LAG_RESOLUTION);
     let detector = match watchdog {
         true => builder.watchdog(WATCHDOG).build()?,
         false => builder.build()?,
@@ -128,17 +140,19 @@ async fn experiment(options: Options) -> Result<ExitCode, Box<dyn Error>> {
 
     println!(
         "scoring on {addr} ({WORKERS} workers), model service on {} ({} workers, {} per prediction), \
-         threshold {}, watchdog {}, {requests} requests per variant over {concurrency} connections, canary GET /health every {}\n",
+         threshold {}, watchdog {}, lag probe {}, {requests} requests per variant over {concurrency} connections, canary GET /health every {}\n",
         model.addr(),
         concurrency + WORKERS,
         duration(scoring_app::MODEL_LATENCY),
         duration(THRESHOLD),
         if watchdog { duration(WATCHDOG) } else { "off".to_owned() },
+        duration(Builder::DEFAULT_LAG_RESOLUTION),
         duration(CANARY_PERIOD),
     );
     let body = serde_json::to_vec(&ScoreRequest { customer: 42 })?;
     let mut header = vec!["variant"];
     header.extend(table::LOAD_HEADER);
+    header.push(table::INFLICTED_HEADER);
     header.extend(table::VERDICT_HEADER);
     header.extend(table::DIAGNOSIS_HEADER);
     header.extend(["model route", "model culprit", "model cause"]);
@@ -153,11 +167,13 @@ async fn experiment(options: Options) -> Result<ExitCode, Box<dyn Error>> {
             .run_beside_canary("/health", CANARY_PERIOD)
             .await;
         failed += load.failures() + health.failures();
+        tokio::time::sleep(SETTLE).await;
 
         let report = detector.report();
         let mut row = vec![variant.to_owned()];
         row.extend(table::load_cells(&load, &health));
         let entry = report.entry(&format!("POST {path}"));
+        row.push(table::inflicted(entry));
         row.extend(table::verdict(entry));
         row.extend(table::diagnosis(entry));
         let model_entry = report.entry(&format!("POST /{variant}/model/predict"));
@@ -166,8 +182,10 @@ async fn experiment(options: Options) -> Result<ExitCode, Box<dyn Error>> {
         row.extend(table::diagnosis(model_entry));
         results.row(row);
     }
+    let report = detector.report();
     println!("{results}");
-    println!("{}", detector.report().to_text());
+    println!("{}\n", table::delay_summary(&report, "GET /health"));
+    println!("{}", report.to_text());
     if failed > 0 {
         eprintln!("scoring: {failed} requests failed or were not answered with a 2xx");
         return Ok(ExitCode::FAILURE);

@@ -158,6 +158,36 @@ fn short(name: &str, max: usize) -> String {
     format!("…{tail}")
 }
 
+/// The heading of [`inflicted`]'s cell.
+pub const INFLICTED_HEADER: &str = "inflicted";
+
+/// The delay one route's slow polls and stalls made the rest of the runtime suffer, as the lag
+/// probe measured it (`Entry::inflicted_delay_us`): what the canary measures from outside, seen
+/// from inside without a canary. A total over the run for one waiting task, not a percentile. A
+/// route with no entry yet prints `-`; without the lag probe it is 0.
+pub fn inflicted(entry: Option<&hogwatch::Entry>) -> String {
+    entry.map_or("-".to_owned(), |entry| {
+        duration(Duration::from_micros(entry.inflicted_delay_us))
+    })
+}
+
+/// The lag probe's delay over `report`'s window, in one line: in all, and the part nobody is
+/// charged with; then what `victim` (the canary's route, which does nothing) inflicted, which
+/// should be next to nothing. Empty without the lag probe.
+pub fn delay_summary(report: &hogwatch::Report, victim: &str) -> String {
+    let Some(lag) = &report.event_loop_lag else {
+        return String::new();
+    };
+    let micros = |us| duration(Duration::from_micros(us));
+    format!(
+        "lag probe: {} of delay in all, {} of it unattributed (no slow poll or stall meanwhile); \
+         {victim}, the canary's route, inflicted {}",
+        micros(lag.delay_us),
+        micros(lag.unattributed_delay_us),
+        inflicted(report.entry(victim)),
+    )
+}
+
 /// Headings of the columns [`load_cells`] fills, after a variant's name.
 pub const LOAD_HEADER: [&str; 5] = ["req/s", "p50", "p99", "non-2xx", "canary p99"];
 
