@@ -14,10 +14,8 @@
 //! canary requests the scoring service's `/health`. One hogwatch detector watches both services,
 //! so one report shows the scoring routes and the model routes. Its lag probe runs on the scoring
 //! service's runtime: the `inflicted` column is the delay each scoring route made the rest of
-//! that runtime suffer, what the canary measures from outside. The probe's delay is shared among
-//! every slow poll the detector saw meanwhile, the model service's too (one detector does not
-//! tell runtimes apart): the `sync` model route, which delays nobody, takes part of the `sync`
-//! scoring route's share.
+//! that runtime suffer, what the canary measures from outside. The model service's slow polls
+//! held only its own runtime's threads, which the probe never runs on: they are charged nothing.
 
 mod support;
 

@@ -33,14 +33,12 @@ const PENDING: usize = 256;
 /// for the watchdog to see a stall end (it checks every quarter threshold).
 const GRACE: u64 = 2;
 const GRACE_NS: u64 = 50_000_000;
-/// What marks a runtime worker's thread id in [`Held::thread`], apart from the recorder's thread
-/// slots: the runtime watchdog's stalls never nest inside a watched poll (that one is reported
-/// under its own label instead).
-#[cfg_attr(not(feature = "watchdog"), allow(dead_code))]
-pub(crate) const WORKER_THREAD: u64 = 1 << 32;
+/// Threads the probe is known to run on, at most (tokio's workers, a current-thread runtime's
+/// one thread): more than `super::thread::EXCLUSIVE` cannot be told apart anyway.
+const PROBE_THREADS: usize = super::thread::SLOTS;
 
 /// One slow poll or stall: `label` (an address: `Label`s live as long as the registry) held
-/// `thread` from `start_raw` at least to `end_raw`. A stall the runtime watchdog follows is pushed
+/// `thread` (its storage index, `super::thread`) from `start_raw` at least to `end_raw`. A stall the runtime watchdog follows is pushed
 /// again at each sample with a later end; the latest counts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Held {
@@ -60,9 +58,13 @@ struct Entry {
     end_raw: AtomicU64,
 }
 
-/// The late intervals not attributed yet, and the running totals.
+/// The late intervals not attributed yet, and the threads the probe ran on.
 struct Pending {
     late: Vec<(u64, u64)>,
+    /// The probe's runtime's threads, as far as it has seen them: only what held one of them
+    /// made it late. (A detector watching futures on several runtimes measures the probe's; a
+    /// slow poll on another runtime's thread delays nobody there.)
+    probe_threads: Vec<u64>,
 }
 
 /// The ledger a recorder keeps.
@@ -89,7 +91,10 @@ impl Delays {
         Self {
             ring: (0..RING).map(|_| Entry::default()).collect(),
             next: AtomicUsize::new(0),
-            pending: Mutex::new(Pending { late: Vec::new() }),
+            pending: Mutex::new(Pending {
+                late: Vec::new(),
+                probe_threads: Vec::new(),
+            }),
             delay_ns: AtomicU64::new(0),
             unattributed_ns: AtomicU64::new(0),
             baseline: Mutex::new((0, 0)),
@@ -118,6 +123,14 @@ impl Delays {
         entry.start_raw.store(held.start_raw, Ordering::Relaxed);
         entry.end_raw.store(held.end_raw, Ordering::Relaxed);
         entry.seq.store(seq + 2, Ordering::Release);
+    }
+
+    /// The probe ran on `thread` (each wake-up says).
+    pub(crate) fn probe_ran_on(&self, thread: u64) {
+        let mut pending = self.lock();
+        if !pending.probe_threads.contains(&thread) && pending.probe_threads.len() < PROBE_THREADS {
+            pending.probe_threads.push(thread);
+        }
     }
 
     /// The probe ran `late` (from when it should have to when it did, raw clock readings) more
@@ -163,7 +176,10 @@ impl Delays {
         if ripe == 0 {
             return;
         }
-        let held = self.read_ring();
+        let mut held = self.read_ring();
+        let threads = std::mem::take(&mut pending.probe_threads);
+        held.retain(|held| threads.contains(&held.thread));
+        pending.probe_threads = threads;
         for (from, to) in pending.late.drain(..ripe) {
             let mut nobody = 0;
             for (label, share) in shares(&held, from, to, &mut nobody) {
@@ -336,13 +352,25 @@ mod tests {
     #[test]
     fn a_stall_pushed_at_each_sample_counts_once_to_its_latest_end() {
         let mut nobody = 0;
-        let held = [
-            held(7, WORKER_THREAD, 10, 30),
-            held(7, WORKER_THREAD, 10, 60),
-            held(7, WORKER_THREAD, 10, 45),
-        ];
+        let held = [held(7, 9, 10, 30), held(7, 9, 10, 60), held(7, 9, 10, 45)];
         assert_eq!(shares(&held, 0, 100, &mut nobody), vec![(7, 50)]);
         assert_eq!(nobody, 50);
+    }
+
+    #[test]
+    fn only_what_held_a_thread_of_the_probes_runtime_is_charged() {
+        let delays = Delays::new();
+        let ticks = super::super::Ticks::of(&quanta::Clock::new());
+        // Thread 1 is the probe's runtime's; thread 2 another runtime's, blocking at the time.
+        delays.probe_ran_on(1);
+        delays.held(held(10, 1, 0, 50));
+        delays.held(held(20, 2, 0, 100));
+        delays.late((0, 100));
+        let mut credited = Vec::new();
+        delays.attribute(u64::MAX, 0, ticks, |label, ns| credited.push((label, ns)));
+        assert_eq!(credited, vec![(10, ticks.ns(50))]);
+        let window = delays.window(false);
+        assert_eq!(window.unattributed_ns, ticks.ns(50));
     }
 
     #[test]
@@ -393,6 +421,7 @@ mod tests {
             "the oldest were overwritten"
         );
         let late_from = (RING as u64 + 5) * 10;
+        delays.probe_ran_on(0);
         delays.late((late_from, late_from + 5));
         let mut credited = Vec::new();
         delays.attribute(late_from + 100, 1_000, ticks, |label, ns| {

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 #[cfg_attr(not(feature = "watchdog"), allow(unused_imports))]
-pub(crate) use delay::{Held, WORKER_THREAD};
+pub(crate) use delay::Held;
 #[cfg_attr(not(feature = "cli"), allow(unused_imports))]
 pub(crate) use histogram::{clamp_us, index_of, BUCKETS, HIGHEST_US, LOWEST_US};
 pub use histogram::{Bucket, PollHistogram};
@@ -155,9 +155,11 @@ impl Recorder {
         self.delays.held(held);
     }
 
-    /// The lag probe should have run at `from_raw` and ran at `to_raw`: more than a threshold
-    /// late, that is a delay to attribute (a smaller one is the timer's granularity).
+    /// The lag probe should have run at `from_raw` and ran at `to_raw`, on the current thread (one
+    /// of its runtime's): more than a threshold late, that is a delay to attribute (a smaller one
+    /// is the timer's granularity).
     pub(crate) fn probe_woke(&self, from_raw: u64, to_raw: u64) {
+        self.delays.probe_ran_on(thread::current().0 as u64);
         if to_raw.saturating_sub(from_raw) > self.threshold_ticks {
             self.delays.late((from_raw, to_raw));
         }

@@ -54,6 +54,9 @@ pub(crate) struct Slot {
     offloaded_raw: AtomicU64,
     /// The thread's name (or its id if it has none).
     pub(crate) thread_name: Arc<str>,
+    /// The thread's storage index (`super::thread`): what identifies it in the records of who
+    /// held which thread (`super::delay`).
+    pub(crate) thread_index: u64,
     /// What the watchdog attached to the thread (how to interrupt it for its stack).
     pub(crate) attachment: Option<Arc<dyn Any + Send + Sync>>,
 }
@@ -137,6 +140,7 @@ impl Local {
             start_raw: AtomicU64::new(0),
             offloaded_raw: AtomicU64::new(0),
             thread_name,
+            thread_index: super::thread::current().0 as u64,
             attachment,
         });
         lock().push(slot.clone());

@@ -21,7 +21,7 @@ use super::workers::{target_of, Runtime, Worker};
 #[cfg(target_os = "linux")]
 use super::{scan, signal, stalls, symbols};
 use crate::event::{HogEvent, HogKind};
-use crate::recorder::{Held, LabelKind, Recorder, WORKER_THREAD};
+use crate::recorder::{Held, LabelKind, Recorder};
 
 /// What one sample of a worker showed, to compare with the next.
 #[cfg(target_os = "linux")]
@@ -640,7 +640,7 @@ impl Sampler {
 fn held(recorder: &Recorder, worker: &Worker, reported: &Reported, until_raw: u64) {
     recorder.held(Held {
         label: reported.label_address,
-        thread: WORKER_THREAD | u64::from(worker.tid.unsigned_abs()),
+        thread: worker.slot.thread_index,
         start_raw: reported.began_raw,
         end_raw: until_raw,
     });
