@@ -42,7 +42,10 @@ expect() { # row, pattern, what
 json=$(timeout 300 target/release/examples/json_service --requests 40)
 printf '%s\n' "$json" | sed -n '/^variant/,/^$/p'
 blocking=$(row "$json" blocking)
-expect "$blocking" 'BLOCKS .*(serde_json|json_app).* cpu *$' "/blocking: verdict BLOCKS, a serde_json or handler culprit, cause cpu"
+# The culprit is the most frequent sample's: a serde_json function, the handler's round-trip, or
+# serde_json's ValueVisitor, whose name the column cuts to "…ze::ValueVisitor as
+# serde_core::de::Visitor>::visit_map" (seen once in a CI-sized run).
+expect "$blocking" 'BLOCKS .*(serde_json|json_app|ValueVisitor as serde_core).* cpu *$' "/blocking: verdict BLOCKS, a serde_json or handler culprit, cause cpu"
 expect "$(row "$json" simd)" 'BLOCKS .* cpu *$' "/simd: verdict BLOCKS, cause cpu"
 expect "$(row "$json" offload)" ' ok +- +- *$' "/offload: ok, no culprit"
 expect "$(row "$json" passthrough)" ' ok +- +- *$' "/passthrough: ok, no culprit"
