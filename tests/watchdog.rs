@@ -680,13 +680,15 @@ mod tasks {
 
     /// The spinning loop, written out in the function that must be named (a helper function
     /// would be the innermost frame of a debug build, and so the culprit).
+    /// `$salt` makes each function's code its own: a release build merges functions whose code
+    /// is identical, and one of them would then be named for both.
     macro_rules! spin {
-        ($duration:expr) => {{
+        ($duration:expr, $salt:expr) => {{
             let start = Instant::now();
             let mut acc = 0u64;
             while start.elapsed() < $duration {
                 for i in 0..100_000u64 {
-                    acc = black_box(acc.rotate_left(7) ^ i);
+                    acc = black_box(acc.rotate_left(7) ^ i ^ $salt);
                 }
             }
             acc
@@ -696,13 +698,13 @@ mod tasks {
     /// Spins for `duration`: the function the watchdog must name.
     #[inline(never)]
     fn stuck_in_background(duration: Duration) -> u64 {
-        spin!(duration)
+        spin!(duration, 0x5a)
     }
 
     /// The same, for the watched future inside a task.
     #[inline(never)]
     fn stuck_in_watched(duration: Duration) -> u64 {
-        spin!(duration)
+        spin!(duration, 0xa5)
     }
 
     fn instrumented(detector: &Detector) -> tokio::runtime::Runtime {

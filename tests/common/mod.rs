@@ -331,3 +331,16 @@ impl CpuWaitSince {
             .sum()
     }
 }
+
+/// The labels a stall of a task may have whose future is `async fn function` and which blocks in
+/// `inner` (both `crate::name`): `task function`, and in a release build with tokio_unstable also
+/// `task inner`. That build's task harness (with its hooks) inlines a small future's poll, and
+/// without debug information nothing names the inlined function: the label is then the first
+/// function of ours it calls, as the watchdog guide says.
+pub fn task_labels(function: &str, inner: &str) -> Vec<String> {
+    let mut labels = vec![format!("task {function}")];
+    if cfg!(all(tokio_unstable, not(debug_assertions))) {
+        labels.push(format!("task {inner}"));
+    }
+    labels
+}
