@@ -13,9 +13,11 @@
 //!   which thread from when to when* into a lock-free ring, from the slow-poll path only;
 //! - **late**: the probe pushes each late interval (from when it should have run to when it ran).
 //!
-//! A late interval is attributed once it is [`GRACE`]-thresholds old (a stall of an unwrapped task
-//! is only known when the watchdog sees it end): each instant of it goes to the innermost held
-//! interval of each thread covering that instant, shared equally between threads; an instant no
+//! A late interval is attributed once it is [`GRACE`] thresholds and [`GRACE_NS`] old (a stall of
+//! an unwrapped task is only known when the watchdog sees it end). Only what held a thread the
+//! probe has run on counts: those are its runtime's, and another runtime's slow polls delay
+//! nobody there. Each instant of the interval goes to the innermost held interval of each thread
+//! covering that instant, shared equally between threads; an instant no
 //! held interval covers is *unattributed* (many short polls, unwatched code, the machine). So the
 //! attributed and unattributed delay add up to the probe's lateness exactly. A label's figure is
 //! the delay a task waiting on the runtime suffered because of it: per waiting task, not summed
