@@ -22,7 +22,7 @@ const THRESHOLD: Duration = Duration::from_millis(10);
 const RESOLUTION: Duration = Duration::from_millis(10);
 /// Time after the last block before the report: the attribution's grace (two thresholds plus
 /// 50 ms), and more.
-const AFTER: Duration = Duration::from_millis(300);
+const AFTER: Duration = Duration::from_millis(200);
 
 /// One scenario at a time: another test's runtime on the same two cores would delay these
 /// canaries with nothing hogwatch can see.
@@ -88,7 +88,7 @@ async fn refresh(blocks: Arc<Mutex<Vec<Interval>>>) {
         let start = Instant::now();
         block();
         blocks.lock().unwrap().push((start, Instant::now()));
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
     }
 }
 
