@@ -344,3 +344,25 @@ pub fn task_labels(function: &str, inner: &str) -> Vec<String> {
     }
     labels
 }
+
+/// The watchdog's figures once no capture is in flight: a capture is counted as requested when
+/// its signal goes, and by its outcome only once the watchdog thread is done waiting for it, so
+/// a reading taken right as a stall ends (the watchdog thread preempted on a busy machine) can
+/// have one requested and not yet anything else. Re-reads until every request has its outcome,
+/// for at most two seconds (then returns what it has, and the caller's checks show it).
+pub fn settled_watchdog_stats(detector: &hogwatch::Detector) -> hogwatch::WatchdogStats {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        let stats = detector.watchdog_stats().expect("a watchdog");
+        let outcomes = stats.captures_completed
+            + stats.captures_timeout
+            + stats.captures_busy
+            + stats.captures_stuck
+            + stats.captures_displaced
+            + stats.captures_unsent;
+        if outcomes >= stats.captures_requested || std::time::Instant::now() > deadline {
+            return stats;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
