@@ -147,6 +147,21 @@ fn measured(delayed: &[Interval], blocks: &[Interval]) -> Measured {
     measured
 }
 
+/// Stops the bystander and the canaries; returns each canary's delayed wake-ups.
+async fn stop_all(
+    stop: &std::sync::atomic::AtomicBool,
+    bystander: tokio::task::JoinHandle<()>,
+    canaries: Vec<tokio::task::JoinHandle<Vec<Interval>>>,
+) -> Vec<Vec<Interval>> {
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    bystander.await.unwrap();
+    let mut delayed = Vec::new();
+    for canary in canaries {
+        delayed.push(canary.await.unwrap());
+    }
+    delayed
+}
+
 /// A label with short polls all along: a bystander, which must not be charged.
 async fn bystander(stop: Arc<std::sync::atomic::AtomicBool>) {
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -195,13 +210,7 @@ fn scenario(workers: usize, seen: Seen) -> (Report, Vec<Measured>, String) {
             task.await.unwrap();
         }
         tokio::time::sleep(AFTER).await;
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        bystander.await.unwrap();
-        let mut measured = Vec::new();
-        for canary in canaries {
-            measured.push(canary.await.unwrap());
-        }
-        measured
+        stop_all(&stop, bystander, canaries).await
     });
     // With the task hooks, the runtime's shutdown waits for every after-poll hook.
     drop(rt);
@@ -343,13 +352,7 @@ fn with_nothing_blocking_nobody_is_charged() {
         let canaries = canaries(&detector, &stop);
         let bystander = tokio::spawn(detector.watch("bystander", bystander(stop.clone())));
         tokio::time::sleep(Duration::from_millis(1_000)).await;
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        bystander.await.unwrap();
-        let mut measured = Vec::new();
-        for canary in canaries {
-            measured.push(canary.await.unwrap());
-        }
-        measured
+        stop_all(&stop, bystander, canaries).await
     });
     let report = detector.report();
     let charged: u64 = report
