@@ -350,6 +350,7 @@ pub fn task_labels(function: &str, inner: &str) -> Vec<String> {
 /// a reading taken right as a stall ends (the watchdog thread preempted on a busy machine) can
 /// have one requested and not yet anything else. Re-reads until every request has its outcome,
 /// for at most two seconds (then returns what it has, and the caller's checks show it).
+#[cfg(feature = "watchdog")]
 pub fn settled_watchdog_stats(detector: &hogwatch::Detector) -> hogwatch::WatchdogStats {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
     loop {
