@@ -490,11 +490,16 @@ impl Sampler {
         if !(block_on || stood_still(recorder, &seen, now, &busy, &others))
             || starved(recorder, &seen, now, cpu_ns)
         {
-            // Busy times moved: polls went on. This sample starts over.
+            // Busy times moved: polls went on. This sample starts over, with the first
+            // sample's stack if this one was not read (the same system call: its stack was
+            // read then, and a stall reported without it would be named `task <unknown>`).
             state.seen = Some(Seen {
                 at_raw: now,
                 key,
-                frames,
+                frames: match frames.is_empty() {
+                    true => seen.frames,
+                    false => frames,
+                },
                 began_raw: now,
                 busy,
                 others,
