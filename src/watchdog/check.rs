@@ -485,12 +485,15 @@ impl Checker {
             activity::Activity::Unreadable => None,
         };
         let watchdog = self.watchdog.clone();
-        watchdog.requested.fetch_add(1, Ordering::Relaxed);
         let timeout = match report {
             true => Duration::from_millis(250),
             false => self.interval().min(Duration::from_millis(250)),
         };
         let captured = signal::capture(target, watchdog.signal, timeout);
+        // Counted once answered: a thread that has left was asked nothing.
+        if !matches!(captured, Err(signal::CaptureError::Gone)) {
+            watchdog.requested.fetch_add(1, Ordering::Relaxed);
+        }
         self.warn_if_reinstalled();
         match captured {
             Ok(raw) => {

@@ -326,14 +326,18 @@ impl Sampler {
         let activity = self.reader.read(worker.tid);
         let (key, stack, cause) = match activity {
             Activity::User => {
-                watchdog.requested.fetch_add(1, Ordering::Relaxed);
                 // The interval between checks: a worker the machine hardly runs must not hold up
                 // the watchdog's look at the others. But at least 5 ms: at a threshold of a few
                 // milliseconds (the test guard's), a thread that waits that long for a CPU on a
                 // busy machine must still be sampled.
                 let timeout = Duration::from_nanos(threshold_ns / 4)
                     .clamp(Duration::from_millis(5), Duration::from_millis(250));
-                match signal::capture(target, watchdog.signal, timeout) {
+                let captured = signal::capture(target, watchdog.signal, timeout);
+                // Counted once answered: a thread that has left was asked nothing.
+                if !matches!(captured, Err(signal::CaptureError::Gone)) {
+                    watchdog.requested.fetch_add(1, Ordering::Relaxed);
+                }
+                match captured {
                     Ok(raw) => {
                         watchdog.completed.fetch_add(1, Ordering::Relaxed);
                         // The addresses are filled in below, from the names.
@@ -342,6 +346,12 @@ impl Sampler {
                             Some(raw),
                             Some(stalls::Cause::Cpu),
                         )
+                    }
+                    // Exiting (its target detached before its runtime registration said
+                    // so): gone from now on.
+                    Err(signal::CaptureError::Gone) => {
+                        worker.gone.store(true, Ordering::Release);
+                        return;
                     }
                     Err(error) => {
                         watchdog.failed.count(&error);

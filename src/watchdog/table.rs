@@ -74,6 +74,8 @@ impl FailedCaptures {
             signal::CaptureError::Stuck => &self.stuck,
             signal::CaptureError::Displaced => &self.displaced,
             signal::CaptureError::Send(_) => &self.unsent,
+            // Not a failure: nothing was asked (see the variant).
+            signal::CaptureError::Gone => return,
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }

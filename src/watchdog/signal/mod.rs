@@ -87,8 +87,12 @@ pub(crate) struct RawStack {
 /// Why a capture produced no stack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum CaptureError {
-    /// Another capture of this thread is in flight, or the thread is leaving.
+    /// Another capture of this thread is in flight.
     Busy,
+    /// The thread has left (its target was detached as it exited): nothing was requested and
+    /// no signal sent. Not a failed capture: the watchdog learns that the thread is gone before
+    /// the runtime's bookkeeping says so.
+    Gone,
     /// The signal's handler is another program's now (a profiler installed its own): no signal
     /// was sent, since it would reach that handler instead.
     Displaced,
@@ -105,6 +109,7 @@ impl std::fmt::Display for CaptureError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             CaptureError::Busy => f.write_str("another capture of this thread is in flight"),
+            CaptureError::Gone => f.write_str("the thread has left"),
             CaptureError::Displaced => f.write_str(
                 "the signal's handler was replaced by another one (a profiler?); no signal sent",
             ),
@@ -280,7 +285,10 @@ pub(crate) fn capture(
     target
         .state
         .compare_exchange(IDLE, REQUESTED, Ordering::AcqRel, Ordering::Acquire)
-        .map_err(|_| CaptureError::Busy)?;
+        .map_err(|state| match state {
+            DEAD => CaptureError::Gone,
+            _ => CaptureError::Busy,
+        })?;
     // SAFETY: the thread is alive: it leaves only after moving its state from IDLE to DEAD, and
     // we hold the state at REQUESTED. `signal`'s handler is installed, so the signal does not
     // take its default action.

@@ -139,8 +139,8 @@ fn captures_the_whole_stack_or_only_the_interrupted_instruction() {
     assert_eq!(target.state.load(Ordering::Acquire), DEAD);
     assert_eq!(
         capture(&target, signal, timeout).unwrap_err(),
-        CaptureError::Busy,
-        "a thread that left is never signalled"
+        CaptureError::Gone,
+        "a thread that left is never signalled, and that is no overlapping capture"
     );
 }
 
