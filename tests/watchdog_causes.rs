@@ -547,7 +547,25 @@ fn sampling_costs_the_watchdog_threads_little_cpu_per_sample() {
             namer_ns as f64 / 1e3 / samples as f64,
         );
         assert!(stats.samples >= 10, "{stats:?}");
-        assert_eq!(stats.captures_requested == 0, !spin, "{stats:?}");
+        if spin {
+            assert!(stats.captures_requested > 0, "{stats:?}");
+        } else {
+            // A thread in its sleep is never signalled: only a sample taken before it got
+            // there, running its own code (on a loaded machine it may wait for a CPU on the
+            // way, once beside two CPU hogs), and such a sample's cause says so.
+            let entry = detector.report().entry("cost").cloned().unwrap();
+            let running: u64 = entry
+                .causes
+                .iter()
+                .filter(|cause| cause.cause == "cpu" || cause.cause == "preempted")
+                .map(|cause| cause.count)
+                .sum();
+            assert!(
+                stats.captures_requested <= running,
+                "{stats:?} {:?}",
+                entry.causes
+            );
+        }
         common::assert_capture_failures(&stats, waited, WATCHDOG / 4);
         assert!(
             watchdog_ns / samples < 2_000_000,

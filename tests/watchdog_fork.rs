@@ -125,6 +125,19 @@ fn a_forked_child_watches_reports_and_drops_without_hanging() {
             let detector = held.take().unwrap();
             let outcome =
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || child(detector)));
+            // The panic's message went to the test's captured output, which the child's exit
+            // loses: written to the real stderr with one system call (no lock another thread
+            // may have held at the fork).
+            if let Err(payload) = &outcome {
+                let message = payload
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| payload.downcast_ref::<&str>().copied())
+                    .unwrap_or("(no message)");
+                let line = format!("round {round}: the child failed: {message}\n");
+                // SAFETY: writes `line`'s bytes, which outlive the call, to fd 2.
+                unsafe { libc::write(2, line.as_ptr().cast(), line.len()) };
+            }
             // SAFETY: ends the child at once, without running the parent's atexit handlers.
             unsafe { libc::_exit(if outcome.is_ok() { 0 } else { 1 }) };
         }

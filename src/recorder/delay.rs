@@ -379,20 +379,41 @@ mod tests {
     fn entries_read_while_writers_wrap_the_ring_are_whole() {
         let delays = std::sync::Arc::new(Delays::new());
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let written = std::sync::Arc::new(AtomicU64::new(0));
         let writers: Vec<_> = (0..3u64)
             .map(|writer| {
-                let (delays, stop) = (delays.clone(), stop.clone());
+                let (delays, stop, written) = (delays.clone(), stop.clone(), written.clone());
                 std::thread::spawn(move || {
                     let mut n = writer << 40;
                     while !stop.load(Ordering::Relaxed) {
                         n += 1;
                         delays.held(held(n as usize, n, n, n + 1));
+                        written.fetch_add(1, Ordering::Relaxed);
                     }
                 })
             })
             .collect();
+        // Reading starts once the writers have wrapped the ring twice: on a loaded machine they
+        // once had not written at all when 2,000 reads of an empty ring were over.
+        let started = std::time::Instant::now();
+        while written.load(Ordering::Relaxed) < 2 * RING as u64 {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(10),
+                "no writes"
+            );
+            std::thread::yield_now();
+        }
+        let before = written.load(Ordering::Relaxed);
         let mut read = 0;
-        for _ in 0..2_000 {
+        let mut rounds = 0;
+        // 2,000 reads at least, and until the writers have written meanwhile (on a loaded
+        // machine a reader may run alone for a while).
+        while rounds < 2_000 || written.load(Ordering::Relaxed) == before {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(10),
+                "no writes"
+            );
+            rounds += 1;
             for entry in delays.read_ring() {
                 let n = entry.start_raw;
                 assert_eq!(
