@@ -422,18 +422,26 @@ extern "C" fn fork_parent() {
 }
 
 /// Runs in the child after a fork, where only the forking thread exists: lets the slot list go,
-/// and gives the forking thread its new kernel id and its capture state back (a signal pending
-/// at the fork is not inherited, so a request in flight would never be answered).
+/// and gives the forking thread its new kernel id and its capture state back: a signal pending
+/// at the fork is not inherited, so a request in flight would never be answered, and a capture
+/// its handler had answered (`DONE`) is the parent's watchdog's to read, which is not in the
+/// child: left `DONE`, every capture of the thread in the child failed as busy (20 of 20, once,
+/// beside two CPU hogs: the parent's watchdog had not yet read the answer when the thread
+/// forked).
 extern "C" fn fork_child() {
     crate::recorder::slot::fork_done();
     let _ = CURRENT.try_with(|current| {
         // SAFETY: as in the handler: a non-null CURRENT points to this thread's live Target.
         if let Some(target) = unsafe { current.load(Ordering::Acquire).as_ref() } {
             target.tid.store(current_tid(), Ordering::Relaxed);
-            let _ =
-                target
-                    .state
-                    .compare_exchange(REQUESTED, IDLE, Ordering::AcqRel, Ordering::Relaxed);
+            for answered_or_not in [REQUESTED, DONE] {
+                let _ = target.state.compare_exchange(
+                    answered_or_not,
+                    IDLE,
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                );
+            }
             target.in_handler.store(false, Ordering::Relaxed);
         }
     });

@@ -210,6 +210,42 @@ fn a_thread_that_exits_right_after_its_capture_still_delivers_it() {
     panic!("only {raced} of 1000 threads left before their capture was read");
 }
 
+/// A thread that forks right after its handler answered a capture the parent's watchdog has not
+/// read yet (`DONE`, as on a loaded machine where the watchdog waits for a CPU): in the child,
+/// where that watchdog does not exist, the thread is capturable again (`IDLE`).
+#[test]
+fn a_fork_right_after_an_answered_capture_leaves_the_childs_thread_capturable() {
+    let signal = libc::SIGRTMIN() + 12;
+    // Registers the fork handlers too.
+    install(signal).unwrap();
+    let status = std::thread::spawn(|| {
+        let attached = Attached::current_thread();
+        let target = attached.target().clone();
+        target.state.store(DONE, Ordering::Release);
+        // SAFETY: the child only reads an atomic and ends with `_exit`.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            let idle = target.state.load(Ordering::Acquire) == IDLE;
+            // SAFETY: ends the child at once, running nothing of the parent's.
+            unsafe { libc::_exit(if idle { 0 } else { 1 }) };
+        }
+        let mut status = 0;
+        // SAFETY: reaps our own child into our local.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        // The parent's watchdog reads its answer (here: nobody), as `capture` would.
+        target.state.store(IDLE, Ordering::Release);
+        drop(attached);
+        status
+    })
+    .join()
+    .unwrap();
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "the child's thread was left busy: status {status:#x}"
+    );
+}
+
 #[test]
 fn a_stuck_capture_gives_the_thread_back_and_handlers_run_on_the_threads_stack() {
     let signal = libc::SIGRTMIN() + 8;
