@@ -667,8 +667,9 @@ fn held(recorder: &Recorder, worker: &Worker, reported: &Reported, until_raw: u6
 /// does not say which worker is which thread, so this counts: more busy times must have stood
 /// still than there are other workers that may have left theirs alone. A worker that parked
 /// between the samples published its busy time then and moved it; one parked at both samples
-/// and never unparked in between did not; one that unparked since may not have published yet;
-/// one that ran all along moved it unless it got less than half the time on a CPU (preempted
+/// and never unparked in between did not; one that unparked since may not have published yet,
+/// unless it unparked twice (it parked, and published, in between: counted as idle, such a
+/// worker delayed a stall's report by 320 ms beside two CPU hogs); one that ran all along moved it unless it got less than half the time on a CPU (preempted
 /// on a busy machine, blocked in a system call). Without the metrics (no 64-bit atomics) the
 /// samples decide alone.
 #[cfg(target_os = "linux")]
@@ -692,11 +693,12 @@ fn stood_still(
             // Started since.
             return true;
         };
-        let unparked = before.unparks != after.unparks;
+        let unparks = after.unparks.wrapping_sub(before.unparks);
+        let unparked = unparks != 0;
         match (before.parked, after.parked) {
             (true, true) => !unparked,
             (false, true) => false,
-            (true, false) => true,
+            (true, false) => unparks < 2,
             (false, false) if unparked => false,
             (false, false) => match (before.cpu_ns, after.cpu_ns) {
                 (Some(before), Some(after)) => after.saturating_sub(before) < span_ns / 2,
@@ -740,4 +742,74 @@ fn busy_times(handle: Option<&tokio::runtime::Handle>) -> Vec<Duration> {
     }
     let _ = handle;
     Vec::new()
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    fn other(worker: usize, parked: bool, unparks: u64) -> Other {
+        Other {
+            worker,
+            parked,
+            unparks,
+            cpu_ns: None,
+        }
+    }
+
+    /// A first sample with two workers' busy times, the other worker (1) as `before`.
+    fn seen(before: Other) -> Seen {
+        Seen {
+            at_raw: 0,
+            key: Key::Syscall(Vec::new(), 0),
+            frames: Vec::new(),
+            began_raw: 0,
+            busy: vec![Duration::from_millis(10), Duration::from_millis(20)],
+            others: vec![before],
+            cpu_ns: None,
+        }
+    }
+
+    /// The sampled worker (busy time 10 ms) stands still while the other one, parked at the
+    /// first sample and running at the second, moved its busy time: it parked (and published)
+    /// in between only if it unparked twice.
+    #[test]
+    fn a_worker_that_parked_in_between_explains_its_own_busy_time() {
+        let recorder = crate::recorder::Recorder::new(crate::recorder::Config {
+            threshold: Duration::from_millis(10),
+            max_labels: 16,
+            warn_interval: Duration::from_secs(1),
+            on_hog: None,
+            watchdog_id: 0,
+        });
+        let now = recorder.clock.raw();
+        let moved = [Duration::from_millis(10), Duration::from_millis(25)];
+        // Unparked twice: it parked in between, its busy time moved, the stall stands.
+        let first = seen(other(1, true, 3));
+        assert!(stood_still(
+            &recorder,
+            &first,
+            now,
+            &moved,
+            &[other(1, false, 5)]
+        ));
+        // Unparked once and running since: it may not have published, so the moved busy time
+        // may be the sampled worker's: no stall yet.
+        assert!(!stood_still(
+            &recorder,
+            &first,
+            now,
+            &moved,
+            &[other(1, false, 4)]
+        ));
+        // The sampled worker's busy time moved too: never a stall.
+        let both = [Duration::from_millis(12), Duration::from_millis(25)];
+        assert!(!stood_still(
+            &recorder,
+            &first,
+            now,
+            &both,
+            &[other(1, false, 5)]
+        ));
+    }
 }
