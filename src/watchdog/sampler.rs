@@ -669,7 +669,7 @@ fn held(recorder: &Recorder, worker: &Worker, reported: &Reported, until_raw: u6
 /// between the samples published its busy time then and moved it; one parked at both samples
 /// and never unparked in between did not; one that unparked since may not have published yet,
 /// unless it unparked twice (it parked, and published, in between: counted as idle, such a
-/// worker delayed a stall's report by 320 ms beside two CPU hogs); one that ran all along moved it unless it got less than half the time on a CPU (preempted
+/// worker restarted a stalled worker's confirmation); one that ran all along moved it unless it got less than half the time on a CPU (preempted
 /// on a busy machine, blocked in a system call). Without the metrics (no 64-bit atomics) the
 /// samples decide alone.
 #[cfg(target_os = "linux")]
