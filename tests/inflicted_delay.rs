@@ -12,6 +12,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+#[cfg(feature = "watchdog")]
+mod common;
+
 use hogwatch::{Detector, Report};
 
 const BLOCK: Duration = Duration::from_millis(200);
@@ -184,6 +187,8 @@ fn scenario(workers: usize, seen: Seen) -> (Report, Vec<Measured>, String) {
     #[cfg(not(feature = "watchdog"))]
     let stalls = false;
     let detector = detector(stalls);
+    #[cfg(feature = "watchdog")]
+    let waiting = common::runtime_threads();
     let rt = runtime(workers, &detector, seen);
     let mut blocker = String::from("blocker");
     let blocks = Arc::new(Mutex::new(Vec::new()));
@@ -212,6 +217,10 @@ fn scenario(workers: usize, seen: Seen) -> (Report, Vec<Measured>, String) {
         tokio::time::sleep(AFTER).await;
         stop_all(&stop, bystander, canaries).await
     });
+    #[cfg(feature = "watchdog")]
+    if stalls {
+        common::assert_captures(&detector, &waiting);
+    }
     // With the task hooks, the runtime's shutdown waits for every after-poll hook.
     drop(rt);
     let blocks = blocks.lock().unwrap().clone();

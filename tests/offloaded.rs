@@ -3,6 +3,8 @@
 //! stall, while a route calling `std::thread::sleep` beside them is flagged on every request.
 #![cfg(target_os = "linux")]
 
+mod common;
+
 use std::time::Duration;
 
 use axum::body::Body;
@@ -57,6 +59,7 @@ fn block_in_place_and_spawn_blocking_are_never_hogs_and_a_sleep_always_is() {
         .watchdog(Duration::from_millis(50))
         .build()
         .unwrap();
+    let waiting = common::runtime_threads();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -89,4 +92,5 @@ fn block_in_place_and_spawn_blocking_are_never_hogs_and_a_sleep_always_is() {
     assert_eq!(sleep.requests, REQUESTS as u64, "{text}");
     assert_eq!(sleep.slow_polls, REQUESTS as u64, "{text}");
     assert_eq!(sleep.stalls, REQUESTS as u64, "{text}");
+    common::assert_captures(&detector, &waiting);
 }

@@ -4,6 +4,8 @@
 //! every renderer shows them: JSON, text, the page and Prometheus.
 #![cfg(all(feature = "watchdog", feature = "axum", target_os = "linux"))]
 
+mod common;
+
 use std::hint::black_box;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -126,12 +128,14 @@ fn assert_full_record(report: &Report, label: &str, blocker: &str) {
 fn a_watched_future_stall_is_a_full_record() {
     let _serial = serial();
     let detector = detector();
+    let waiting = common::runtime_threads();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     runtime.block_on(detector.watch("watched", async { sleep_for_a_second() }));
     assert_full_record(&detector.report(), "watched", "sleep_for_a_second");
+    common::assert_captures(&detector, &waiting);
 }
 
 #[test]
@@ -148,6 +152,7 @@ fn a_route_stall_is_a_full_record() {
             }),
         )
         .layer(detector.layer());
+    let waiting = common::runtime_threads();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -160,6 +165,7 @@ fn a_route_stall_is_a_full_record() {
     });
     assert_eq!(status, 200);
     assert_full_record(&detector.report(), "GET /block", "sleep_for_a_second");
+    common::assert_captures(&detector, &waiting);
 }
 
 async fn unwrapped_sleeping_task() {
@@ -176,6 +182,7 @@ async fn another_unwrapped_sleeping_task() {
 fn an_unwrapped_task_stall_is_a_full_record() {
     let _serial = serial();
     let detector = detector();
+    let waiting = common::runtime_threads();
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.worker_threads(2).enable_all();
     detector.watch_runtime(&mut builder).unwrap();
@@ -205,6 +212,7 @@ fn an_unwrapped_task_stall_is_a_full_record() {
         ],
     );
     assert_full_record(&report, &two, "sleep_a_second_too");
+    common::assert_captures(&detector, &waiting);
 }
 
 #[cfg(tokio_unstable)]
@@ -212,6 +220,7 @@ fn an_unwrapped_task_stall_is_a_full_record() {
 fn an_instrumented_task_stall_is_a_full_record() {
     let _serial = serial();
     let detector = detector();
+    let waiting = common::runtime_threads();
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.worker_threads(2).enable_all();
     detector.instrument_runtime(&mut builder);
@@ -228,6 +237,7 @@ fn an_instrumented_task_stall_is_a_full_record() {
         .expect("an instrumented task stalled");
     assert!(label.starts_with("task "), "{label}");
     assert_full_record(&report, &label, "sleep_for_a_second");
+    common::assert_captures(&detector, &waiting);
 }
 
 async fn blocking_handler() -> &'static str {
@@ -236,9 +246,11 @@ async fn blocking_handler() -> &'static str {
 }
 
 /// Serves `app` on a loopback port of a 2-worker runtime watched with `watch_runtime`, sends it
-/// one `GET /block` over a real socket, and returns the report once the answer came.
+/// one `GET /block` over a real socket, checks the watchdog's captures and returns the report
+/// once the answer came.
 fn serve_and_block(detector: &Detector, app: axum::Router) -> Report {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let waiting = common::runtime_threads();
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.worker_threads(2).enable_all();
     detector.watch_runtime(&mut builder).unwrap();
@@ -262,6 +274,7 @@ fn serve_and_block(detector: &Detector, app: axum::Router) -> Report {
         answer
     });
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    common::assert_captures(detector, &waiting);
     detector.report()
 }
 

@@ -7,6 +7,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::{assert_captures, runtime_threads};
 use hogwatch::{Detector, HogEvent, HogKind};
 
 const WATCHDOG: Duration = Duration::from_millis(100);
@@ -25,21 +26,6 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 
 /// What `on_hog` saw: each stall event with the time it arrived.
 type Seen = Arc<Mutex<Vec<(Instant, HogEvent)>>>;
-
-/// The threads a watched runtime's poll may run on from now on: tokio's workers and blocking
-/// threads, and this one (a current-thread runtime's), for [`assert_captures`].
-fn runtime_threads() -> common::CpuWaitSince {
-    common::CpuWaitSince::of(vec![common::this_tid()], &["tokio-rt-worker"])
-}
-
-/// Checks every failure kind of `detector`'s captures; a timeout only if the runtime's threads
-/// waited for a CPU a quarter of the threshold (a sample's capture timeout) for it. Call it
-/// before the runtime is dropped (its threads' waits go with them).
-fn assert_captures(detector: &Detector, waiting: &common::CpuWaitSince) {
-    let stats = detector.watchdog_stats().unwrap();
-    let timeout = std::time::Duration::from_micros(stats.threshold_us) / 4;
-    common::assert_capture_failures(&stats, waiting.waited(), timeout);
-}
 
 fn detector() -> (Detector, Seen) {
     detector_with(WATCHDOG)

@@ -45,6 +45,7 @@ fn the_first_stall_of_a_process_is_reported_within_twice_the_threshold() {
         .watchdog(threshold)
         .build()
         .unwrap();
+    let waiting = common::CpuWaitSince::here();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
@@ -89,4 +90,5 @@ fn the_first_stall_of_a_process_is_reported_within_twice_the_threshold() {
     // Later samples' names come with their inlined frames once the debug information is in.
     let stack = symbolised_stack(&detector, "first");
     assert!(stack.contains("crunch_numbers"), "{stack}");
+    common::assert_captures(&detector, &waiting);
 }

@@ -345,6 +345,24 @@ pub fn task_labels(function: &str, inner: &str) -> Vec<String> {
     labels
 }
 
+/// The threads a watched runtime's poll may run on from now on: tokio's workers and blocking
+/// threads, and this one (a current-thread runtime's, or `block_on`'s), for
+/// [`assert_captures`].
+pub fn runtime_threads() -> CpuWaitSince {
+    CpuWaitSince::of(vec![this_tid()], &["tokio-rt-worker"])
+}
+
+/// Checks every failure kind of `detector`'s captures once none is in flight
+/// ([`assert_capture_failures`]): a timeout only as far as the threads of `waiting` waited for a
+/// CPU a quarter of the threshold (a sample's capture timeout) for it. Call it before the
+/// runtime is dropped (its threads' waits go with them).
+#[cfg(feature = "watchdog")]
+pub fn assert_captures(detector: &hogwatch::Detector, waiting: &CpuWaitSince) {
+    let stats = settled_watchdog_stats(detector);
+    let timeout = std::time::Duration::from_micros(stats.threshold_us) / 4;
+    assert_capture_failures(&stats, waiting.waited(), timeout);
+}
+
 /// The watchdog's figures once no capture is in flight: a capture is counted as requested when
 /// its signal goes, and by its outcome only once the watchdog thread is done waiting for it, so
 /// a reading taken right as a stall ends (the watchdog thread preempted on a busy machine) can

@@ -140,6 +140,23 @@ fn assert_chain(folded: &str, names: &[&str]) {
     }
 }
 
+/// The capture failures that are bugs whenever seen, in any build: overlapping captures
+/// (`busy`), and `displaced` or `unsent` ones, which need another handler on the watchdog's
+/// signal or a thread gone before its signal (none here). Timeouts depend on how busy the
+/// machine is; the main suite (`tests/common`) weighs them against the threads' waits for a CPU.
+fn assert_no_capture_bugs(detector: &Detector) {
+    let stats = detector.watchdog_stats().expect("a watchdog");
+    assert_eq!(
+        (
+            stats.captures_busy,
+            stats.captures_displaced,
+            stats.captures_unsent
+        ),
+        (0, 0, 0),
+        "busy, displaced and unsent captures: {stats:?}"
+    );
+}
+
 /// Runs `block` inside a poll watched as `label` on a current-thread runtime, then takes a
 /// report at once: the label's entry (one stall), with its top culprit and top stack.
 fn stall_of<T>(label: &str, block: impl FnOnce() -> T) -> (hogwatch::Entry, String, String) {
@@ -150,6 +167,7 @@ fn stall_of<T>(label: &str, block: impl FnOnce() -> T) -> (hogwatch::Entry, Stri
         .unwrap();
     runtime.block_on(detector.watch(label, async { black_box(block()) }));
     let report = detector.report();
+    assert_no_capture_bugs(&detector);
     let entry = report.entry(label).expect("an entry").clone();
     assert_eq!(entry.stalls, 1, "{entry:#?}");
     let first = |what: Option<String>, name: &str| {
@@ -299,6 +317,7 @@ fn an_unwrapped_task_stalling_twice_is_reported_twice() {
             .await
             .unwrap();
     });
+    assert_no_capture_bugs(&detector);
     let events = events.lock().unwrap();
     let labels: Vec<&str> = events.iter().map(|event| &*event.label).collect();
     let ours = labels
@@ -339,6 +358,7 @@ async fn both_stalls_of_the_current_runtime() {
     tokio::spawn(background_task_that_stalls_twice())
         .await
         .unwrap();
+    assert_no_capture_bugs(&detector);
     let labels: Vec<String> = events
         .lock()
         .unwrap()
