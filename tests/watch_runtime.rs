@@ -684,6 +684,103 @@ async fn rebuild_index(started: Arc<Mutex<Option<Instant>>>) {
     crunch_in_rebuild(BLOCK);
 }
 
+/// A short stall's work, unlike `crunch_in_rebuild` (a release build would merge the two).
+#[inline(never)]
+fn crunch_among_yielders(duration: Duration) {
+    let start = Instant::now();
+    while start.elapsed() < duration {
+        std::hint::spin_loop();
+    }
+    std::hint::black_box(5u16);
+}
+
+async fn stall_among_yielders(started: Arc<Mutex<Option<Instant>>>) {
+    *started.lock().unwrap() = Some(Instant::now());
+    crunch_among_yielders(4 * WATCHDOG);
+}
+
+/// Workers running tasks that do next to nothing (each yields at once, again and again) spend
+/// much of their time in tokio's scheduler between two polls, where samples catch them. A stall
+/// that begins on such a worker, which never parks, is reported within twice the threshold of
+/// its start, five times out of five, plus what the watchdog and the workers waited for a CPU
+/// (nothing much on an idle machine: beside two CPU hogs, the yielding worker gets too little
+/// of one to publish its busy time, and the busy-time guard starts confirmations over). A
+/// worker caught between polls was left alone for two thresholds, or eight if it had never
+/// parked: a stall that began meanwhile was reported up to 3.4 thresholds late (a CI run saw
+/// 2.4), or not at all.
+#[test]
+fn a_stall_on_a_worker_caught_between_polls_is_reported_promptly() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let _serial = serial();
+    let (detector, seen) = detector();
+    let rt = watched_runtime(&detector);
+    let waiting = runtime_threads();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut stalls = Vec::new();
+    rt.block_on(async {
+        let yielders: Vec<_> = (0..4)
+            .map(|_| {
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        tokio::task::yield_now().await;
+                    }
+                })
+            })
+            .collect();
+        // The naming thread loads the debug information meanwhile (a debug build's takes a
+        // core for hundreds of milliseconds): the other worker, which yields, must get the
+        // CPU it needs to publish its busy time, or the busy-time guard cannot tell that the
+        // stalled one stood still (see `sampler::stood_still`), and starts over.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        for _ in 0..5 {
+            // Samples of the yielding workers meanwhile.
+            tokio::time::sleep(3 * WATCHDOG).await;
+            let watchdog_waiting = common::CpuWaitSince::of(Vec::new(), &["hogwatch-watchd"]);
+            let workers_waiting = runtime_threads();
+            let started = Arc::new(Mutex::new(None));
+            tokio::spawn(stall_among_yielders(started.clone()))
+                .await
+                .unwrap();
+            let started = started.lock().unwrap().expect("the task ran");
+            stalls.push((
+                started,
+                watchdog_waiting.waited() + workers_waiting.waited(),
+            ));
+        }
+        stop.store(true, Ordering::Relaxed);
+        for yielder in yielders {
+            yielder.await.unwrap();
+        }
+    });
+    assert_captures(&detector, &waiting);
+    drop(rt);
+    let events = seen.lock().unwrap();
+    let labels = [
+        "task watch_runtime::stall_among_yielders",
+        "task watch_runtime::crunch_among_yielders",
+    ];
+    assert!(
+        events
+            .iter()
+            .all(|(_, event)| labels.contains(&&*event.label)),
+        "only the stalls: {events:#?}"
+    );
+    for (started, waited) in stalls {
+        let (at, _) = events
+            .iter()
+            .find(|(at, _)| *at >= started)
+            .unwrap_or_else(|| panic!("the stall at {started:?} was not reported: {events:#?}"));
+        let late = at.duration_since(started);
+        assert!(
+            late <= 2 * WATCHDOG + waited,
+            "reported {late:?} after its start (the watchdog and the workers waited {waited:?} \
+             for a CPU)"
+        );
+    }
+    assert_eq!(events.len(), 5, "{events:#?}");
+}
+
 /// A task on the CPU (signalled for its stack) is reported within 2x, named, cause `cpu`.
 #[test]
 fn a_task_spinning_on_the_cpu_is_reported_and_named() {

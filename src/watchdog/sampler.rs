@@ -14,7 +14,7 @@ use super::parks::Parks;
 use super::table::warn_stall;
 use super::table::Watchdog;
 #[cfg(target_os = "linux")]
-use super::task_names::{in_body, in_task, task_label, waits_in_tokio, Names};
+use super::task_names::{between_polls, in_body, in_task, task_label, waits_in_tokio, Names};
 use super::workers::Runtimes;
 #[cfg(target_os = "linux")]
 use super::workers::{target_of, Runtime, Worker};
@@ -93,10 +93,9 @@ struct Reported {
     clock: Option<(u64, u64)>,
 }
 
-/// How many thresholds a worker whose sample showed no task poll is left alone: a worker
-/// running `block_on`'s future or `block_in_place` is not signalled twice per threshold, and one
-/// caught between two polls is looked at again soon (a stall there is then confirmed this much
-/// later).
+/// How many thresholds a worker whose sample showed app code outside any task poll is left
+/// alone: a worker running `block_on`'s future or `block_in_place` is not signalled twice per
+/// threshold. (One caught in tokio's scheduler between two polls is not left alone.)
 #[cfg(target_os = "linux")]
 const QUIET_THRESHOLDS: u64 = 2;
 
@@ -414,14 +413,24 @@ impl Sampler {
                     return;
                 }
             }
-            // A worker caught between two polls runs tasks again at once: it is looked at again
-            // a few thresholds on. A thread that never parked is likely the blocking pool's
+            // A worker caught in tokio's scheduler between two polls (even one that never
+            // parked: the scheduler's frames say it is a worker) runs a task again at once,
+            // which may be the stall: it is sampled again at the usual cadence, as one caught in
+            // a task is (left alone for two thresholds, a stall that began right after was
+            // reported 2.4 thresholds late; for eight, one that never parked had a 400 ms stall
+            // go unreported). A worker in app code outside any task (the future given to
+            // `block_on`, a `block_in_place` closure) is looked at again a few thresholds on. A
+            // thread that never parked and shows no scheduler is likely the blocking pool's
             // (tokio starts them with the same callback), which runs no task: it is looked at
             // far less often, but still looked at: a worker kept busy from its start (a task
             // yielding in a loop) never parks either, and must not go unwatched for good.
-            let quiet = match parked_once || found {
-                true => QUIET_THRESHOLDS,
-                false => QUIET_UNPARKED_THRESHOLDS,
+            let quiet = match (
+                between_polls(&frames, &watchdog.prefixes),
+                parked_once || found,
+            ) {
+                (true, _) => 0,
+                (false, true) => QUIET_THRESHOLDS,
+                (false, false) => QUIET_UNPARKED_THRESHOLDS,
             };
             state.quiet_until =
                 now.saturating_add(recorder.ticks.of_ns(threshold_ns.saturating_mul(quiet)));

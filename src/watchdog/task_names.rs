@@ -60,6 +60,30 @@ pub(super) fn waits_in_tokio(frames: &[symbols::Frame], prefixes: &[String]) -> 
         })
 }
 
+/// Whether `frames` (innermost first, a stack with no task poll) were taken in tokio's scheduler
+/// between two polls: a frame of the scheduler's, and none of the app's from the interrupted
+/// one out to it (below it, a current-thread runtime's caller of `block_on` may be the app's).
+/// Not in `block_in_place`, whose closure a release build may inline into it. The scheduler's
+/// frame also tells a worker from a thread of the blocking pool.
+pub(super) fn between_polls(frames: &[symbols::Frame], prefixes: &[String]) -> bool {
+    let Some(scheduler) = frames.iter().position(|frame| {
+        frame
+            .name
+            .trim_start_matches('<')
+            .starts_with("tokio::runtime::scheduler::")
+    }) else {
+        return false;
+    };
+    !frames
+        .iter()
+        .any(|frame| frame.name.contains("block_in_place"))
+        && frames[..scheduler].iter().all(|frame| {
+            frame.system
+                || frame.name == symbols::UNKNOWN
+                || symbols::is_runtime(&frame.name, prefixes)
+        })
+}
+
 /// Whether a poll's frames are inside tokio's sanctioned ways to block: `block_in_place`, or a
 /// `spawn_blocking` closure.
 fn offloaded(within: &[String]) -> bool {
@@ -214,4 +238,78 @@ pub(super) fn task_label(frames: &[symbols::Frame], prefixes: &[String]) -> Stri
                 format!("{kind} {name}")
             },
         )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(names: &[&str]) -> Vec<symbols::Frame> {
+        names
+            .iter()
+            .map(|name| symbols::Frame {
+                name: name.to_string(),
+                system: *name == "epoll_wait",
+            })
+            .collect()
+    }
+
+    fn defaults() -> Vec<String> {
+        symbols::DEFAULT_RUNTIME_PREFIXES
+            .iter()
+            .map(|prefix| prefix.to_string())
+            .collect()
+    }
+
+    /// Stacks the runtime watchdog's samples caught in a debug build (some frames left out).
+    #[test]
+    fn a_worker_in_the_scheduler_is_between_polls_and_app_code_outside_a_task_is_not() {
+        let prefixes = defaults();
+        // Polling the driver while tasks yield (a worker that never parked).
+        let driver = frames(&[
+            "epoll_wait",
+            "mio::poll::Poll::poll",
+            "tokio::runtime::io::driver::Driver::turn",
+            "tokio::runtime::scheduler::multi_thread::park::Parker::park_timeout",
+            "tokio::runtime::scheduler::multi_thread::worker::Context::park_yield",
+            "tokio::runtime::scheduler::multi_thread::worker::Context::run",
+            "std::thread::Builder::spawn_unchecked_::{{closure}}",
+        ]);
+        assert!(between_polls(&driver, &prefixes));
+        // Right after a poll, in a trait impl's frame.
+        let after_a_poll = frames(&[
+            "<tokio::task::coop::with_budget::ResetGuard as core::ops::drop::Drop>::drop",
+            "tokio::runtime::scheduler::multi_thread::worker::Context::run_task",
+        ]);
+        assert!(between_polls(&after_a_poll, &prefixes));
+        // A current-thread runtime between two polls: the app's `main` below is not in it.
+        let current_thread = frames(&[
+            "tokio::runtime::scheduler::current_thread::CoreGuard::block_on::{{closure}}",
+            "tokio::runtime::runtime::Runtime::block_on",
+            "my_app::main",
+        ]);
+        assert!(between_polls(&current_thread, &prefixes));
+        // The future given to `block_on`, running the app's code.
+        let body = frames(&[
+            "my_app::load_config",
+            "my_app::main::{{closure}}",
+            "tokio::runtime::scheduler::current_thread::CoreGuard::block_on::{{closure}}",
+            "my_app::main",
+        ]);
+        assert!(!between_polls(&body, &prefixes));
+        // A `block_in_place` closure, even with no frame of the app's left (inlined).
+        let offloaded = frames(&[
+            "std::thread::sleep",
+            "tokio::runtime::scheduler::multi_thread::worker::block_in_place",
+            "tokio::runtime::scheduler::multi_thread::worker::Context::run_task",
+        ]);
+        assert!(!between_polls(&offloaded, &prefixes));
+        // The blocking pool waiting for work: no scheduler, no worker.
+        let pool = frames(&[
+            "std::sync::condvar::Condvar::wait_timeout",
+            "tokio::runtime::blocking::pool::Inner::run",
+        ]);
+        assert!(!between_polls(&pool, &prefixes));
+        assert!(!between_polls(&[], &prefixes));
+    }
 }
