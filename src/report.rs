@@ -29,7 +29,8 @@ pub struct Report {
     pub threshold_us: u64,
     /// How long this window lasted: since the detector was built or last reset.
     pub window_us: u64,
-    /// One entry per label, the worst first (by time spent in slow polls).
+    /// One entry per label, the worst first: by the delay it inflicted on the rest of the
+    /// runtime (with the lag probe), then by the time it held a worker in slow polls or stalls.
     pub entries: Vec<Entry>,
     /// How many watched futures had a label that did not fit under `max_labels` and were counted
     /// under `<other>` instead.
@@ -432,11 +433,15 @@ impl Report {
         let mut entries: Vec<Entry> = labels.into_iter().map(Entry::from_snapshot).collect();
         fill(&mut entries);
         entries.retain(|entry| !entry.is_empty());
-        // Worst first: time held hostage in slow polls, then the longest poll, then busy time.
+        // Worst first: the delay inflicted on the rest of the runtime (with the lag probe), then
+        // time held hostage in slow polls or stalls (a task the runtime watchdog follows has
+        // stalls and no timed polls: it was listed last), then the longest poll or stall, then
+        // busy time.
         entries.sort_by_key(|entry| {
             (
-                Reverse(entry.slow_busy_us),
-                Reverse(entry.max_poll_us),
+                Reverse(entry.inflicted_delay_us),
+                Reverse(entry.slow_busy_us.max(entry.stall_wall_us)),
+                Reverse(entry.max_poll_us.max(entry.longest_stall_us)),
                 Reverse(entry.busy_us),
                 entry.label.clone(),
             )

@@ -286,6 +286,9 @@ fn check(report: &Report, measured: &[Measured], blocker: &str, workers: usize) 
         // Five blocks of 200 ms, each delaying every canary by most of its length.
         assert!(canaries >= 800_000, "{context}");
     }
+    // Worst first: the blocker, which the runtime watchdog follows without timing its polls
+    // (it was listed after the canaries and the bystander, for want of slow polls).
+    assert_eq!(report.entries[0].label, blocker, "worst first: {context}");
     let charged = report
         .entry(blocker)
         .map_or(0, |entry| entry.inflicted_delay_us);
