@@ -221,6 +221,7 @@ impl Sampler {
                     self.check_worker(recorder, watchdog, runtime, worker, &workers);
                 }
             }
+            runtime.checks.fetch_add(1, Ordering::Release);
         }
         // A dropped runtime's handle goes with it (it holds the runtime's driver).
         self.handles

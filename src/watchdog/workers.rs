@@ -105,6 +105,7 @@ pub(crate) fn watch_current(
             threads_started: AtomicBool::new(false),
             found: true,
             bodies: bodies || current_thread,
+            checks: AtomicU64::new(0),
         });
         runtimes.add(&runtime);
         super::symbols::symbol_table();
@@ -119,26 +120,36 @@ pub(crate) fn watch_current(
                 if in_task {
                     // A task runs on a worker: this one.
                     runtime.runs_from_now();
-                } else if bodies {
-                    // `block_on`'s thread, watched for the test guard.
-                    if let Some(worker) = runtime.runs_from_now() {
-                        worker.block_on.store(true, Ordering::Release);
-                    }
-                } else {
+                } else if !bodies {
                     // `block_on`'s thread is none of the workers: marked, so that a second call
                     // from it is known.
                     runtime.mark_here();
                 }
-                // Plus `block_on`'s thread, if it registered.
-                let threads = workers + usize::from(bodies && !in_task);
                 for _ in 0..workers {
-                    handle.spawn(find_workers(runtime.clone(), threads));
+                    handle.spawn(find_workers(runtime.clone(), workers));
                 }
                 if !in_task {
                     let deadline = std::time::Instant::now() + FIND_WORKERS_WAIT;
-                    while runtime.found_workers() < threads && std::time::Instant::now() < deadline
-                    {
+                    let waiting = || std::time::Instant::now() < deadline;
+                    while runtime.found_workers() < workers && waiting() {
                         std::thread::sleep(std::time::Duration::from_micros(200));
+                    }
+                    // And for the watchdog's first full look at them (the check under way may
+                    // have started before the last one registered): it learns from each idle
+                    // worker's stack how it parks, milliseconds in a debug build, which a stall
+                    // right after this call waited for before its first sample (a spawned
+                    // task's 20 ms sleep at the test guard's 5 ms was first sampled up to 10 ms
+                    // in, and once not reported before it ended).
+                    let checked = runtime.checks.load(Ordering::Acquire);
+                    while runtime.checks.load(Ordering::Acquire) < checked + 2 && waiting() {
+                        std::thread::sleep(std::time::Duration::from_micros(200));
+                    }
+                    // `block_on`'s thread, watched for the test guard: only from now on, or
+                    // the waits above, in the test's body, would be its stall.
+                    if bodies {
+                        if let Some(worker) = runtime.runs_from_now() {
+                            worker.block_on.store(true, Ordering::Release);
+                        }
                     }
                 }
             }
@@ -195,6 +206,7 @@ pub(crate) fn install(
             threads_started: AtomicBool::new(false),
             found: false,
             bodies: false,
+            checks: AtomicU64::new(0),
         });
         runtimes.add(&runtime);
         // The program's symbol table, read here on the caller's thread (milliseconds, at
@@ -262,6 +274,9 @@ pub(super) struct Runtime {
     /// `block_on`): on a current-thread runtime it blocks every task; the test guard asks for
     /// it in either flavor, its `block_on` thread then watched beside the workers.
     pub(super) bodies: bool,
+    /// How many of the watchdog's checks have looked at its workers: `watch_current_runtime`
+    /// waits for the first ones (see there).
+    pub(super) checks: AtomicU64,
 }
 
 /// One thread of a watched runtime.
