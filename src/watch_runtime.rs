@@ -66,7 +66,9 @@ impl Detector {
     /// It finds the workers from inside the runtime: a current-thread runtime's thread is the
     /// caller's; a multi-thread runtime's workers each run one of the registration tasks it
     /// spawns (called from `block_on`'s thread, as in `#[tokio::main]`, it waits up to 250 ms
-    /// for them; idle workers take microseconds). Compared with `watch_runtime`:
+    /// for them, idle workers take microseconds, and then for the watchdog's first two checks of
+    /// them, which learn how each parks: half a threshold or so, so that a stall right after the
+    /// call is sampled as soon as any other). Compared with `watch_runtime`:
     ///
     /// - a worker busy in a long poll when it is called is watched from its next poll on;
     /// - tokio tells it nothing of parks: the watchdog reads each worker's `/proc` entry at
