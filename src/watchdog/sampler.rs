@@ -14,7 +14,9 @@ use super::parks::Parks;
 use super::table::warn_stall;
 use super::table::Watchdog;
 #[cfg(target_os = "linux")]
-use super::task_names::{between_polls, in_body, in_task, task_label, waits_in_tokio, Names};
+use super::task_names::{
+    between_polls, in_body, in_task, run_loop_within, task_label, waits_in_tokio, Names,
+};
 use super::workers::Runtimes;
 #[cfg(target_os = "linux")]
 use super::workers::{target_of, Runtime, Worker};
@@ -60,6 +62,9 @@ struct Other {
     parked: bool,
     unparks: u64,
     cpu_ns: Option<u64>,
+    /// In a stall the watchdog reported, which its latest sample still showed: such a worker
+    /// runs (on the CPU, or in a system call) without publishing its busy time.
+    in_one_poll: bool,
 }
 
 /// The first sample of a possible stall.
@@ -377,6 +382,12 @@ impl Sampler {
         let mut key = key;
         let (in_task, frames) = match &stack {
             Some(raw) => match self.names.frames_to_harness(raw, !(parked_once || found)) {
+                // tokio's run loop inward of the harness: not a task's harness but the worker
+                // thread's own, reached by an unwind that lost the task's frames (seen in a
+                // release build from the vDSO's `clock_gettime`, under a task spinning on
+                // `Instant::elapsed`: reported again as a second stall, `task <unknown>`). This
+                // sample says nothing: sampled again later.
+                Some(named) if named.harness.is_some() && run_loop_within(&named.frames) => return,
                 Some(named) => {
                     if let (Key::Stack(_, addresses), Some(harness)) = (&mut key, named.harness) {
                         *addresses = raw.ips[harness..].to_vec();
@@ -585,11 +596,17 @@ impl Sampler {
                         cpu_ns
                     }
                 };
+                let since = other.running_since.load(Ordering::Acquire);
+                // A sample of another poll since the report would have left a first sample.
+                let in_one_poll = self.states.get(&key).is_some_and(|state| {
+                    state.since == since && state.reported.is_some() && state.seen.is_none()
+                });
                 Other {
                     worker: key,
-                    parked: other.running_since.load(Ordering::Acquire) == 0,
+                    parked: since == 0,
                     unparks: other.unparks.load(Ordering::Acquire),
                     cpu_ns,
+                    in_one_poll,
                 }
             })
             .collect()
@@ -680,8 +697,10 @@ fn held(recorder: &Recorder, worker: &Worker, reported: &Reported, until_raw: u6
 /// and never unparked in between did not; one that unparked since may not have published yet,
 /// unless it unparked twice (it parked, and published, in between: counted as idle, such a
 /// worker restarted a stalled worker's confirmation); one that ran all along moved it unless it got less than half the time on a CPU (preempted
-/// on a busy machine, blocked in a system call). Without the metrics (no 64-bit atomics) the
-/// samples decide alone.
+/// on a busy machine, blocked in a system call), or is in a stall of its own the watchdog
+/// reported (counted as having moved, it let a task that yields back to back beside it be
+/// reported as a stall). Without the metrics (no 64-bit atomics) the samples
+/// decide alone.
 #[cfg(target_os = "linux")]
 fn stood_still(
     recorder: &Recorder,
@@ -703,6 +722,9 @@ fn stood_still(
             // Started since.
             return true;
         };
+        if after.in_one_poll {
+            return true;
+        }
         let unparks = after.unparks.wrapping_sub(before.unparks);
         let unparked = unparks != 0;
         match (before.parked, after.parked) {
@@ -764,6 +786,7 @@ mod tests {
             parked,
             unparks,
             cpu_ns: None,
+            in_one_poll: false,
         }
     }
 
@@ -820,6 +843,53 @@ mod tests {
             now,
             &both,
             &[other(1, false, 5)]
+        ));
+    }
+
+    /// The sampled worker runs one task re-polled back to back (its samples match), the other is
+    /// in a stall of its own, running all along: one busy time stood still, and it may be the
+    /// stalled worker's, not the sampled one's.
+    #[test]
+    fn a_worker_in_a_stall_of_its_own_may_be_the_one_whose_busy_time_stood_still() {
+        let recorder = crate::recorder::Recorder::new(crate::recorder::Config {
+            threshold: Duration::from_millis(10),
+            max_labels: 16,
+            warn_interval: Duration::from_secs(1),
+            on_hog: None,
+            watchdog_id: 0,
+        });
+        let now = recorder.clock.raw();
+        let first = seen(other(1, false, 3));
+        let one_stood_still = [Duration::from_millis(10), Duration::from_millis(25)];
+        // Without CPU figures a running worker may have stood still anyway: no stall.
+        assert!(!stood_still(
+            &recorder,
+            &first,
+            now,
+            &one_stood_still,
+            &[other(1, false, 3)]
+        ));
+        // With them, one that ran all along moved its busy time: the stall stands...
+        let mut before = other(1, false, 3);
+        before.cpu_ns = Some(0);
+        let first = seen(before);
+        let mut ran = other(1, false, 3);
+        ran.cpu_ns = Some(u64::MAX / 2);
+        assert!(stood_still(
+            &recorder,
+            &first,
+            now,
+            &one_stood_still,
+            &[ran]
+        ));
+        // ...unless the watchdog reported a stall of it, which it is still in.
+        ran.in_one_poll = true;
+        assert!(!stood_still(
+            &recorder,
+            &first,
+            now,
+            &one_stood_still,
+            &[ran]
         ));
     }
 }

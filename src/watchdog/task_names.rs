@@ -84,6 +84,24 @@ pub(super) fn between_polls(frames: &[symbols::Frame], prefixes: &[String]) -> b
         })
 }
 
+/// Whether `frames` (innermost first, down to and with a task harness) show tokio's run loop
+/// inward of the harness (`Context::run`, `run_task`, a worker's `run`): a task's poll is never
+/// called from within another, so the harness is not the task's but the one a multi-thread
+/// worker itself runs in, and the unwind lost the task's frames.
+pub(super) fn run_loop_within(frames: &[symbols::Frame]) -> bool {
+    let inward = &frames[..frames.len().saturating_sub(1)];
+    inward.iter().any(|frame| {
+        let mut name = frame.name.as_str();
+        while let Some(outer) = name.strip_suffix("::{{closure}}") {
+            name = outer;
+        }
+        name.starts_with("tokio::runtime::scheduler::")
+            && (name.ends_with("::Context::run")
+                || name.ends_with("::Context::run_task")
+                || name.ends_with("::worker::run"))
+    })
+}
+
 /// Whether a poll's frames are inside tokio's sanctioned ways to block: `block_in_place`, or a
 /// `spawn_blocking` closure.
 fn offloaded(within: &[String]) -> bool {
@@ -311,5 +329,38 @@ mod tests {
         ]);
         assert!(!between_polls(&pool, &prefixes));
         assert!(!between_polls(&[], &prefixes));
+    }
+
+    /// A release build's sample of a task spinning on `Instant::elapsed`, unwound from the
+    /// vDSO: the task's frames are lost, and the harness found is the worker thread's own.
+    #[test]
+    fn the_run_loop_inward_of_a_harness_is_no_task_poll() {
+        let lost = frames(&[
+            "[unknown]",
+            "__GI___clock_gettime",
+            "<std::sys::pal::unix::time::Timespec>::now",
+            "<std::time::Instant>::elapsed",
+            "tokio::runtime::scheduler::multi_thread::worker::Context::run",
+            "tokio::runtime::context::scoped::Scoped<T>::set",
+            "tokio::runtime::context::runtime::enter_runtime",
+            "tokio::runtime::scheduler::multi_thread::worker::run",
+            "tokio::runtime::task::core::Core<T,S>::poll",
+        ]);
+        assert!(run_loop_within(&lost));
+        // A task's poll, which spawns (the scheduler's functions, not its run loop).
+        let task = frames(&[
+            "tokio::runtime::scheduler::multi_thread::worker::<impl tokio::runtime::scheduler::multi_thread::handle::Handle>::schedule_task",
+            "tokio::runtime::scheduler::multi_thread::handle::Handle::spawn",
+            "tokio::task::spawn::spawn",
+            "my_app::refresh::{{closure}}",
+            "tokio::runtime::task::core::Core<T,S>::poll::{{closure}}",
+        ]);
+        assert!(!run_loop_within(&task));
+        // The harness itself is below the poll: a worker's run loop below it is as it should be.
+        let harness_only = frames(&[
+            "my_app::refresh::{{closure}}",
+            "tokio::runtime::scheduler::multi_thread::worker::Context::run_task",
+        ]);
+        assert!(!run_loop_within(&harness_only));
     }
 }
