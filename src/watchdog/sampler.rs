@@ -696,11 +696,11 @@ fn held(recorder: &Recorder, worker: &Worker, reported: &Reported, until_raw: u6
 /// between the samples published its busy time then and moved it; one parked at both samples
 /// and never unparked in between did not; one that unparked since may not have published yet,
 /// unless it unparked twice (it parked, and published, in between: counted as idle, such a
-/// worker restarted a stalled worker's confirmation); one that ran all along moved it unless it got less than half the time on a CPU (preempted
-/// on a busy machine, blocked in a system call), or is in a stall of its own the watchdog
-/// reported (counted as having moved, it let a task that yields back to back beside it be
-/// reported as a stall). Without the metrics (no 64-bit atomics) the samples
-/// decide alone.
+/// worker restarted a stalled worker's confirmation); one that ran all along moved it unless it
+/// got less than half the time on a CPU (preempted on a busy machine, blocked in a system call),
+/// or is in a stall of its own the watchdog reported (counted as having moved, it let a task
+/// that yields back to back beside it be reported as a stall). Without the metrics (no 64-bit
+/// atomics) the samples decide alone.
 #[cfg(target_os = "linux")]
 fn stood_still(
     recorder: &Recorder,
@@ -790,6 +790,16 @@ mod tests {
         }
     }
 
+    fn recorder() -> Recorder {
+        Recorder::new(crate::recorder::Config {
+            threshold: Duration::from_millis(10),
+            max_labels: 16,
+            warn_interval: Duration::from_secs(1),
+            on_hog: None,
+            watchdog_id: 0,
+        })
+    }
+
     /// A first sample with two workers' busy times, the other worker (1) as `before`.
     fn seen(before: Other) -> Seen {
         Seen {
@@ -808,13 +818,7 @@ mod tests {
     /// in between only if it unparked twice.
     #[test]
     fn a_worker_that_parked_in_between_explains_its_own_busy_time() {
-        let recorder = crate::recorder::Recorder::new(crate::recorder::Config {
-            threshold: Duration::from_millis(10),
-            max_labels: 16,
-            warn_interval: Duration::from_secs(1),
-            on_hog: None,
-            watchdog_id: 0,
-        });
+        let recorder = recorder();
         let now = recorder.clock.raw();
         let moved = [Duration::from_millis(10), Duration::from_millis(25)];
         // Unparked twice: it parked in between, its busy time moved, the stall stands.
@@ -851,13 +855,7 @@ mod tests {
     /// stalled worker's, not the sampled one's.
     #[test]
     fn a_worker_in_a_stall_of_its_own_may_be_the_one_whose_busy_time_stood_still() {
-        let recorder = crate::recorder::Recorder::new(crate::recorder::Config {
-            threshold: Duration::from_millis(10),
-            max_labels: 16,
-            warn_interval: Duration::from_secs(1),
-            on_hog: None,
-            watchdog_id: 0,
-        });
+        let recorder = recorder();
         let now = recorder.clock.raw();
         let first = seen(other(1, false, 3));
         let one_stood_still = [Duration::from_millis(10), Duration::from_millis(25)];
