@@ -62,9 +62,6 @@ struct Other {
     parked: bool,
     unparks: u64,
     cpu_ns: Option<u64>,
-    /// In a stall the watchdog reported, which its latest sample still showed: such a worker
-    /// runs (on the CPU, or in a system call) without publishing its busy time.
-    in_one_poll: bool,
 }
 
 /// The first sample of a possible stall.
@@ -382,12 +379,6 @@ impl Sampler {
         let mut key = key;
         let (in_task, frames) = match &stack {
             Some(raw) => match self.names.frames_to_harness(raw, !(parked_once || found)) {
-                // tokio's run loop inward of the harness: not a task's harness but the worker
-                // thread's own, reached by an unwind that lost the task's frames (seen in a
-                // release build from the vDSO's `clock_gettime`, under a task spinning on
-                // `Instant::elapsed`: reported again as a second stall, `task <unknown>`). This
-                // sample says nothing: sampled again later.
-                Some(named) if named.harness.is_some() && run_loop_within(&named.frames) => return,
                 Some(named) => {
                     if let (Key::Stack(_, addresses), Some(harness)) = (&mut key, named.harness) {
                         *addresses = raw.ips[harness..].to_vec();
@@ -396,7 +387,14 @@ impl Sampler {
                     // `spawn_blocking` closures run through the same harness: a task only with
                     // a scheduler below it. (A runtime `watch_current_runtime` found registered
                     // only its workers and `block_on`'s thread.)
+                    // tokio's run loop inward of the harness: not a task's harness but the
+                    // worker thread's own (tokio runs each worker in a blocking task), as
+                    // between two polls, or reached by an unwind that lost the task's frames
+                    // (seen in a release build from the vDSO's `clock_gettime`, under a task
+                    // spinning on `Instant::elapsed`, which a release build's names do not
+                    // tell from a task: reported again as a second stall, `task <unknown>`).
                     let task = ((in_task(&named.frames)
+                        && !run_loop_within(&named.frames)
                         && (parked_once || found || named.scheduler == Some(true)))
                         || (watched.bodies && in_body(&named.frames, &watchdog.prefixes)))
                         && !(matches!(activity, Activity::Syscall(..))
@@ -596,17 +594,11 @@ impl Sampler {
                         cpu_ns
                     }
                 };
-                let since = other.running_since.load(Ordering::Acquire);
-                // A sample of another poll since the report would have left a first sample.
-                let in_one_poll = self.states.get(&key).is_some_and(|state| {
-                    state.since == since && state.reported.is_some() && state.seen.is_none()
-                });
                 Other {
                     worker: key,
-                    parked: since == 0,
+                    parked: other.running_since.load(Ordering::Acquire) == 0,
                     unparks: other.unparks.load(Ordering::Acquire),
                     cpu_ns,
-                    in_one_poll,
                 }
             })
             .collect()
@@ -697,10 +689,8 @@ fn held(recorder: &Recorder, worker: &Worker, reported: &Reported, until_raw: u6
 /// and never unparked in between did not; one that unparked since may not have published yet,
 /// unless it unparked twice (it parked, and published, in between: counted as idle, such a
 /// worker restarted a stalled worker's confirmation); one that ran all along moved it unless it
-/// got less than half the time on a CPU (preempted on a busy machine, blocked in a system call),
-/// or is in a stall of its own the watchdog reported (counted as having moved, it let a task
-/// that yields back to back beside it be reported as a stall). Without the metrics (no 64-bit
-/// atomics) the samples decide alone.
+/// got less than half the time on a CPU (preempted on a busy machine, blocked in a system call).
+/// Without the metrics (no 64-bit atomics) the samples decide alone.
 #[cfg(target_os = "linux")]
 fn stood_still(
     recorder: &Recorder,
@@ -722,9 +712,6 @@ fn stood_still(
             // Started since.
             return true;
         };
-        if after.in_one_poll {
-            return true;
-        }
         let unparks = after.unparks.wrapping_sub(before.unparks);
         let unparked = unparks != 0;
         match (before.parked, after.parked) {
@@ -786,7 +773,6 @@ mod tests {
             parked,
             unparks,
             cpu_ns: None,
-            in_one_poll: false,
         }
     }
 
@@ -847,47 +833,6 @@ mod tests {
             now,
             &both,
             &[other(1, false, 5)]
-        ));
-    }
-
-    /// The sampled worker runs one task re-polled back to back (its samples match), the other is
-    /// in a stall of its own, running all along: one busy time stood still, and it may be the
-    /// stalled worker's, not the sampled one's.
-    #[test]
-    fn a_worker_in_a_stall_of_its_own_may_be_the_one_whose_busy_time_stood_still() {
-        let recorder = recorder();
-        let now = recorder.clock.raw();
-        let first = seen(other(1, false, 3));
-        let one_stood_still = [Duration::from_millis(10), Duration::from_millis(25)];
-        // Without CPU figures a running worker may have stood still anyway: no stall.
-        assert!(!stood_still(
-            &recorder,
-            &first,
-            now,
-            &one_stood_still,
-            &[other(1, false, 3)]
-        ));
-        // With them, one that ran all along moved its busy time: the stall stands...
-        let mut before = other(1, false, 3);
-        before.cpu_ns = Some(0);
-        let first = seen(before);
-        let mut ran = other(1, false, 3);
-        ran.cpu_ns = Some(u64::MAX / 2);
-        assert!(stood_still(
-            &recorder,
-            &first,
-            now,
-            &one_stood_still,
-            &[ran]
-        ));
-        // ...unless the watchdog reported a stall of it, which it is still in.
-        ran.in_one_poll = true;
-        assert!(!stood_still(
-            &recorder,
-            &first,
-            now,
-            &one_stood_still,
-            &[ran]
         ));
     }
 }
