@@ -87,7 +87,7 @@ pub(super) fn between_polls(frames: &[symbols::Frame], prefixes: &[String]) -> b
 /// Whether `frames` (innermost first, down to and with a task harness) show tokio's run loop
 /// inward of the harness (`Context::run`, `run_task`, a worker's `run`): a task's poll is never
 /// called from within another, so the harness is not the task's but the one a multi-thread
-/// worker itself runs in, and the unwind lost the task's frames.
+/// worker itself runs in: the worker is between two polls, or the unwind lost the task's frames.
 pub(super) fn run_loop_within(frames: &[symbols::Frame]) -> bool {
     let inward = &frames[..frames.len().saturating_sub(1)];
     inward.iter().any(|frame| {
