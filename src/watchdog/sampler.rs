@@ -14,9 +14,7 @@ use super::parks::Parks;
 use super::table::warn_stall;
 use super::table::Watchdog;
 #[cfg(target_os = "linux")]
-use super::task_names::{
-    between_polls, in_body, in_task, run_loop_within, task_label, waits_in_tokio, Names,
-};
+use super::task_names::{between_polls, in_body, in_task, task_label, waits_in_tokio, Names};
 use super::workers::Runtimes;
 #[cfg(target_os = "linux")]
 use super::workers::{target_of, Runtime, Worker};
@@ -387,14 +385,7 @@ impl Sampler {
                     // `spawn_blocking` closures run through the same harness: a task only with
                     // a scheduler below it. (A runtime `watch_current_runtime` found registered
                     // only its workers and `block_on`'s thread.)
-                    // tokio's run loop inward of the harness: not a task's harness but the
-                    // worker thread's own (tokio runs each worker in a blocking task), as
-                    // between two polls, or reached by an unwind that lost the task's frames
-                    // (seen in a release build from the vDSO's `clock_gettime`, under a task
-                    // spinning on `Instant::elapsed`, which a release build's names do not
-                    // tell from a task: reported again as a second stall, `task <unknown>`).
                     let task = ((in_task(&named.frames)
-                        && !run_loop_within(&named.frames)
                         && (parked_once || found || named.scheduler == Some(true)))
                         || (watched.bodies && in_body(&named.frames, &watchdog.prefixes)))
                         && !(matches!(activity, Activity::Syscall(..))

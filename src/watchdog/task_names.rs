@@ -11,7 +11,9 @@ const BELOW_FRAMES: usize = 16;
 const UNKNOWN_TASK: &str = "task <unknown>";
 
 /// Whether `frames` (innermost first, down to tokio's task harness) were taken inside a task
-/// poll: the harness is there, and no `block_in_place` or blocking task above it.
+/// poll: the harness is there, and no `block_in_place`, blocking task or run loop above it (a
+/// harness with tokio's run loop inward of it is the worker thread's own, see
+/// [`run_loop_within`]).
 pub(super) fn in_task(frames: &[symbols::Frame]) -> bool {
     let names: Vec<String> = frames.iter().map(|frame| frame.name.clone()).collect();
     let within = symbols::within_poll(&names);
@@ -21,6 +23,7 @@ pub(super) fn in_task(frames: &[symbols::Frame]) -> bool {
         // A worker parked inside the blocking pool's harness: one that took over a worker's
         // queue at `block_in_place` (where `BlockingTask`'s frame may be inlined away).
         && !within.iter().any(|name| symbols::is_park(name))
+        && !run_loop_within(frames)
 }
 
 /// Whether `frames` (innermost first, down to tokio's `block_on`) were taken inside a poll of
@@ -87,8 +90,11 @@ pub(super) fn between_polls(frames: &[symbols::Frame], prefixes: &[String]) -> b
 /// Whether `frames` (innermost first, down to and with a task harness) show tokio's run loop
 /// inward of the harness (`Context::run`, `run_task`, a worker's `run`): a task's poll is never
 /// called from within another, so the harness is not the task's but the one a multi-thread
-/// worker itself runs in: the worker is between two polls, or the unwind lost the task's frames.
-pub(super) fn run_loop_within(frames: &[symbols::Frame]) -> bool {
+/// worker itself runs in (in a blocking task): the worker is between two polls, or the unwind
+/// lost the task's frames (seen in a release build from the vDSO's `clock_gettime`, under a task
+/// spinning on `Instant::elapsed`, whose worker's blocking-task frame was inlined away: the
+/// stall was reported a second time, as `task <unknown>`).
+fn run_loop_within(frames: &[symbols::Frame]) -> bool {
     let inward = &frames[..frames.len().saturating_sub(1)];
     inward.iter().any(|frame| {
         let mut name = frame.name.as_str();
