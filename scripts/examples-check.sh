@@ -38,6 +38,23 @@ summary() { printf '%s\n' "$1" | grep '^lag probe:'; }
 expect() { # row, pattern, what
   printf '%s\n' "$1" | grep -Eq -- "$2" || fail "$3: $1"
 }
+# Slow polls a route that does not block may still show, as tests/examples.rs allows them
+# (PREEMPTED_POLLS): the machine can hold a worker mid-poll past the threshold. Seen once in CI:
+# /async/score, 2 slow polls of 250 at 22.5 ms, caught in `socket2::Socket::new` with cause cpu.
+# hogwatch does not yet tell such a poll from the code's own; a route that blocks has a slow
+# poll in every request (40 here).
+PREEMPTED_POLLS=2
+# hogwatch's columns on a route that does not block: `ok`, or `BLOCKS` from those few polls,
+# none of which the watchdog caught in a blocking call (no culprit, or cause cpu or preempted:
+# never io, sleep, lock or wait).
+SPARED='(ok +- +-|BLOCKS +(- +-|.* (cpu|preempted)))'
+spared() { # row, pattern of the columns after the route's, what
+  local slow
+  slow=$(printf '%s\n' "$1" | awk '{ split($12, polls, "/"); print polls[1] }')
+  [ "$slow" -le "$PREEMPTED_POLLS" ] || fail "$3: $slow slow polls: $1"
+  expect "$1" " $SPARED$2" "$3"
+  [ "$slow" -eq 0 ] || echo "examples-check: $slow slow polls allowed (the machine's): $1"
+}
 
 json=$(timeout 300 target/release/examples/json_service --requests 40)
 printf '%s\n' "$json" | sed -n '/^variant/,/^$/p'
@@ -47,8 +64,8 @@ blocking=$(row "$json" blocking)
 # serde_core::de::Visitor>::visit_map" (seen once in a CI-sized run).
 expect "$blocking" 'BLOCKS .*(serde_json|json_app|ValueVisitor as serde_core).* cpu *$' "/blocking: verdict BLOCKS, a serde_json or handler culprit, cause cpu"
 expect "$(row "$json" simd)" 'BLOCKS .* cpu *$' "/simd: verdict BLOCKS, cause cpu"
-expect "$(row "$json" offload)" ' ok +- +- *$' "/offload: ok, no culprit"
-expect "$(row "$json" passthrough)" ' ok +- +- *$' "/passthrough: ok, no culprit"
+spared "$(row "$json" offload)" ' *$' "/offload: ok, no culprit"
+spared "$(row "$json" passthrough)" ' *$' "/passthrough: ok, no culprit"
 # The canary (/health, p99) behind /blocking waits far longer than behind /passthrough.
 behind_blocking=$(millis "$blocking" 8)
 behind_passthrough=$(millis "$(row "$json" passthrough)" 8)
@@ -67,8 +84,8 @@ scoring=$(timeout 300 target/release/examples/scoring --requests 40)
 printf '%s\n' "$scoring" | sed -n '/^variant/,/^$/p'
 expect "$(row "$scoring" sync)" 'BLOCKS .* io \(recvfrom\) +BLOCKS .* sleep \(clock_nanosleep\) *$' \
   "sync: BLOCKS in io (recvfrom), the model route BLOCKS in sleep"
-expect "$(row "$scoring" async)" ' ok +- +- +ok +- +- *$' "async: ok, and the model route ok"
-expect "$(row "$scoring" fixed-sync)" ' ok +- +- +BLOCKS .* sleep' "fixed-sync: ok, the model route BLOCKS in sleep"
+spared "$(row "$scoring" async)" ' +ok +- +- *$' "async: ok, and the model route ok"
+spared "$(row "$scoring" fixed-sync)" ' +BLOCKS .* sleep' "fixed-sync: ok, the model route BLOCKS in sleep"
 summary "$scoring"
 inflicted_far_more "$scoring" sync 100 async fixed-sync
 echo "examples-check: ok"
