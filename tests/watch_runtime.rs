@@ -481,15 +481,19 @@ fn watchdog_cpu() -> u64 {
     total
 }
 
-/// The stalls of `detector`'s report: (label, stalls) of each entry with any.
+/// The stalls of `detector`'s report: (label, stalls) of each entry with any, by label. (The
+/// report lists its entries worst first, by the delay they inflicted, which is charged a grace
+/// period after each stall: two reports of the same stalls may list them in another order.)
 fn stalled(detector: &Detector) -> Vec<(String, u64)> {
-    detector
+    let mut stalled: Vec<(String, u64)> = detector
         .report()
         .entries
         .iter()
         .filter(|entry| entry.stalls > 0)
         .map(|entry| (entry.label.to_string(), entry.stalls))
-        .collect()
+        .collect();
+    stalled.sort();
+    stalled
 }
 
 fn watched_current_thread_runtime(detector: &Detector) -> tokio::runtime::Runtime {
