@@ -14,7 +14,9 @@ use super::parks::Parks;
 use super::table::warn_stall;
 use super::table::Watchdog;
 #[cfg(target_os = "linux")]
-use super::task_names::{between_polls, in_body, in_task, task_label, waits_in_tokio, Names};
+use super::task_names::{
+    between_polls, in_body, in_task, scheduler, task_label, waits_in_tokio, Names,
+};
 use super::workers::Runtimes;
 #[cfg(target_os = "linux")]
 use super::workers::{target_of, Runtime, Worker};
@@ -420,14 +422,15 @@ impl Sampler {
             // a task is (left alone for two thresholds, a stall that began right after was
             // reported 2.4 thresholds late; for eight, one that never parked had a 400 ms stall
             // go unreported). A worker in app code outside any task (the future given to
-            // `block_on`, a `block_in_place` closure) is looked at again a few thresholds on. A
-            // thread that never parked and shows no scheduler is likely the blocking pool's
-            // (tokio starts them with the same callback), which runs no task: it is looked at
-            // far less often, but still looked at: a worker kept busy from its start (a task
-            // yielding in a loop) never parks either, and must not go unwatched for good.
+            // `block_on`, a `block_in_place` closure, a callback the scheduler calls) is looked
+            // at again a few thresholds on. A thread that never parked and shows no scheduler is
+            // likely the blocking pool's (tokio starts them with the same callback), which runs
+            // no task: it is looked at far less often, but still looked at: a worker kept busy
+            // from its start (a task yielding in a loop) never parks either, and must not go
+            // unwatched for good.
             let quiet = match (
                 between_polls(&frames, &watchdog.prefixes),
-                parked_once || found,
+                parked_once || found || scheduler(&frames).is_some(),
             ) {
                 (true, _) => 0,
                 (false, true) => QUIET_THRESHOLDS,

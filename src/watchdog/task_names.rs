@@ -69,12 +69,7 @@ pub(super) fn waits_in_tokio(frames: &[symbols::Frame], prefixes: &[String]) -> 
 /// Not in `block_in_place`, whose closure a release build may inline into it. The scheduler's
 /// frame also tells a worker from a thread of the blocking pool.
 pub(super) fn between_polls(frames: &[symbols::Frame], prefixes: &[String]) -> bool {
-    let Some(scheduler) = frames.iter().position(|frame| {
-        frame
-            .name
-            .trim_start_matches('<')
-            .starts_with("tokio::runtime::scheduler::")
-    }) else {
+    let Some(scheduler) = scheduler(frames) else {
         return false;
     };
     !frames
@@ -85,6 +80,17 @@ pub(super) fn between_polls(frames: &[symbols::Frame], prefixes: &[String]) -> b
                 || frame.name == symbols::UNKNOWN
                 || symbols::is_runtime(&frame.name, prefixes)
         })
+}
+
+/// The innermost of `frames` that is tokio's scheduler's, if any: a stack with one is a worker's
+/// (or the thread's that runs a current-thread runtime), never the blocking pool's.
+pub(super) fn scheduler(frames: &[symbols::Frame]) -> Option<usize> {
+    frames.iter().position(|frame| {
+        frame
+            .name
+            .trim_start_matches('<')
+            .starts_with("tokio::runtime::scheduler::")
+    })
 }
 
 /// Whether `frames` (innermost first, down to and with a task harness) show tokio's run loop
@@ -306,6 +312,18 @@ mod tests {
             "tokio::runtime::scheduler::multi_thread::worker::Context::run_task",
         ]);
         assert!(between_polls(&after_a_poll, &prefixes));
+        // In the scheduler's statistics, converting a `u128` with the compiler's intrinsic (a
+        // worker left alone for 8 thresholds after this sample missed a 400 ms stall).
+        let intrinsic = frames(&[
+            "<u128>::unchecked_shl",
+            "<u128>::wrapping_shl",
+            "compiler_builtins::float::conv::int_to_float::u128_to_f64_bits",
+            "compiler_builtins::float::conv::__floatuntidf",
+            "__floatuntidf",
+            "tokio::runtime::scheduler::multi_thread::stats::Stats::end_processing_scheduled_tasks",
+            "tokio::runtime::scheduler::multi_thread::worker::Context::run",
+        ]);
+        assert!(between_polls(&intrinsic, &prefixes));
         // A current-thread runtime between two polls: the app's `main` below is not in it.
         let current_thread = frames(&[
             "tokio::runtime::scheduler::current_thread::CoreGuard::block_on::{{closure}}",

@@ -50,6 +50,10 @@ pub(crate) const DEFAULT_RUNTIME_PREFIXES: &[&str] = &[
     "hogwatch",
     "backtrace",
     "quanta",
+    // The standard library's own crates: the compiler's intrinsics (a `u128` to `f64` in tokio's
+    // scheduler statistics, 128-bit arithmetic, `memcpy` on some targets), CPU feature detection.
+    "compiler_builtins",
+    "std_detect",
     // Serde's data model: generic glue (`impl Serialize for String`, `collect_seq`) whose time
     // belongs to the format crate that drives it (serde_json, simd-json), which is what one fixes.
     // A derived impl is named after its own type (`<my_app::Doc as serde::Serialize>`), so it
