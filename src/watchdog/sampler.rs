@@ -510,7 +510,7 @@ impl Sampler {
         };
         // tokio's busy times are its workers', not `block_on`'s thread's.
         let block_on = worker.block_on.load(Ordering::Acquire);
-        if !(block_on || stood_still(recorder, &seen, now, &busy, &others))
+        if !(block_on || stood_still(recorder, &seen, now, &busy, &others, found))
             || starved(recorder, &seen, now, cpu_ns)
         {
             // Busy times moved: polls went on. This sample starts over, with the first
@@ -685,6 +685,15 @@ fn held(recorder: &Recorder, worker: &Worker, reported: &Reported, until_raw: u6
 /// worker restarted a stalled worker's confirmation); one that ran all along moved it unless it
 /// got less than half the time on a CPU (preempted on a busy machine, blocked in a system call).
 /// Without the metrics (no 64-bit atomics) the samples decide alone.
+///
+/// With `parks_read` (a runtime `watch_current_runtime` found, whose workers' parks are read at
+/// each check, not told by tokio's callbacks), a worker may park and unpark many times between
+/// two checks unseen: one seen parked at both samples and never running in between stood still
+/// only if its CPU time did too (else it ran, and parked again, publishing), and one seen
+/// unparked once and running since is counted as one that ran all along (it moved its busy time
+/// if it had half the time on a CPU). (A worker serving short requests is mostly found parked:
+/// taken for idle, it started every confirmation of a stall beside it over, and a stall in
+/// mini-redis under load went unreported.)
 #[cfg(target_os = "linux")]
 fn stood_still(
     recorder: &Recorder,
@@ -692,6 +701,7 @@ fn stood_still(
     now: u64,
     busy: &[Duration],
     others: &[Other],
+    parks_read: bool,
 ) -> bool {
     if seen.busy.is_empty() || busy.is_empty() || seen.busy.len() != busy.len() {
         return true;
@@ -708,15 +718,19 @@ fn stood_still(
         };
         let unparks = after.unparks.wrapping_sub(before.unparks);
         let unparked = unparks != 0;
+        // Its CPU time between the samples.
+        let ran_ns = before
+            .cpu_ns
+            .zip(after.cpu_ns)
+            .map(|(before, after)| after.saturating_sub(before));
         match (before.parked, after.parked) {
+            (true, true) if parks_read => !unparked && ran_ns.is_none_or(|ran| ran == 0),
             (true, true) => !unparked,
             (false, true) => false,
+            (true, false) if parks_read && ran_ns.is_some_and(|ran| ran >= span_ns / 2) => false,
             (true, false) => unparks < 2,
             (false, false) if unparked => false,
-            (false, false) => match (before.cpu_ns, after.cpu_ns) {
-                (Some(before), Some(after)) => after.saturating_sub(before) < span_ns / 2,
-                _ => true,
-            },
+            (false, false) => ran_ns.is_none_or(|ran| ran < span_ns / 2),
         }
     };
     let idle = others.iter().filter(may_have_stood_still).count();
@@ -808,7 +822,8 @@ mod tests {
             &first,
             now,
             &moved,
-            &[other(1, false, 5)]
+            &[other(1, false, 5)],
+            false,
         ));
         // Unparked once and running since: it may not have published, so the moved busy time
         // may be the sampled worker's: no stall yet.
@@ -817,7 +832,8 @@ mod tests {
             &first,
             now,
             &moved,
-            &[other(1, false, 4)]
+            &[other(1, false, 4)],
+            false,
         ));
         // The sampled worker's busy time moved too: never a stall.
         let both = [Duration::from_millis(12), Duration::from_millis(25)];
@@ -826,7 +842,83 @@ mod tests {
             &first,
             now,
             &both,
-            &[other(1, false, 5)]
+            &[other(1, false, 5)],
+            false,
+        ));
+    }
+
+    /// A worker whose parks are read at each check (`watch_current_runtime`), seen parked at
+    /// both samples and never running in between, moved its busy time if its CPU time moved: it
+    /// ran and parked again between two checks. Told by tokio's callbacks, parked at both
+    /// samples and never unparked means idle, whatever its CPU time (the driver's wake-ups).
+    #[test]
+    fn a_worker_seen_parked_twice_ran_in_between_if_its_cpu_time_moved() {
+        let recorder = recorder();
+        let now = recorder.clock.raw();
+        let moved = [Duration::from_millis(10), Duration::from_millis(25)];
+        let at = |cpu_ns| Other {
+            cpu_ns: Some(cpu_ns),
+            ..other(1, true, 3)
+        };
+        let first = seen(at(1_000_000));
+        // It ran: the moved busy time is its own, the sampled worker's stood still: a stall.
+        assert!(stood_still(
+            &recorder,
+            &first,
+            now,
+            &moved,
+            &[at(9_000_000)],
+            true
+        ));
+        // It did not: the moved busy time may be the sampled worker's.
+        assert!(!stood_still(
+            &recorder,
+            &first,
+            now,
+            &moved,
+            &[at(1_000_000)],
+            true
+        ));
+        // Its CPU time unknown: as before, it may have been idle.
+        assert!(!stood_still(
+            &recorder,
+            &seen(other(1, true, 3)),
+            now,
+            &moved,
+            &[other(1, true, 3)],
+            true
+        ));
+        // Seen unparked once and running since, with half the time on a CPU: it ran, as one
+        // running all along did (told by the callbacks, it may not have published yet).
+        let running = Other {
+            cpu_ns: Some(60_000_000),
+            ..other(1, false, 4)
+        };
+        let half = recorder.ticks.of_ns(100_000_000);
+        assert!(stood_still(
+            &recorder,
+            &first,
+            half,
+            &moved,
+            std::slice::from_ref(&running),
+            true
+        ));
+        assert!(!stood_still(
+            &recorder,
+            &first,
+            half,
+            &moved,
+            std::slice::from_ref(&running),
+            false
+        ));
+        // Parks told by the callbacks: never unparked is idle.
+        assert!(!stood_still(
+            &recorder,
+            &first,
+            now,
+            &moved,
+            &[at(9_000_000)],
+            false
         ));
     }
 }
