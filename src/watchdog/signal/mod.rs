@@ -522,7 +522,9 @@ use disposition::{chain, ensure_ours};
 #[cfg(test)]
 use disposition::{handler_address, zeroed_action};
 pub(crate) use disposition::{install, reinstalled, usable};
-pub(crate) use objects::{exported_name, in_system_library, offset_in_executable};
+pub(crate) use objects::{
+    exported_name, in_executable_or_c_library, in_system_library, offset_in_executable,
+};
 
 #[cfg(test)]
 mod tests;

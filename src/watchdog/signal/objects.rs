@@ -48,6 +48,24 @@ pub(crate) fn exported_name(ip: usize) -> Option<String> {
     Some(name.to_string_lossy().into_owned())
 }
 
+/// Whether `ip` lies in the executable hogwatch is linked into or in the C library: the two
+/// objects whose names come from `backtrace` (see `Symbolizer::resolve`). Not for the handler.
+pub(crate) fn in_executable_or_c_library(ip: usize) -> bool {
+    if offset_in_executable(ip).is_some() {
+        return true;
+    }
+    // SAFETY: as in `in_system_library`.
+    let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
+    // SAFETY: as in `in_system_library`.
+    if unsafe { libc::dladdr(ip as *const c_void, &mut info) } == 0 || info.dli_fname.is_null() {
+        return false;
+    }
+    // SAFETY: as in `in_system_library`.
+    let path = unsafe { std::ffi::CStr::from_ptr(info.dli_fname) }.to_bytes();
+    let name = path.rsplit(|byte| *byte == b'/').next().unwrap_or(path);
+    name.starts_with(b"libc.so") || name.starts_with(b"libc-")
+}
+
 /// Where `ip` lies in the executable hogwatch is linked into, as an offset from its start, or
 /// `None` if it lies elsewhere (a library, the vDSO). Not for the handler.
 pub(crate) fn offset_in_executable(ip: usize) -> Option<usize> {
