@@ -82,6 +82,17 @@ impl Reader {
         Some(SchedClocks { cpu_ns, timeslices })
     }
 
+    /// How many times thread `tid` has left a CPU of its own accord (to wait: a worker parking),
+    /// from `/proc/…/status`; `None` if unreadable.
+    pub(crate) fn voluntary_switches(&mut self, tid: i32) -> Option<u64> {
+        let text = std::str::from_utf8(self.read_file(tid, "status")?).ok()?;
+        text.lines()
+            .find_map(|line| line.strip_prefix("voluntary_ctxt_switches:"))?
+            .trim()
+            .parse()
+            .ok()
+    }
+
     /// Thread `tid`'s `/proc/…/syscall` line as it is (the call's number, arguments, stack and
     /// instruction pointers), to tell one call from another.
     pub(crate) fn syscall_line(&mut self, tid: i32) -> Option<Vec<u8>> {

@@ -62,6 +62,8 @@ struct Other {
     parked: bool,
     unparks: u64,
     cpu_ns: Option<u64>,
+    /// How many times it had left its CPU to wait, where its parks are read, not told.
+    switches: Option<u64>,
 }
 
 /// The first sample of a possible stall.
@@ -480,7 +482,7 @@ impl Sampler {
             // Another poll (or the first sample): this sample is the first of a possible stall.
             _ => {
                 let busy = busy_times(self.handles.get(&runtime));
-                let others = self.others(worker, workers);
+                let others = self.others(worker, workers, found);
                 let cpu_ns = self.reader.clocks(worker.tid).map(|clocks| clocks.cpu_ns);
                 if let Some(state) = self.states.get_mut(&id) {
                     state.seen = Some(Seen {
@@ -503,7 +505,7 @@ impl Sampler {
             return;
         }
         let busy = busy_times(self.handles.get(&runtime));
-        let others = self.others(worker, workers);
+        let others = self.others(worker, workers, found);
         let cpu_ns = self.reader.clocks(worker.tid).map(|clocks| clocks.cpu_ns);
         let Some(state) = self.states.get_mut(&id) else {
             return;
@@ -566,7 +568,12 @@ impl Sampler {
 
     /// The runtime's other workers now, for the busy-time guard (a worker that has not parked
     /// yet is left out: it counts as one that moved its busy time).
-    fn others(&mut self, worker: &Arc<Worker>, workers: &[Arc<Worker>]) -> Vec<Other> {
+    fn others(
+        &mut self,
+        worker: &Arc<Worker>,
+        workers: &[Arc<Worker>],
+        parks_read: bool,
+    ) -> Vec<Other> {
         workers
             .iter()
             // Only threads that have parked are surely workers: the blocking pool's threads, and
@@ -593,6 +600,9 @@ impl Sampler {
                     parked: other.running_since.load(Ordering::Acquire) == 0,
                     unparks: other.unparks.load(Ordering::Acquire),
                     cpu_ns,
+                    switches: parks_read
+                        .then(|| self.reader.voluntary_switches(other.tid))
+                        .flatten(),
                 }
             })
             .collect()
@@ -693,7 +703,8 @@ fn held(recorder: &Recorder, worker: &Worker, reported: &Reported, until_raw: u6
 /// unparked once and running since is counted as one that ran all along (it moved its busy time
 /// if it had half the time on a CPU). (A worker serving short requests is mostly found parked:
 /// taken for idle, it started every confirmation of a stall beside it over, and a stall in
-/// mini-redis under load went unreported.)
+/// mini-redis under load went unreported.) Whether it left its CPU to wait in between (its
+/// voluntary context switches) says it parked, however few of its parks the checks saw.
 #[cfg(target_os = "linux")]
 fn stood_still(
     recorder: &Recorder,
@@ -716,6 +727,16 @@ fn stood_still(
             // Started since.
             return true;
         };
+        // Where parks are read, a worker that left its CPU to wait since the first sample
+        // parked in between, unseen or not, and published its busy time then.
+        if parks_read
+            && before
+                .switches
+                .zip(after.switches)
+                .is_some_and(|(before, after)| after > before)
+        {
+            return false;
+        }
         let unparks = after.unparks.wrapping_sub(before.unparks);
         let unparked = unparks != 0;
         // Its CPU time between the samples.
@@ -781,6 +802,7 @@ mod tests {
             parked,
             unparks,
             cpu_ns: None,
+            switches: None,
         }
     }
 
@@ -910,6 +932,33 @@ mod tests {
             &moved,
             std::slice::from_ref(&running),
             false
+        ));
+        // Seen unparked once, with little CPU time, but it left its CPU to wait in between: it
+        // parked, and published.
+        let light = |cpu_ns, switches| Other {
+            cpu_ns: Some(cpu_ns),
+            switches: Some(switches),
+            ..other(1, false, 4)
+        };
+        let parked_before = seen(Other {
+            switches: Some(100),
+            ..at(1_000_000)
+        });
+        assert!(stood_still(
+            &recorder,
+            &parked_before,
+            half,
+            &moved,
+            &[light(9_000_000, 180)],
+            true
+        ));
+        assert!(!stood_still(
+            &recorder,
+            &parked_before,
+            half,
+            &moved,
+            &[light(9_000_000, 100)],
+            true
         ));
         // Parks told by the callbacks: never unparked is idle.
         assert!(!stood_still(
